@@ -1,0 +1,131 @@
+"""The Backend seam: the protocol every simulated hardware implements, and the registry of backends.
+
+Above the seam (model, ZO estimators, training loops) everything is hardware-agnostic; below it each
+backend decides how a linear layer is really computed (float, integers, photonic meshes, Verilog).
+
+Backends register by name in the entry-point group ``hwsim.backends`` (see pyproject.toml), so a third
+party package can add its own: ``[project.entry-points."hwsim.backends"] mychip = "pkg.mod:MyBackend"``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable, ClassVar
+
+import torch
+
+ENTRY_POINT_GROUP = "hwsim.backends"
+_BUILTIN = {"ideal": "hwsim.backends.ideal:IdealBackend"}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend guarantees; the layers above use it to decide which shortcuts are allowed.
+
+    exact: the same parameters and inputs always give the same outputs (no noise), so evaluations
+        may be shared or reused between queries.
+    differentiable: outputs carry autograd graphs (needed for the first-order baseline only).
+    multilinear: a TT layer's output is exactly linear in each core, so the effect of perturbing one
+        core may be computed from the unperturbed layer (the CGE shortcut).
+    """
+
+    exact: bool
+    differentiable: bool
+    multilinear: bool
+
+
+class Backend(ABC):
+    """Executes the linear layers (and activations) of a network for a batch of queries.
+
+    Shapes: ``params`` maps tensor names of one layer to tensors; when ``queries`` is an int every
+    tensor carries a leading query axis Q=queries, else none. ``x`` is (B, in) or (Q, B, in). The result
+    is (Q, B, out) when either side has a query axis, else (B, out).
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    @dataclass
+    class Options:
+        """Backend-specific options: the keys allowed under ``backend:`` in a config besides ``name``."""
+
+    def __init__(self, options: "Backend.Options | None" = None):
+        self.options = options if options is not None else self.Options()
+        self._counters: Counter = Counter()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def to_backend(self, t: torch.Tensor) -> torch.Tensor:
+        """Move host data or parameters to this backend's device and dtype."""
+        return t.to(device=self.device, dtype=self.dtype)
+
+    @abstractmethod
+    def linear(self, layer: Any, params: dict[str, torch.Tensor], x: torch.Tensor,
+               queries: int | None) -> torch.Tensor:
+        """Evaluate one linear layer (``hwsim.model.Linear`` or ``TTLinear``); shapes in the class doc."""
+
+    def coordinate_jvp(self, layer: Any, params: dict[str, torch.Tensor], x: torch.Tensor,
+                       name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """For ``capabilities.multilinear`` backends: the exact change of the layer output per unit step
+        of coordinates of tensor ``name``. Returns f(idx (J,) flat indices into that tensor) -> (J, B, out).
+        params carry no query axis; x is (B, in)."""
+        raise NotImplementedError(f"backend {self.name!r} is not multilinear: it has no coordinate shortcut")
+
+    def activation(self, kind: str, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise activation ``relu``, ``tanh`` or ``sin`` (host float by default)."""
+        self.count(f"activation_{kind}", x.numel())
+        return _ACTIVATIONS[kind](x)
+
+    def count(self, key: str, amount: int = 1) -> None:
+        self._counters[key] += int(amount)
+
+    def counters(self) -> dict[str, int]:
+        """What was executed since the last reset (MACs, calls, rows, ...)."""
+        return dict(self._counters)
+
+    def reset_counters(self) -> None:
+        self._counters.clear()
+
+
+_ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sin": torch.sin}
+
+
+def _entry_points() -> dict[str, str]:
+    found = dict(_BUILTIN)
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def backend_names() -> list[str]:
+    """Names of all registered backends, sorted."""
+    return sorted(_entry_points())
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The Backend class registered as ``name``; unknown names raise with the list of known ones."""
+    known = _entry_points()
+    if name not in known:
+        raise KeyError(f"unknown backend {name!r}; known backends: {', '.join(sorted(known))}")
+    module, _, attr = known[name].partition(":")
+    obj = __import__(module, fromlist=[attr])
+    return getattr(obj, attr)
+
+
+def create_backend(name: str, **options: Any) -> Backend:
+    """Instantiate backend ``name`` with its options (validated by its Options dataclass)."""
+    cls = backend_class(name)
+    allowed = {f.name for f in dataclasses.fields(cls.Options)}
+    bad = sorted(set(options) - allowed)
+    if bad:
+        raise KeyError(f"backend {name!r} has no option {bad[0]!r}; allowed: {', '.join(sorted(allowed)) or 'none'}")
+    return cls(cls.Options(**options))

@@ -1,0 +1,104 @@
+"""The ideal backend: exact floating-point arithmetic in PyTorch (float32 or float64, CPU or CUDA)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hwsim.backends.base import Backend, Capabilities
+from hwsim.model import TTLinear
+from hwsim.tt import choose_method, core_environment, tt_linear
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class IdealBackend(Backend):
+    """Float reference hardware: what the algorithm does with no precision, noise or energy limit."""
+
+    name = "ideal"
+    capabilities = Capabilities(exact=True, differentiable=True, multilinear=True)
+
+    @dataclass
+    class Options:
+        """dtype: float32 | float64; device: cpu | cuda | auto; tt_method: auto | dense | direct."""
+
+        dtype: str = "float32"
+        device: str = "cpu"
+        tt_method: str = "auto"
+
+        def __post_init__(self):
+            _check("dtype", self.dtype, tuple(DTYPES))
+            _check("device", self.device, ("cpu", "cuda", "auto"))
+            _check("tt_method", self.tt_method, ("auto", "dense", "direct"))
+            if self.device == "cuda" and not torch.cuda.is_available():
+                raise ValueError("backend.device: 'cuda' was asked for but torch sees no CUDA device; "
+                                 "use 'cpu' or 'auto'")
+
+    def __init__(self, options: "IdealBackend.Options | None" = None):
+        super().__init__(options)
+        dev = self.options.device
+        self._device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else
+                                    "cpu" if dev == "auto" else dev)
+        self._dtype = DTYPES[self.options.dtype]
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    def linear(self, layer, params, x, queries):
+        rows = x.shape[-2] * (queries or 1)
+        if isinstance(layer, TTLinear):
+            cores = [params[n] for n in layer.core_names]
+            method = self.options.tt_method
+            if method == "auto":
+                method = choose_method(layer.tt, x.shape[-2], queries or 1)
+            flops = layer.tt.dense_flops if method == "dense" else layer.tt.direct_flops
+            self.count("macs_" + self.options.dtype, flops(x.shape[-2], queries or 1))
+            y = tt_linear(cores, x, method)
+        else:
+            y = torch.matmul(x, params["weight"].transpose(-1, -2))
+            self.count("macs_" + self.options.dtype, rows * layer.in_features * layer.out_features)
+        if layer.bias:
+            b = params["bias"]
+            y = y + (b.unsqueeze(-2) if queries else b)
+        self.count("linear_calls")
+        self.count("rows", rows)
+        return y
+
+    def coordinate_jvp(self, layer, params, x, name):
+        rows = x.shape[0]
+        if name == "bias":
+            def bias_jvp(idx):
+                out = x.new_zeros(len(idx), rows, layer.out_features)
+                out[torch.arange(len(idx)), :, idx] = 1.0
+                return out
+            return bias_jvp
+        if name == "weight":
+            def weight_jvp(idx):
+                o, p = idx // layer.in_features, idx % layer.in_features
+                out = x.new_zeros(len(idx), rows, layer.out_features)
+                out[torch.arange(len(idx)), :, o] = x[:, p].T
+                return out
+            return weight_jvp
+        k = layer.core_names.index(name)
+        env = core_environment([params[n] for n in layer.core_names], k, x)   # (B, U, r, n, r', V)
+        r0, n, m, r1 = layer.tt.core_shapes[k]
+        self.count("macs_" + self.options.dtype, env.numel() * layer.tt.in_factors[k])
+
+        def core_jvp(idx):
+            a, rest = idx // (n * m * r1), idx % (n * m * r1)
+            j, rest = rest // (m * r1), rest % (m * r1)
+            i, c = rest // r1, rest % r1
+            out = x.new_zeros(len(idx), rows, env.shape[1], m, env.shape[-1])
+            out[torch.arange(len(idx)), :, :, i, :] = env[:, :, a, j, c, :].permute(2, 0, 1, 3)
+            return out.reshape(len(idx), rows, layer.out_features)
+        return core_jvp
+
+
+def _check(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"backend.{key}: {value!r} is not allowed; use one of {', '.join(allowed)}")

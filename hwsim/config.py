@@ -1,0 +1,312 @@
+"""YAML experiment configs validated into typed dataclasses, with errors that name the key path.
+
+Sections: seed, data, model, backend, estimator, optimizer, train. Unknown keys and bad values are
+rejected (``ConfigError("estimator.rge.mu: expected a number > 0, got -1")``). ``--set a.b=value``
+overrides are applied to the raw YAML before validation; values are parsed as YAML scalars.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key has a bad value; the message starts with the key path."""
+
+
+def _positive(path: str, value, strict: bool = True) -> None:
+    if value is not None and (value <= 0 if strict else value < 0):
+        raise ConfigError(f"{path}: expected a number {'>' if strict else '>='} 0, got {value}")
+
+
+@dataclass
+class DataConfig:
+    name: Literal["mnist", "fashion_mnist", "idx"] = "mnist"
+    path: Optional[str] = None
+    val_size: int = 5000
+    train_limit: Optional[int] = None
+
+    def check(self, p: str) -> None:
+        _positive(f"{p}.val_size", self.val_size, strict=False)
+        _positive(f"{p}.train_limit", self.train_limit)
+
+
+@dataclass
+class LayerConfig:
+    type: Literal["tt_linear", "linear", "relu", "tanh", "sin"]
+    in_features: Optional[int] = None
+    out_features: Optional[int] = None
+    bias: bool = True
+    rank: Union[int, list[int], None] = None
+    in_factors: Optional[list[int]] = None
+    out_factors: Optional[list[int]] = None
+    num_cores: Optional[int] = None
+
+    def check(self, p: str) -> None:
+        linear = self.type in ("tt_linear", "linear")
+        for key in ("in_features", "out_features"):
+            if linear and getattr(self, key) is None:
+                raise ConfigError(f"{p}.{key}: required for a {self.type} layer")
+        tt_keys = ("rank", "in_factors", "out_factors", "num_cores")
+        if self.type != "tt_linear":
+            extra = [k for k in tt_keys if getattr(self, k) is not None]
+            if extra:
+                raise ConfigError(f"{p}.{extra[0]}: only tt_linear layers take TT settings")
+        if not linear and (self.in_features is not None or self.out_features is not None):
+            raise ConfigError(f"{p}: an activation layer takes no sizes")
+        if self.type == "tt_linear" and self.rank is None:
+            raise ConfigError(f"{p}.rank: required for a tt_linear layer (an int or the K-1 internal ranks)")
+
+
+@dataclass
+class ModelConfig:
+    layers: list[LayerConfig] = field(default_factory=list)
+    init_gain: float = 2 ** 0.5
+
+    def check(self, p: str) -> None:
+        if not self.layers:
+            raise ConfigError(f"{p}.layers: at least one layer is required")
+        _positive(f"{p}.init_gain", self.init_gain)
+
+
+@dataclass
+class RGEConfig:
+    num_queries: int = 10
+    mu: float = 0.01
+    distribution: Literal["rademacher", "gaussian", "sphere"] = "rademacher"
+    form: Literal["forward", "antithetic"] = "forward"
+    per_tensor: bool = False
+    sign: bool = False
+
+    def check(self, p: str) -> None:
+        _positive(f"{p}.num_queries", self.num_queries)
+        _positive(f"{p}.mu", self.mu)
+
+
+@dataclass
+class CGEConfig:
+    mu: float = 0.01
+    form: Literal["forward", "central"] = "forward"
+    subset: float = 1.0
+
+    def check(self, p: str) -> None:
+        _positive(f"{p}.mu", self.mu)
+        if not 0 < self.subset <= 1:
+            raise ConfigError(f"{p}.subset: expected a probability in (0, 1], got {self.subset}")
+
+
+@dataclass
+class EstimatorConfig:
+    name: Literal["rge", "cge", "hybrid", "fo"] = "rge"
+    rge: RGEConfig = field(default_factory=RGEConfig)
+    cge: CGEConfig = field(default_factory=CGEConfig)
+    switch_epoch: Optional[int] = None
+    patience: Optional[int] = None
+    chunk_elements: int = 2 ** 24
+
+    def check(self, p: str) -> None:
+        if self.name == "hybrid" and self.switch_epoch is None and self.patience is None:
+            raise ConfigError(f"{p}.switch_epoch: hybrid needs switch_epoch or patience (or both)")
+        _positive(f"{p}.switch_epoch", self.switch_epoch, strict=False)
+        _positive(f"{p}.patience", self.patience)
+        _positive(f"{p}.chunk_elements", self.chunk_elements)
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["constant", "step", "exponential", "cosine"] = "constant"
+    step_size: int = 1000
+    gamma: float = 0.5
+    min_lr: float = 0.0
+
+    def check(self, p: str) -> None:
+        _positive(f"{p}.step_size", self.step_size)
+        _positive(f"{p}.gamma", self.gamma)
+        _positive(f"{p}.min_lr", self.min_lr, strict=False)
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def check(self, p: str) -> None:
+        _positive(f"{p}.lr", self.lr)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{p}.betas: expected two numbers in [0, 1), got {self.betas}")
+        _positive(f"{p}.momentum", self.momentum, strict=False)
+        _positive(f"{p}.weight_decay", self.weight_decay, strict=False)
+
+
+@dataclass
+class TrainConfig:
+    steps: Optional[int] = None
+    epochs: Optional[int] = None
+    batch_size: int = 256
+    eval_every: int = 200
+    eval_batch_size: int = 2000
+
+    def check(self, p: str) -> None:
+        if (self.steps is None) == (self.epochs is None):
+            raise ConfigError(f"{p}.steps: give exactly one of {p}.steps and {p}.epochs")
+        for key in ("steps", "epochs", "batch_size", "eval_every", "eval_batch_size"):
+            _positive(f"{p}.{key}", getattr(self, key))
+
+
+@dataclass
+class BackendConfig:
+    """``name`` plus the backend's own options (validated by that backend's Options dataclass)."""
+
+    name: str = "ideal"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        raw = dataclasses.asdict(self)
+        raw["backend"] = {"name": self.backend.name, **self.backend.options}
+        return raw
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is Union:
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null", dict: "a mapping"}.get(tp, str(tp))
+
+
+def _convert(tp, value, path: str):
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(arg, value, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path}: {value!r} is not allowed; expected {_describe(tp)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+        return [_convert(typing.get_args(tp)[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    ok = {type(None): value is None, bool: isinstance(value, bool), str: isinstance(value, str),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          dict: isinstance(value, dict)}[tp]
+    if not ok:
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def from_dict(cls, raw: Any, path: str = ""):
+    """Build dataclass ``cls`` from a mapping, checking keys, types and each class's ``check``."""
+    where = path or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    if cls is BackendConfig:
+        raw = {"name": raw.get("name", "ideal"), "options": {k: v for k, v in raw.items() if k != "name"}}
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{path + '.' if path else ''}{key}: unknown key; allowed: {', '.join(names)}")
+    values = {k: _convert(hints[k], v, f"{path + '.' if path else ''}{k}") for k, v in raw.items()}
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{path + '.' if path else ''}{missing[0]}: required")
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check(where)
+    return obj
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply ``"a.b.c=value"`` to the raw mapping (value parsed as YAML; list items by index)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        step = int(part) if isinstance(node, list) and part.isdigit() else part
+        try:
+            nxt = node[step]
+        except (KeyError, IndexError, TypeError):
+            if isinstance(node, dict):
+                nxt = node[step] = {}
+            else:
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} does not exist") from None
+        node = nxt
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {key}: {last!r} is not an index of that list")
+        node[int(last)] = yaml.safe_load(text)
+    elif isinstance(node, dict):
+        node[last] = yaml.safe_load(text)
+    else:
+        raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the experiment configs shipped inside the package (hwsim/configs/*.yaml)."""
+    return sorted(p.name[:-5] for p in resources.files("hwsim.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_raw(source: str) -> dict:
+    """Raw mapping from a YAML file path or a shipped config name (e.g. ``mnist_tt_zo``)."""
+    path = Path(source)
+    if path.is_file():
+        text = path.read_text()
+    else:
+        shipped = resources.files("hwsim.configs") / f"{source}.yaml"
+        if not shipped.is_file():
+            raise ConfigError(f"config {source!r}: no such file and no shipped config of that name; "
+                              f"shipped: {', '.join(shipped_configs())}")
+        text = shipped.read_text()
+    raw = yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {source!r}: the YAML must be a mapping of sections")
+    return raw
+
+
+def load_config(source: str, overrides: list[str] = ()) -> Config:
+    """Read, override and validate a config."""
+    raw = read_raw(source)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return from_dict(Config, raw)

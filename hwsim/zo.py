@@ -1,0 +1,182 @@
+"""Zeroth-order gradient estimators: RGE, CGE and the hybrid schedule (PAPER.md section 3).
+
+An estimator sees only the flat parameter vector theta (d,) and an *objective* that returns the
+mini-batch losses at many parameter points in one call (all queries of a step use the same batch):
+
+    objective.losses(theta, deltas)            deltas (Q, d)  -> (Q,) losses at theta + deltas[q]
+    objective.coordinate_losses(theta, idx, h) idx (J,)       -> (J,) losses at theta + h * e_idx[j]
+
+It returns an :class:`Estimate` whose ``grad`` the caller writes into ``.grad`` before a stock
+torch.optim optimizer steps. Every loss evaluation is one forward query and is counted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from hwsim.params import ParamSpace
+
+DISTRIBUTIONS = ("rademacher", "gaussian", "sphere")
+
+
+class Objective(Protocol):
+    def losses(self, theta: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor: ...
+
+    def coordinate_losses(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor: ...
+
+
+@dataclass
+class Estimate:
+    """grad: (d,) gradient estimate; queries: forward queries spent; loss: estimate of L(theta)."""
+
+    grad: torch.Tensor
+    queries: int
+    loss: float
+
+
+def sample_directions(n: int, d: int, distribution: str, generator: torch.Generator,
+                      like: torch.Tensor) -> torch.Tensor:
+    """n random directions (n, d) with E[u u^T] = I (the sphere is scaled by sqrt(d) to get there)."""
+    if distribution == "rademacher":
+        u = torch.randint(0, 2, (n, d), generator=generator, device=generator.device).to(like) * 2 - 1
+    elif distribution in ("gaussian", "sphere"):
+        u = torch.randn(n, d, generator=generator, device=generator.device).to(like)
+        if distribution == "sphere":
+            u = u / u.norm(dim=1, keepdim=True) * d ** 0.5
+    else:
+        raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
+    return u
+
+
+class RGE:
+    """Randomized gradient estimate g = (1/N) sum_i [L(theta + mu u_i) - L(theta)] / mu * u_i.
+
+    ``form="antithetic"`` uses [L(theta + mu u) - L(theta - mu u)] / (2 mu) (2N queries instead of N+1).
+    ``per_tensor`` gives every named tensor its own N directions (supported on that tensor only), so the
+    layers before it are evaluated once for all its queries. ``sign`` returns sign(g) (ZO-signSGD).
+    Sphere directions are uniform on the sphere of radius sqrt(d), i.e. the usual d-scaling.
+    """
+
+    phase = "rge"
+
+    def __init__(self, space: ParamSpace, num_queries: int = 10, mu: float = 0.01,
+                 distribution: str = "rademacher", form: str = "forward", per_tensor: bool = False,
+                 sign: bool = False):
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
+        if form not in ("forward", "antithetic"):
+            raise ValueError(f"RGE form must be 'forward' or 'antithetic', got {form!r}")
+        self.space, self.n, self.mu = space, num_queries, mu
+        self.distribution, self.form, self.per_tensor, self.sign = distribution, form, per_tensor, sign
+
+    def observe(self, epoch: int, val_accuracy: float | None = None) -> None:
+        """RGE has no schedule of its own."""
+
+    def queries_per_step(self) -> int:
+        blocks = len(self.space) if self.per_tensor else 1
+        return blocks * 2 * self.n if self.form == "antithetic" else blocks * self.n + 1
+
+    def estimate(self, objective: Objective, theta: torch.Tensor, generator: torch.Generator) -> Estimate:
+        d = theta.numel()
+        blocks = [e.slice for e in self.space.entries] if self.per_tensor else [slice(0, d)]
+        grad = torch.zeros_like(theta)
+        base = None
+        loss_sum, queries = 0.0, 0
+        if self.form == "forward":
+            base = objective.losses(theta, torch.zeros(1, d, dtype=theta.dtype, device=theta.device))[0]
+            queries += 1
+        for block in blocks:
+            width = block.stop - block.start
+            u = sample_directions(self.n, width, self.distribution, generator, theta)
+            deltas = torch.zeros(self.n, d, dtype=theta.dtype, device=theta.device)
+            deltas[:, block] = self.mu * u
+            if self.form == "forward":
+                diffs = (objective.losses(theta, deltas) - base) / self.mu
+                queries += self.n
+            else:
+                both = objective.losses(theta, torch.cat([deltas, -deltas]))
+                diffs = (both[:self.n] - both[self.n:]) / (2 * self.mu)
+                loss_sum += float(both.mean())
+                queries += 2 * self.n
+            grad[block] = diffs @ u / self.n
+        loss = float(base) if base is not None else loss_sum / len(blocks)
+        return Estimate(grad.sign() if self.sign else grad, queries, loss)
+
+
+class CGE:
+    """Coordinate-wise gradient estimate g_j = [L(theta + mu e_j) - L(theta - mu e_j)] / (2 mu).
+
+    ``form="forward"`` uses [L(theta + mu e_j) - L(theta)] / mu (d+1 queries instead of 2d).
+    ``subset`` < 1 estimates only a random subset of coordinates per step (each kept with that
+    probability); the others get zero gradient.
+    """
+
+    phase = "cge"
+
+    def __init__(self, space: ParamSpace, mu: float = 0.01, form: str = "central", subset: float = 1.0):
+        if form not in ("forward", "central"):
+            raise ValueError(f"CGE form must be 'forward' or 'central', got {form!r}")
+        if not 0.0 < subset <= 1.0:
+            raise ValueError(f"CGE subset must be in (0, 1], got {subset}")
+        self.space, self.mu, self.form, self.subset = space, mu, form, subset
+
+    def observe(self, epoch: int, val_accuracy: float | None = None) -> None:
+        """CGE has no schedule of its own."""
+
+    def queries_per_step(self) -> int:
+        d = round(self.space.size * self.subset)
+        return d + 1 if self.form == "forward" else 2 * d
+
+    def estimate(self, objective: Objective, theta: torch.Tensor, generator: torch.Generator) -> Estimate:
+        d = theta.numel()
+        if self.subset < 1.0:
+            keep = torch.rand(d, generator=generator, device=generator.device) < self.subset
+            idx = keep.nonzero().squeeze(1).to(theta.device)
+        else:
+            idx = torch.arange(d, device=theta.device)
+        grad = torch.zeros_like(theta)
+        if self.form == "forward":
+            base = objective.losses(theta, torch.zeros(1, d, dtype=theta.dtype, device=theta.device))[0]
+            grad[idx] = (objective.coordinate_losses(theta, idx, self.mu) - base) / self.mu
+            return Estimate(grad, len(idx) + 1, float(base))
+        plus = objective.coordinate_losses(theta, idx, self.mu)
+        minus = objective.coordinate_losses(theta, idx, -self.mu)
+        grad[idx] = (plus - minus) / (2 * self.mu)
+        loss = float((plus + minus).mean() / 2) if len(idx) else float("nan")
+        return Estimate(grad, 2 * len(idx), loss)
+
+
+class Hybrid:
+    """RGE first, CGE after: switch at epoch ``switch_epoch`` or after ``patience`` evaluations
+    without a new best validation accuracy (whichever is configured; both may be)."""
+
+    def __init__(self, rge: RGE, cge: CGE, switch_epoch: int | None = None, patience: int | None = None):
+        if switch_epoch is None and patience is None:
+            raise ValueError("hybrid needs switch_epoch or patience")
+        self.rge, self.cge = rge, cge
+        self.switch_epoch, self.patience = switch_epoch, patience
+        self.current: RGE | CGE = rge
+        self.best, self.stale = float("-inf"), 0
+
+    @property
+    def phase(self) -> str:
+        return self.current.phase
+
+    def queries_per_step(self) -> int:
+        return self.current.queries_per_step()
+
+    def observe(self, epoch: int, val_accuracy: float | None = None) -> None:
+        if self.switch_epoch is not None and epoch >= self.switch_epoch:
+            self.current = self.cge
+        if val_accuracy is not None and self.patience is not None:
+            if val_accuracy > self.best:
+                self.best, self.stale = val_accuracy, 0
+            else:
+                self.stale += 1
+                if self.stale >= self.patience:
+                    self.current = self.cge
+
+    def estimate(self, objective: Objective, theta: torch.Tensor, generator: torch.Generator) -> Estimate:
+        return self.current.estimate(objective, theta, generator)
