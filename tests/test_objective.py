@@ -1,0 +1,82 @@
+"""The batched query evaluation computes exactly what evaluating every query alone computes."""
+import dataclasses
+
+import pytest
+import torch
+
+from hwsim.backends import create_backend
+from hwsim.model import Activation, Linear, Network, TTLinear, cross_entropy
+from hwsim.objective import BatchObjective
+from hwsim.tt import TTShape
+
+
+def small_network():
+    return Network([
+        TTLinear(12, 8, True, TTShape.build(12, 8, 2, (3, 4), (2, 4))), Activation("relu"),
+        Linear(8, 5, True), Activation("tanh"),
+        TTLinear(5, 3, False, TTShape.build(5, 3, 3, (5, 1), (1, 3))), Activation("sin")])
+
+
+@pytest.fixture
+def setup():
+    net = small_network()
+    backend = create_backend("ideal", dtype="float64")
+    g = torch.Generator().manual_seed(0)
+    theta = net.init_params(g)
+    x = torch.randn(7, 12, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 3, (7,), generator=g)
+    return net, backend, theta, x, y
+
+
+def loss_alone(net, backend, theta, x, y):
+    return cross_entropy(net.forward(backend, net.space.unflatten(theta), x), y)
+
+
+def test_batched_losses_equal_one_at_a_time(setup):
+    net, backend, theta, x, y = setup
+    g = torch.Generator().manual_seed(1)
+    deltas = torch.randn(9, theta.numel(), dtype=torch.float64, generator=g) * 0.1
+    deltas[3] = 0                                            # the base point inside a batch
+    deltas[4, :net.space.entries[1].offset] = 0              # only later tensors perturbed
+    deltas[5:, net.space.entries[3].offset:] = 0             # only early tensors perturbed
+    obj = BatchObjective(net, backend, x, y, chunk_elements=7 * 12 * 4)   # forces several chunks
+    assert obj.chunk < len(deltas)
+    got = obj.losses(theta, deltas)
+    want = torch.stack([loss_alone(net, backend, theta + d, x, y) for d in deltas])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert obj.queries == 9
+
+
+def test_per_tensor_chunks_run_earlier_layers_once(setup):
+    net, backend, theta, x, y = setup
+    last = net.space.entries[-1]
+    deltas = torch.zeros(4, theta.numel(), dtype=torch.float64)
+    deltas[:, last.slice] = 0.01
+    backend.reset_counters()
+    BatchObjective(net, backend, x, y).losses(theta, deltas)
+    # layers 0 and 2 ran once for all four queries (7 rows each); only the last layer saw 4 x 7 rows
+    assert backend.counters()["rows"] == 7 + 7 + 4 * 7
+
+
+def test_multilinear_coordinate_shortcut_equals_full_evaluation(setup):
+    net, backend, theta, x, y = setup
+    idx = torch.arange(theta.numel())
+    fast = BatchObjective(net, backend, x, y).coordinate_losses(theta, idx, 0.01)
+    slow_backend = create_backend("ideal", dtype="float64")
+    slow_backend.capabilities = dataclasses.replace(slow_backend.capabilities, multilinear=False)
+    slow = BatchObjective(net, slow_backend, x, y).coordinate_losses(theta, idx, 0.01)
+    want = torch.stack([loss_alone(net, backend, theta + 0.01 * torch.eye(theta.numel(), dtype=torch.float64)[j], x, y)
+                        for j in idx])
+    torch.testing.assert_close(slow, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast, want, rtol=1e-10, atol=1e-12)
+
+
+def test_shortcut_handles_subsets_in_any_order(setup):
+    net, backend, theta, x, y = setup
+    idx = torch.tensor([theta.numel() - 1, 0, 50, 7, 100])
+    obj = BatchObjective(net, backend, x, y, chunk_elements=7 * 12 * 2)
+    got = obj.coordinate_losses(theta, idx, -0.05)
+    want = torch.stack([loss_alone(net, backend, theta - 0.05 * torch.eye(theta.numel(), dtype=torch.float64)[j], x, y)
+                        for j in idx])
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert obj.queries == 5

@@ -1,0 +1,59 @@
+"""End to end: real MNIST, a few hundred BP-free steps, through the config, trainer and CLI."""
+import json
+
+import pytest
+
+from hwsim.cli import main
+from hwsim.config import load_config
+from hwsim.train import train
+
+FAST = ["data.train_limit=4000", "train.steps=150", "train.eval_every=50", "train.batch_size=128", "optimizer.lr=0.01"]
+
+
+def test_tiny_zo_run_learns_and_writes_the_run_directory(tmp_path):
+    metrics = train(load_config("mnist_tt_zo", FAST), tmp_path, progress=False, log=lambda s: None)
+    assert metrics["test_accuracy"] > 0.5                       # chance is 0.1
+    assert metrics["forward_queries"] == 150 * (8 * 10 + 1)    # 8 TT cores x N=10, plus the base loss
+    assert metrics["trainable_params"] == 1504 and metrics["dense_params"] == 203264
+    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [50, 100, 150]
+    assert lines[-1]["forward_queries"] == metrics["forward_queries"]
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    runs = [train(load_config("mnist_tt_zo", FAST[:1] + ["train.steps=40", "train.eval_every=20"]),
+                  tmp_path / str(i), progress=False, log=lambda s: None) for i in range(2)]
+    for m in runs:
+        m.pop("wall_s")
+    assert runs[0] == runs[1]
+    other = train(load_config("mnist_tt_zo", FAST[:1] + ["train.steps=40", "train.eval_every=20", "seed=1"]),
+                  None, progress=False, log=lambda s: None)
+    assert other["test_accuracy"] != runs[0]["test_accuracy"] or other["val_accuracy"] != runs[0]["val_accuracy"]
+
+
+def test_hybrid_switches_to_cge_and_fo_baseline_runs(tmp_path):
+    cfg = load_config("mnist_tt_hybrid", FAST[:1] + ["train.epochs=2", "train.batch_size=500",
+                                                      "estimator.switch_epoch=1", "train.eval_every=4"])
+    metrics = train(cfg, tmp_path, progress=False, log=lambda s: None)
+    phases = [json.loads(line)["phase"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert phases[0] == "rge" and phases[-1] == "cge"
+    # 8 RGE steps at 81 queries, then 8 CGE steps at d + 1 = 1505
+    assert metrics["forward_queries"] == 8 * 81 + 8 * 1505
+    fo = train(load_config("mnist_tt_fo", FAST), None, progress=False, log=lambda s: None)
+    assert fo["test_accuracy"] > 0.8 and fo["forward_queries"] == 150
+
+
+def test_cli_reports_config_errors_and_info(capsys, tmp_path):
+    assert main(["train", "mnist_tt_zo", "--set", "train.stepz=3", "--out", str(tmp_path)]) == 2
+    assert "train.stepz: unknown key" in capsys.readouterr().err
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "ideal" in out and "mnist_tt_zo" in out and "sha256 ok" in out
+
+
+def test_cli_train_runs(tmp_path):
+    assert main(["train", "mnist_tt_zo", "--quiet", "--out", str(tmp_path)] + sum((["--set", s] for s in FAST), [])) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 150
