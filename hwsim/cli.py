@@ -1,4 +1,5 @@
-"""Command line: ``hwsim train CONFIG [--out DIR] [--set key=value ...]`` and ``hwsim info``."""
+"""Command line: ``hwsim train CONFIG [--out DIR] [--set key=value ...]``, ``hwsim compare RUN...``,
+``hwsim info``."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,20 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     train(cfg, out, progress=not args.quiet)
+    return 0
+
+
+def _compare(args) -> int:
+    from hwsim.report import compare_runs, write_atomic
+
+    try:
+        table = compare_runs([Path(d) for d in args.runs], Path(args.plot) if args.plot else None)
+    except FileNotFoundError as e:
+        print(f"hwsim: error: {e}", file=sys.stderr)
+        return 2
+    print(table)
+    if args.markdown:
+        write_atomic(Path(args.markdown), table + "\n")
     return 0
 
 
@@ -61,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=200")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
+    p = sub.add_parser("compare", help="table (and plot) of finished runs side by side")
+    p.add_argument("runs", nargs="+", help="run directories written by `hwsim train`")
+    p.add_argument("--plot", help="write test accuracy vs forward queries and wall time to this PNG")
+    p.add_argument("--markdown", help="also write the table to this file")
+    p.set_defaults(func=_compare)
     p = sub.add_parser("info", help="list backends, datasets, simulators and shipped configs")
     p.set_defaults(func=_info)
     args = parser.parse_args(argv)

@@ -60,7 +60,15 @@ def plot_curves(records: Sequence[dict], path: Path, title: str = "") -> None:
         for row in (0, 1):
             axes[row, col].set_xlabel(xlabel)
             axes[row, col].grid(alpha=0.3)
+            axes[row, col].ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=Path(path).parent, suffix=".png")
     os.close(fd)
@@ -72,6 +80,50 @@ def plot_curves(records: Sequence[dict], path: Path, title: str = "") -> None:
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+COMPARE_COLUMNS = [("run", "run"), ("estimator", "estimator"), ("backend", "backend"),
+                   ("test_accuracy_pct", "test acc. (%)"), ("best_test_accuracy_pct", "best (%)"),
+                   ("forward_queries", "forward queries"), ("trainable_params", "trainable params"),
+                   ("steps", "steps"), ("wall_s", "wall (s)")]
+
+
+def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """(metrics.json, metrics.jsonl records) of a run directory; FileNotFoundError names what is missing."""
+    run_dir = Path(run_dir)
+    for name in ("metrics.json", "metrics.jsonl"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a finished run: {name} is missing")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return metrics, records
+
+
+def compare_runs(run_dirs: Sequence[Path], plot_path: Path | None = None) -> str:
+    """Markdown table of several runs; optionally one plot of test accuracy vs forward queries."""
+    rows, curves = [], []
+    for d in run_dirs:
+        metrics, records = load_run(d)
+        rows.append({**metrics, "run": Path(d).name, "test_accuracy_pct": 100 * metrics["test_accuracy"],
+                     "best_test_accuracy_pct": 100 * metrics["best_test_accuracy"]})
+        curves.append((Path(d).name, records))
+    if plot_path is not None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4.5))
+        for name, records in curves:
+            for axis, key in zip(ax, ("forward_queries", "wall_s")):
+                axis.plot([r[key] for r in records], [100 * r["test_accuracy"] for r in records], marker=".", label=name)
+        for axis, label in zip(ax, ("forward queries (log)", "wall time (s, log)")):
+            axis.set_xscale("log")
+            axis.set_xlabel(label)
+            axis.set_ylabel("test accuracy (%)")
+            axis.grid(alpha=0.3)
+        ax[0].legend(fontsize=8)
+        save_figure(fig, plot_path)
+    return markdown_table(rows, COMPARE_COLUMNS)
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:

