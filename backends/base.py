@@ -74,10 +74,15 @@ class Backend(ABC):
         """Evaluate one linear layer (``hwsim.model.Linear`` or ``TTLinear``); shapes in the class doc."""
 
     def coordinate_jvp(self, layer: Any, params: dict[str, torch.Tensor], x: torch.Tensor,
-                       name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+                       name: str) -> Callable[[torch.Tensor], "SparseDelta"]:
         """For ``capabilities.multilinear`` backends: the exact change of the layer output per unit step
-        of coordinates of tensor ``name``. Returns f(idx (J,) flat indices into that tensor) -> (J, B, out).
-        params carry no query axis; x is (B, in)."""
+        of coordinates of tensor ``name``. Returns f(idx (J,) flat indices into that tensor) -> SparseDelta
+        with J rows. params carry no query axis; x is (B, in)."""
+        raise NotImplementedError(f"backend {self.name!r} is not multilinear: it has no coordinate shortcut")
+
+    def linear_input_delta(self, layer: Any, params: dict[str, torch.Tensor], delta: "SparseDelta") -> torch.Tensor:
+        """For ``capabilities.multilinear`` backends: the exact change (J, B, out) of the layer output when
+        its input (B, in) moves by ``delta`` (the layer is linear in its input)."""
         raise NotImplementedError(f"backend {self.name!r} is not multilinear: it has no coordinate shortcut")
 
     def activation(self, kind: str, x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +99,24 @@ class Backend(ABC):
 
     def reset_counters(self) -> None:
         self._counters.clear()
+
+
+@dataclass
+class SparseDelta:
+    """J changes of a (B, F) activation, each touching T features: row q adds values[q, b, t] at feature
+    index[q, t]. values (J, B, T); index (J, T) long."""
+
+    values: torch.Tensor
+    index: torch.Tensor
+
+    def gather(self, full: torch.Tensor) -> torch.Tensor:
+        """The touched entries of an unperturbed activation full (B, F), as (J, B, T)."""
+        return full[:, self.index].transpose(0, 1)
+
+    def scatter(self, full: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Dense (J, B, F) copies of full (B, F) with the touched entries replaced by values (J, B, T)."""
+        out = full.unsqueeze(0).repeat(len(self.index), 1, 1)
+        return out.scatter_(2, self.index.unsqueeze(1).expand(values.shape), values)
 
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sin": torch.sin}

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import torch
 
-from hwsim.backends.base import Backend, Capabilities
+from hwsim.backends.base import Backend, Capabilities, SparseDelta
 from hwsim.model import TTLinear
-from hwsim.tt import choose_method, core_environment, tt_linear
+from hwsim.tt import choose_method, core_environment, to_dense, tt_linear
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -70,33 +70,36 @@ class IdealBackend(Backend):
         return y
 
     def coordinate_jvp(self, layer, params, x, name):
-        rows = x.shape[0]
         if name == "bias":
-            def bias_jvp(idx):
-                out = x.new_zeros(len(idx), rows, layer.out_features)
-                out[torch.arange(len(idx)), :, idx] = 1.0
-                return out
-            return bias_jvp
+            return lambda idx: SparseDelta(x.new_ones(len(idx), x.shape[0], 1), idx[:, None])
         if name == "weight":
-            def weight_jvp(idx):
-                o, p = idx // layer.in_features, idx % layer.in_features
-                out = x.new_zeros(len(idx), rows, layer.out_features)
-                out[torch.arange(len(idx)), :, o] = x[:, p].T
-                return out
-            return weight_jvp
+            return lambda idx: SparseDelta(x[:, idx % layer.in_features].T.unsqueeze(-1),
+                                           (idx // layer.in_features)[:, None])
         k = layer.core_names.index(name)
         env = core_environment([params[n] for n in layer.core_names], k, x)   # (B, U, r, n, r', V)
-        r0, n, m, r1 = layer.tt.core_shapes[k]
+        _, n, m, r1 = layer.tt.core_shapes[k]
+        u_size, v_size = env.shape[1], env.shape[-1]
         self.count("macs_" + self.options.dtype, env.numel() * layer.tt.in_factors[k])
+        # output position of (u, i, v) is (u * m + i) * V + v; "grid" holds it for i = 0
+        grid = (torch.arange(u_size, device=x.device)[:, None] * m * v_size
+                + torch.arange(v_size, device=x.device)[None, :]).reshape(-1)
 
         def core_jvp(idx):
             a, rest = idx // (n * m * r1), idx % (n * m * r1)
             j, rest = rest // (m * r1), rest % (m * r1)
             i, c = rest // r1, rest % r1
-            out = x.new_zeros(len(idx), rows, env.shape[1], m, env.shape[-1])
-            out[torch.arange(len(idx)), :, :, i, :] = env[:, :, a, j, c, :].permute(2, 0, 1, 3)
-            return out.reshape(len(idx), rows, layer.out_features)
+            values = env[:, :, a, j, c, :].permute(2, 0, 1, 3).reshape(len(idx), x.shape[0], -1)
+            return SparseDelta(values, grid[None, :] + (i * v_size)[:, None])
         return core_jvp
+
+    def linear_input_delta(self, layer, params, delta):
+        if isinstance(layer, TTLinear):
+            weight = to_dense([params[n] for n in layer.core_names])
+        else:
+            weight = params["weight"]
+        picked = weight.T[delta.index]                      # (J, T, out)
+        self.count("macs_" + self.options.dtype, delta.values.numel() * layer.out_features)
+        return torch.bmm(delta.values, picked)
 
 
 def _check(key: str, value, allowed) -> None:

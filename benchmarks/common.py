@@ -1,18 +1,16 @@
-"""Shared helpers for the benchmark scripts: timing, machine description, JSON output."""
+"""Shared helpers for the benchmark scripts (run them with hwsim installed, e.g. `make bench`)."""
 from __future__ import annotations
 
 import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hwsim.report import write_json  # noqa: E402
+from hwsim.report import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

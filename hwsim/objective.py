@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from hwsim.model import Network, cross_entropy
+from hwsim.backends.base import SparseDelta
+from hwsim.model import Activation, Network, cross_entropy
 
 # Largest activation tensor (elements) one chunk of queries may create; bounds memory per chunk.
 DEFAULT_CHUNK_ELEMENTS = 2 ** 24
@@ -48,28 +49,44 @@ class BatchObjective:
         return torch.cat(out) if out else theta.new_zeros(0)
 
     def _coordinate_losses_multilinear(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor:
-        net = self.network
+        net, backend = self.network, self.backend
         tensors = net.space.unflatten(theta)
-        inputs, h_in = {}, self.x                    # input of every linear layer at theta
-        for i, layer in enumerate(net.layers):
-            inputs[i] = h_in
-            h_in = net.forward(self.backend, tensors, h_in, start=i, stop=i + 1)
+        acts = [self.x]                              # acts[i]: input of layer i at theta; acts[-1]: output
+        for i in range(len(net.layers)):
+            acts.append(net.forward(backend, tensors, acts[i], start=i, stop=i + 1))
         losses = torch.empty(len(idx), dtype=theta.dtype, device=theta.device)
         for entry in net.space.entries:
             sel = ((idx >= entry.offset) & (idx < entry.offset + entry.numel)).nonzero().squeeze(1)
             if len(sel) == 0:
                 continue
             i, local = net.layer_of(entry.name)
-            layer = net.layers[i]
-            params = {n: tensors[f"{i}.{n}"] for n, _ in layer.param_shapes()}
-            z0 = net.forward(self.backend, tensors, inputs[i], start=i, stop=i + 1)
-            jvp = self.backend.coordinate_jvp(layer, params, inputs[i], local)
+            jvp = backend.coordinate_jvp(net.layers[i], self._layer_params(tensors, i), acts[i], local)
             for s in range(0, len(sel), self.chunk):
                 part = sel[s:s + self.chunk]
-                z = z0 + h * jvp(idx[part] - entry.offset)
-                logits = net.forward(self.backend, tensors, z, start=i + 1)
+                logits = self._propagate(tensors, acts, i, jvp(idx[part] - entry.offset), h)
                 losses[part] = cross_entropy(logits, self.y)
         return losses
+
+    def _layer_params(self, tensors: dict, i: int) -> dict:
+        return {n: tensors[f"{i}.{n}"] for n, _ in self.network.layers[i].param_shapes()}
+
+    def _propagate(self, tensors: dict, acts: list, i: int, delta: SparseDelta, h: float) -> torch.Tensor:
+        """Network outputs (J, B, out) when layer i's output moves by h * delta.
+
+        Elementwise activations change only the touched entries; the next linear layer turns the
+        sparse change of its input into a dense change of its output; later layers run per query.
+        """
+        net, backend = self.network, self.backend
+        moved = delta.gather(acts[i + 1]) + h * delta.values
+        j = i + 1
+        while j < len(net.layers) and isinstance(net.layers[j], Activation):
+            moved = backend.activation(net.layers[j].kind, moved)
+            j += 1
+        if j == len(net.layers):
+            return delta.scatter(acts[j], moved)
+        change = SparseDelta(moved - delta.gather(acts[j]), delta.index)
+        out = acts[j + 1] + backend.linear_input_delta(net.layers[j], self._layer_params(tensors, j), change)
+        return net.forward(backend, tensors, out, start=j + 1)
 
     def _chunk_losses(self, theta: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
         space = self.network.space

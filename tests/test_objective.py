@@ -10,16 +10,17 @@ from hwsim.objective import BatchObjective
 from hwsim.tt import TTShape
 
 
-def small_network():
+def small_network(end_with_activation=True):
     return Network([
         TTLinear(12, 8, True, TTShape.build(12, 8, 2, (3, 4), (2, 4))), Activation("relu"),
         Linear(8, 5, True), Activation("tanh"),
-        TTLinear(5, 3, False, TTShape.build(5, 3, 3, (5, 1), (1, 3))), Activation("sin")])
+        TTLinear(5, 3, False, TTShape.build(5, 3, 3, (5, 1), (1, 3)))]
+        + ([Activation("sin")] if end_with_activation else []))
 
 
-@pytest.fixture
-def setup():
-    net = small_network()
+@pytest.fixture(params=[True, False], ids=["ends-with-activation", "ends-with-linear"])
+def setup(request):
+    net = small_network(request.param)
     backend = create_backend("ideal", dtype="float64")
     g = torch.Generator().manual_seed(0)
     theta = net.init_params(g)
