@@ -111,7 +111,7 @@ class SparseDelta:
 
     def gather(self, full: torch.Tensor) -> torch.Tensor:
         """The touched entries of an unperturbed activation full (B, F), as (J, B, T)."""
-        return full[:, self.index].transpose(0, 1)
+        return full.T.contiguous()[self.index].transpose(1, 2)     # row gathers: faster than columns
 
     def scatter(self, full: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Dense (J, B, F) copies of full (B, F) with the touched entries replaced by values (J, B, T)."""

@@ -64,7 +64,7 @@ class IdealBackend(Backend):
             self.count("macs_" + self.options.dtype, rows * layer.in_features * layer.out_features)
         if layer.bias:
             b = params["bias"]
-            y = y + (b.unsqueeze(-2) if queries else b)
+            y = y.add_(b.unsqueeze(-2) if queries else b)      # y is a fresh matmul output
         self.count("linear_calls")
         self.count("rows", rows)
         return y
@@ -79,6 +79,7 @@ class IdealBackend(Backend):
         env = core_environment([params[n] for n in layer.core_names], k, x)   # (B, U, r, n, r', V)
         _, n, m, r1 = layer.tt.core_shapes[k]
         u_size, v_size = env.shape[1], env.shape[-1]
+        env = env.permute(2, 3, 4, 0, 1, 5).contiguous()                      # (r, n, r', B, U, V)
         self.count("macs_" + self.options.dtype, env.numel() * layer.tt.in_factors[k])
         # output position of (u, i, v) is (u * m + i) * V + v; "grid" holds it for i = 0
         grid = (torch.arange(u_size, device=x.device)[:, None] * m * v_size
@@ -88,7 +89,7 @@ class IdealBackend(Backend):
             a, rest = idx // (n * m * r1), idx % (n * m * r1)
             j, rest = rest // (m * r1), rest % (m * r1)
             i, c = rest // r1, rest % r1
-            values = env[:, :, a, j, c, :].permute(2, 0, 1, 3).reshape(len(idx), x.shape[0], -1)
+            values = env[a, j, c].reshape(len(idx), x.shape[0], -1)
             return SparseDelta(values, grid[None, :] + (i * v_size)[:, None])
         return core_jvp
 

@@ -1,7 +1,8 @@
 """One ZO step (RGE, N=10 Rademacher, forward differences) of the MNIST TT models.
 
 Measures, in one run: the batched query evaluation vs a one-query-at-a-time loop (784-1024-10 rank 6,
-batch 256 and 2000), the GFLOP/s it achieves vs a plain GEMM of the first layer's size, and the step
+batch 256 and 2000, joint and per-tensor perturbation), the GFLOP/s it achieves vs a plain GEMM of the
+first layer's size, and the step
 time of the 784-256-10 rank-4 model at batch 64 and 2000 against the paper authors' code on this
 kind of machine (0.062 s and 0.255 s per step, measured by the issue author). Writes
 benchmarks/results/zo_step.json.
@@ -11,6 +12,7 @@ benchmarks/results/zo_step.json.
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 
@@ -41,38 +43,49 @@ class OneAtATime(BatchObjective):
         return torch.cat([super(OneAtATime, self).losses(theta, d[None]) for d in deltas])
 
 
-def step_time(net: Network, batch: int, objective_cls, repeats: int) -> tuple[float, int]:
+def step_times(net: Network, batch: int, per_tensor: bool, objectives: dict, repeats: int) -> tuple[dict, int]:
+    """Median seconds of one RGE step per objective class, measured interleaved (the machine is shared
+    and noisy: alternating keeps a slow spell from favouring one side), and the MACs of one step."""
     backend = create_backend("ideal")
     g = torch.Generator().manual_seed(0)
     theta = net.init_params(g).float()
     x, y = torch.rand(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
-    est = RGE(net.space, 10, 0.01, "rademacher", "forward")
+    est = RGE(net.space, 10, 0.01, "rademacher", "forward", per_tensor=per_tensor)
+    runs = {name: (lambda cls=cls: est.estimate(cls(net, backend, x, y), theta, g)) for name, cls in objectives.items()}
     backend.reset_counters()
-    est.estimate(objective_cls(net, backend, x, y), theta, g)
-    macs = sum(v for k, v in backend.counters().items() if k.startswith("macs"))
-    return timeit(lambda: est.estimate(objective_cls(net, backend, x, y), theta, g), repeats), macs
+    for run in runs.values():
+        run()
+    macs = sum(v for k, v in backend.counters().items() if k.startswith("macs")) // len(runs)
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(timeit(run, repeats=1, warmup=0))
+    return {name: statistics.median(t) for name, t in times.items()}, macs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     big, small = mnist_tt(True), mnist_tt(False)
+    both = {"batched": BatchObjective, "loop": OneAtATime}
     rows = []
-    for batch in (256, 2000):
-        batched, macs = step_time(big, batch, BatchObjective, args.repeats)
-        loop, _ = step_time(big, batch, OneAtATime, args.repeats)
-        a, w = torch.rand(batch, 784), torch.rand(784, 1024)
-        gemm = timeit(lambda: a @ w, args.repeats * 4)
-        rows.append({"model": "784-1024-10 TT rank 6", "batch": batch, "queries": 11,
-                     "batched_step_s": batched, "loop_step_s": loop, "batched_speedup": loop / batched,
-                     "step_gflops": 2 * macs / batched / 1e9,
-                     "plain_gemm_gflops": 2 * batch * 784 * 1024 / gemm / 1e9})
+    for per_tensor in (False, True):
+        for batch in (256, 2000):
+            t, macs = step_times(big, batch, per_tensor, both, args.repeats)
+            a, w = torch.rand(batch, 784), torch.rand(784, 1024)
+            gemm = timeit(lambda: a @ w, args.repeats * 4)
+            rows.append({"model": "784-1024-10 TT rank 6", "perturbation": "per-tensor" if per_tensor else "joint",
+                         "batch": batch, "queries": RGE(big.space, 10, per_tensor=per_tensor).queries_per_step(),
+                         "batched_step_s": t["batched"], "loop_step_s": t["loop"],
+                         "batched_speedup": t["loop"] / t["batched"], "step_gflops": 2 * macs / t["batched"] / 1e9,
+                         "plain_gemm_gflops": 2 * batch * 784 * 1024 / gemm / 1e9})
     ref = []
     for batch in (64, 2000):
-        t, _ = step_time(small, batch, BatchObjective, args.repeats)
-        ref.append({"model": "784-256-10 TT rank 4", "batch": batch, "step_s": t,
-                    "reference_step_s": REFERENCE_STEP_S[batch], "speedup_vs_reference": REFERENCE_STEP_S[batch] / t})
+        t, _ = step_times(small, batch, False, {"batched": BatchObjective}, args.repeats)
+        ref.append({"model": "784-256-10 TT rank 4", "perturbation": "joint", "batch": batch,
+                    "step_s": t["batched"], "reference_step_s": REFERENCE_STEP_S[batch],
+                    "speedup_vs_reference": REFERENCE_STEP_S[batch] / t["batched"]})
     save("zo_step", {"command": "python benchmarks/bench_zo_step.py", "batched_vs_loop": rows,
                      "vs_reference_code": ref})
 

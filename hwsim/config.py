@@ -15,6 +15,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from hwsim.objective import DEFAULT_CHUNK_ELEMENTS
+
 
 class ConfigError(ValueError):
     """A config key has a bad value; the message starts with the key path."""
@@ -108,7 +110,7 @@ class EstimatorConfig:
     cge: CGEConfig = field(default_factory=CGEConfig)
     switch_epoch: Optional[int] = None
     patience: Optional[int] = None
-    chunk_elements: int = 2 ** 24
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
 
     def check(self, p: str) -> None:
         if self.name == "hybrid" and self.switch_epoch is None and self.patience is None:

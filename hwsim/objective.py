@@ -10,8 +10,10 @@ import torch
 from hwsim.backends.base import SparseDelta
 from hwsim.model import Activation, Network, cross_entropy
 
-# Largest activation tensor (elements) one chunk of queries may create; bounds memory per chunk.
-DEFAULT_CHUNK_ELEMENTS = 2 ** 24
+# Largest activation tensor (elements) one chunk of queries may create: bounds memory per chunk and
+# keeps a chunk's activations within a CPU's last-level cache (2**22 float32 = 16 MiB; measured in
+# benchmarks/bench_zo_step.py, docs/results.md).
+DEFAULT_CHUNK_ELEMENTS = 2 ** 22
 
 
 class BatchObjective:
@@ -20,7 +22,7 @@ class BatchObjective:
     def __init__(self, network: Network, backend, x: torch.Tensor, y: torch.Tensor,
                  chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
         self.network, self.backend, self.x, self.y = network, backend, x, y
-        widest = max([network.in_features] + [getattr(l, "out_features", 0) for l in network.layers])
+        widest = max([network.in_features] + [getattr(layer, "out_features", 0) for layer in network.layers])
         self.chunk = max(1, chunk_elements // (x.shape[0] * widest))
         self.queries = 0
 

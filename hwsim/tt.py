@@ -18,7 +18,7 @@ import torch
 
 # Cost model for ``method="auto"``: on a CPU one flop spent in an einsum chain over small TT cores costs
 # roughly this many flops of a large GEMM (benchmarks/bench_tt_linear.py measures it; docs/tt.md).
-DIRECT_FLOP_PENALTY = 8.0
+DIRECT_FLOP_PENALTY = 16.0
 
 
 def factorize(n: int, k: int) -> tuple[int, ...]:
@@ -141,27 +141,35 @@ def to_dense(cores: Sequence[torch.Tensor]) -> torch.Tensor:
 
     cores: K tensors of shape (..., r_{k-1}, n_k, m_k, r_k) with broadcastable leading axes.
     Returns W of shape (..., M, P).
+
+    The cores are multiplied out in two halves (small), which one GEMM over the middle rank joins:
+    W[(u, v), (j, k)] = sum_r L[j, u, r] R[r, k, v].
     """
-    t = cores[0][..., 0, :, :, :]                      # (..., N=n1, Mo=m1, r1)
-    for g in cores[1:]:
-        t = torch.einsum("...iar,...rjbs->...ijabs", t, g)
-        *lead, i, j, a, b, s = t.shape
-        t = t.reshape(*lead, i * j, a * b, s)
-    return t[..., 0].transpose(-1, -2)
+    if len(cores) == 1:
+        return cores[0][..., 0, :, :, 0].transpose(-1, -2)
+    half = (len(cores) + 1) // 2
+    left = chain(cores[:half])[..., 0, :, :, :]         # (..., N_L, M_L, r)
+    right = chain(cores[half:])[..., 0]                 # (..., r, N_R, M_R)
+    *lead_l, n_l, m_l, r = left.shape
+    *lead_r, _, n_r, m_r = right.shape
+    w = torch.matmul(left.reshape(*lead_l, n_l * m_l, r), right.reshape(*lead_r, r, n_r * m_r))
+    w = w.reshape(*w.shape[:-2], n_l, m_l, n_r, m_r)    # (..., j, u, k, v)
+    return w.permute(*range(w.dim() - 4), -3, -1, -4, -2).reshape(*w.shape[:-4], m_l * m_r, n_l * n_r)
 
 
 def chain(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Product of consecutive cores (no leading axes) as one tensor (r_first, N, M, r_last).
+    """Product of consecutive cores as one tensor (..., r_first, N, M, r_last).
 
-    An empty list gives the neutral element ones(1, 1, 1, 1).
+    cores: tensors (..., r, n, m, r') with broadcastable leading axes. An empty list gives the neutral
+    element ones(1, 1, 1, 1).
     """
     if not cores:
         return torch.ones(1, 1, 1, 1)
     t = cores[0]
     for g in cores[1:]:
-        t = torch.einsum("aiur,rjvs->aijuvs", t, g)
-        a, i, j, u, v, s = t.shape
-        t = t.reshape(a, i * j, u * v, s)
+        t = torch.einsum("...aiur,...rjvs->...aijuvs", t, g)
+        *lead, a, i, j, u, v, s = t.shape
+        t = t.reshape(*lead, a, i * j, u * v, s)
     return t
 
 
