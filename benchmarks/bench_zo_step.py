@@ -39,8 +39,8 @@ def mnist_tt(big: bool) -> Network:
 class OneAtATime(BatchObjective):
     """The reference code's way: every query is its own forward pass."""
 
-    def losses(self, theta, deltas):
-        return torch.cat([super(OneAtATime, self).losses(theta, d[None]) for d in deltas])
+    def losses(self, theta, deltas, start=0):
+        return torch.cat([super(OneAtATime, self).losses(theta, d[None], start) for d in deltas])
 
 
 def step_times(net: Network, batch: int, per_tensor: bool, objectives: dict, repeats: int) -> tuple[dict, int]:

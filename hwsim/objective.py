@@ -26,9 +26,15 @@ class BatchObjective:
         self.chunk = max(1, chunk_elements // (x.shape[0] * widest))
         self.queries = 0
 
-    def losses(self, theta: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
-        """Losses (Q,) at theta (d,) + deltas (Q, d), in chunks of at most ``self.chunk`` queries."""
-        out = [self._chunk_losses(theta, deltas[s:s + self.chunk]) for s in range(0, len(deltas), self.chunk)]
+    def losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Losses (Q,) at theta (d,) moved by deltas (Q, w) on theta[start:start + w] (unchanged elsewhere).
+
+        Tensors outside that window are shared by all queries, so the layers before the first moved
+        tensor run once. Queries go to the backend in chunks of at most ``self.chunk``.
+        """
+        if start < 0 or start + deltas.shape[1] > theta.numel():
+            raise ValueError(f"deltas of width {deltas.shape[1]} at {start} do not fit {theta.numel()} parameters")
+        out = [self._chunk_losses(theta, deltas[s:s + self.chunk], start) for s in range(0, len(deltas), self.chunk)]
         self.queries += len(deltas)
         return torch.cat(out) if out else deltas.new_zeros(0)
 
@@ -42,13 +48,21 @@ class BatchObjective:
         self.queries += len(idx)
         if self.backend.capabilities.multilinear:
             return self._coordinate_losses_multilinear(theta, idx, h)
-        out = []
-        for s in range(0, len(idx), self.chunk):
-            part = idx[s:s + self.chunk]
-            deltas = torch.zeros(len(part), theta.numel(), dtype=theta.dtype, device=theta.device)
-            deltas[torch.arange(len(part), device=theta.device), part] = h
-            out.append(self._chunk_losses(theta, deltas))
-        return torch.cat(out) if out else theta.new_zeros(0)
+        losses = torch.empty(len(idx), dtype=theta.dtype, device=theta.device)
+        for entry, sel in self._by_tensor(idx):
+            for s in range(0, len(sel), self.chunk):
+                part = sel[s:s + self.chunk]
+                deltas = torch.zeros(len(part), entry.numel, dtype=theta.dtype, device=theta.device)
+                deltas[torch.arange(len(part), device=theta.device), idx[part] - entry.offset] = h
+                losses[part] = self._chunk_losses(theta, deltas, entry.offset)
+        return losses
+
+    def _by_tensor(self, idx: torch.Tensor):
+        """(ParamEntry, positions in idx of its coordinates) for every tensor that idx touches."""
+        for entry in self.network.space.entries:
+            sel = ((idx >= entry.offset) & (idx < entry.offset + entry.numel)).nonzero().squeeze(1)
+            if len(sel):
+                yield entry, sel
 
     def _coordinate_losses_multilinear(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor:
         net, backend = self.network, self.backend
@@ -57,10 +71,7 @@ class BatchObjective:
         for i in range(len(net.layers)):
             acts.append(net.forward(backend, tensors, acts[i], start=i, stop=i + 1))
         losses = torch.empty(len(idx), dtype=theta.dtype, device=theta.device)
-        for entry in net.space.entries:
-            sel = ((idx >= entry.offset) & (idx < entry.offset + entry.numel)).nonzero().squeeze(1)
-            if len(sel) == 0:
-                continue
+        for entry, sel in self._by_tensor(idx):
             i, local = net.layer_of(entry.name)
             jvp = backend.coordinate_jvp(net.layers[i], self._layer_params(tensors, i), acts[i], local)
             for s in range(0, len(sel), self.chunk):
@@ -90,10 +101,16 @@ class BatchObjective:
         out = acts[j + 1] + backend.linear_input_delta(net.layers[j], self._layer_params(tensors, j), change)
         return net.forward(backend, tensors, out, start=j + 1)
 
-    def _chunk_losses(self, theta: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
-        space = self.network.space
-        base, moved = space.unflatten(theta), space.unflatten(deltas)
-        batched = {n for n, t in moved.items() if bool(t.any())}
-        tensors = {n: base[n] + moved[n] if n in batched else base[n] for n in base}
-        logits = self.network.forward(self.backend, tensors, self.x, len(deltas), batched)
-        return cross_entropy(logits, self.y).expand(len(deltas))
+    def _chunk_losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int) -> torch.Tensor:
+        queries, stop = len(deltas), start + deltas.shape[1]
+        tensors, batched = self.network.space.unflatten(theta), set()
+        for e in self.network.space.entries:
+            lo, hi = max(start, e.offset), min(stop, e.offset + e.numel)
+            if lo >= hi:
+                continue
+            moved = theta[e.slice].expand(queries, e.numel).clone()
+            moved[:, lo - e.offset:hi - e.offset] += deltas[:, lo - start:hi - start]
+            tensors[e.name] = moved.reshape(queries, *e.shape)
+            batched.add(e.name)
+        logits = self.network.forward(self.backend, tensors, self.x, queries, batched)
+        return cross_entropy(logits, self.y).expand(queries)

@@ -3,8 +3,9 @@
 An estimator sees only the flat parameter vector theta (d,) and an *objective* that returns the
 mini-batch losses at many parameter points in one call (all queries of a step use the same batch):
 
-    objective.losses(theta, deltas)            deltas (Q, d)  -> (Q,) losses at theta + deltas[q]
-    objective.coordinate_losses(theta, idx, h) idx (J,)       -> (J,) losses at theta + h * e_idx[j]
+    objective.losses(theta, deltas, start)     deltas (Q, w) -> (Q,) losses with theta[start:start + w]
+                                                                moved by deltas[q], the rest unchanged
+    objective.coordinate_losses(theta, idx, h) idx (J,)      -> (J,) losses at theta + h * e_idx[j]
 
 It returns an :class:`Estimate` whose ``grad`` the caller writes into ``.grad`` before a stock
 torch.optim optimizer steps. Every loss evaluation is one forward query and is counted.
@@ -22,7 +23,7 @@ DISTRIBUTIONS = ("rademacher", "gaussian", "sphere")
 
 
 class Objective(Protocol):
-    def losses(self, theta: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor: ...
+    def losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int = 0) -> torch.Tensor: ...
 
     def coordinate_losses(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor: ...
 
@@ -85,18 +86,16 @@ class RGE:
         base = None
         loss_sum, queries = 0.0, 0
         if self.form == "forward":
-            base = objective.losses(theta, torch.zeros(1, d, dtype=theta.dtype, device=theta.device))[0]
+            base = objective.losses(theta, theta.new_zeros(1, 0))[0]
             queries += 1
         for block in blocks:
             width = block.stop - block.start
             u = sample_directions(self.n, width, self.distribution, generator, theta)
-            deltas = torch.zeros(self.n, d, dtype=theta.dtype, device=theta.device)
-            deltas[:, block] = self.mu * u
             if self.form == "forward":
-                diffs = (objective.losses(theta, deltas) - base) / self.mu
+                diffs = (objective.losses(theta, self.mu * u, block.start) - base) / self.mu
                 queries += self.n
             else:
-                both = objective.losses(theta, torch.cat([deltas, -deltas]))
+                both = objective.losses(theta, torch.cat([self.mu * u, -self.mu * u]), block.start)
                 diffs = (both[:self.n] - both[self.n:]) / (2 * self.mu)
                 loss_sum += float(both.mean())
                 queries += 2 * self.n
@@ -138,7 +137,7 @@ class CGE:
             idx = torch.arange(d, device=theta.device)
         grad = torch.zeros_like(theta)
         if self.form == "forward":
-            base = objective.losses(theta, torch.zeros(1, d, dtype=theta.dtype, device=theta.device))[0]
+            base = objective.losses(theta, theta.new_zeros(1, 0))[0]
             grad[idx] = (objective.coordinate_losses(theta, idx, self.mu) - base) / self.mu
             return Estimate(grad, len(idx) + 1, float(base))
         plus = objective.coordinate_losses(theta, idx, self.mu)

@@ -46,17 +46,28 @@ def test_batched_losses_equal_one_at_a_time(setup):
     want = torch.stack([loss_alone(net, backend, theta + d, x, y) for d in deltas])
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert obj.queries == 9
+    window = slice(5, 40)                                    # a window across tensor boundaries
+    got = obj.losses(theta, deltas[:, window], window.start)
+    moved = torch.zeros_like(deltas)
+    moved[:, window] = deltas[:, window]
+    want = torch.stack([loss_alone(net, backend, theta + d, x, y) for d in moved])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="do not fit"):
+        obj.losses(theta, deltas, 1)
 
 
 def test_per_tensor_chunks_run_earlier_layers_once(setup):
     net, backend, theta, x, y = setup
     last = net.space.entries[-1]
-    deltas = torch.zeros(4, theta.numel(), dtype=torch.float64)
-    deltas[:, last.slice] = 0.01
+    deltas = torch.full((4, last.numel), 0.01, dtype=torch.float64)
     backend.reset_counters()
-    BatchObjective(net, backend, x, y).losses(theta, deltas)
+    got = BatchObjective(net, backend, x, y).losses(theta, deltas, last.offset)
+    rows = backend.counters()["rows"]
+    moved = theta.clone()
+    moved[last.slice] += 0.01
+    torch.testing.assert_close(got, loss_alone(net, backend, moved, x, y).expand(4), rtol=1e-12, atol=1e-12)
     # layers 0 and 2 ran once for all four queries (7 rows each); only the last layer saw 4 x 7 rows
-    assert backend.counters()["rows"] == 7 + 7 + 4 * 7
+    assert rows == 7 + 7 + 4 * 7
 
 
 def test_multilinear_coordinate_shortcut_equals_full_evaluation(setup):
