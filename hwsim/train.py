@@ -64,7 +64,7 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
         write_yaml(out_dir / "config.yaml", cfg.to_dict())
     log(f"hwsim: {network.trainable_params:,} trainable parameters ({network.dense_params:,} dense), "
         f"backend {backend.name}, estimator {cfg.estimator.name}, {n_steps} steps of batch "
-        f"{cfg.train.batch_size} ({per_epoch} per epoch)")
+        f"{cfg.train.batch_size} ({per_epoch} per epoch)\n" + network.describe())
 
     records: list[dict] = []
     queries, loss_sum, loss_n = 0, 0.0, 0
