@@ -1,10 +1,11 @@
 """The host-side training loop: mini-batches, ZO (or FO) gradients, a torch.optim step, evaluation.
 
 Writes a run directory: config.yaml (resolved), metrics.jsonl (one line per evaluation), metrics.json
-(final summary) and curves.png.
+(final summary), params.pt (trained parameters) and curves.png.
 """
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,7 @@ from hwsim.config import Config, ConfigError
 from hwsim.data import load_dataset
 from hwsim.model import Network, cross_entropy
 from hwsim.objective import BatchObjective
-from hwsim.report import plot_curves, write_json, write_jsonl, write_yaml
+from hwsim.report import plot_curves, write_atomic, write_json, write_jsonl, write_yaml
 
 
 @torch.no_grad()
@@ -31,6 +32,14 @@ def accuracy(network: Network, backend, theta: torch.Tensor, x: torch.Tensor, y:
         out = network.forward(backend, tensors, x[s:s + batch_size])
         correct += int((out.argmax(-1) == y[s:s + batch_size]).sum())
     return correct / max(1, len(y))
+
+
+def save_params(path: Path, network: Network, theta: torch.Tensor) -> None:
+    """params.pt: the trained flat vector and the named tensors it holds (CPU, float64), written atomically."""
+    buffer = io.BytesIO()
+    flat = theta.detach().to("cpu", torch.float64)
+    torch.save({"theta": flat, "tensors": network.space.unflatten(flat)}, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
@@ -118,6 +127,7 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
         "counters": backend.counters(),
     }
     if out_dir is not None:
+        save_params(out_dir / "params.pt", network, theta.detach())
         write_json(out_dir / "metrics.json", metrics)
         plot_curves(records, out_dir / "curves.png",
                     f"{cfg.estimator.name} on {backend.name}: {network.trainable_params:,} params, "

@@ -2,10 +2,14 @@
 import json
 
 import pytest
+import torch
+
+from hwsim.build import build_backend, build_network
+from hwsim.data import load_dataset
 
 from hwsim.cli import main
 from hwsim.config import load_config
-from hwsim.train import train
+from hwsim.train import accuracy, train
 
 FAST = ["data.train_limit=4000", "train.steps=150", "train.eval_every=50", "train.batch_size=128", "optimizer.lr=0.01"]
 
@@ -15,8 +19,16 @@ def test_tiny_zo_run_learns_and_writes_the_run_directory(tmp_path):
     assert metrics["test_accuracy"] > 0.5                       # chance is 0.1
     assert metrics["forward_queries"] == 150 * (8 * 10 + 1)    # 8 TT cores x N=10, plus the base loss
     assert metrics["trainable_params"] == 1504 and metrics["dense_params"] == 203264
-    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "curves.png"):
+    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "curves.png", "params.pt"):
         assert (tmp_path / name).stat().st_size > 0
+    saved = torch.load(tmp_path / "params.pt")
+    assert saved["theta"].shape == (1504,) and saved["tensors"]["0.core1"].shape == (4, 7, 4, 4)
+    # the saved parameters reproduce the reported test accuracy
+    cfg = load_config("mnist_tt_zo", FAST)
+    net, backend = build_network(cfg.model), build_backend(cfg.backend)
+    data = load_dataset("mnist", val_size=cfg.data.val_size)
+    acc = accuracy(net, backend, saved["theta"].float(), torch.from_numpy(data.test.x), torch.from_numpy(data.test.y), 2000)
+    assert acc == metrics["test_accuracy"]
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [50, 100, 150]
     assert lines[-1]["forward_queries"] == metrics["forward_queries"]
