@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 ENTRY_POINT_GROUP = "hwsim.backends"
-_BUILTIN = {"ideal": "hwsim.backends.ideal:IdealBackend"}
+_BUILTIN = {"ideal": "hwsim.backends.ideal:IdealBackend", "fixed": "hwsim.backends.fixed.backend:FixedBackend"}
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,34 @@ class Backend(ABC):
     def dtype(self) -> torch.dtype:
         return torch.float32
 
+    @property
+    def data_dtype(self) -> torch.dtype:
+        """The dtype input data should arrive in."""
+        return self.dtype
+
     def to_backend(self, t: torch.Tensor) -> torch.Tensor:
         """Move host data or parameters to this backend's device and dtype."""
         return t.to(device=self.device, dtype=self.dtype)
+
+    def bind(self, network: Any) -> None:
+        """Prepare for ``network`` (a hwsim.model.Network) before any call; backends whose numerics
+        depend on a layer's place (formats, mappings) set them up here."""
+
+    def encode(self, theta: torch.Tensor) -> torch.Tensor:
+        """Float weights (..., d) -> this backend's trainable parameters (identity unless the backend
+        trains something else, e.g. integer codes)."""
+        return theta
+
+    def decode(self, theta: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`encode`: the float weights the parameters stand for."""
+        return theta
+
+    def project_(self, theta: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """After an optimizer step, bring theta (d,) back to what the hardware can hold (in place)."""
+
+    def check_perturbation(self, mu: float) -> str | None:
+        """A warning when a ZO perturbation of size mu cannot register on this hardware, else None."""
+        return None
 
     @abstractmethod
     def linear(self, layer: Any, params: dict[str, torch.Tensor], x: torch.Tensor,

@@ -32,7 +32,7 @@ def main() -> None:
     idx = torch.randperm(len(data.train.y), generator=g)[:256]
     rows = []
     for dtype in ("float32", "float64"):
-        backend = build_backend(load_config("mnist_tt_fo", [f"backend.dtype={dtype}"]).backend)
+        backend = build_backend(load_config("mnist_tt_fo", [f"backend.dtype={dtype}"]).backend, net)
         theta = theta0.to(backend.dtype)
         x, y = torch.from_numpy(data.train.x[idx]).to(backend.dtype), torch.from_numpy(data.train.y[idx])
         t = theta.clone().requires_grad_(True)

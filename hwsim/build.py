@@ -34,14 +34,25 @@ def build_network(cfg: ModelConfig) -> Network:
         raise ConfigError(f"model.layers: {e}") from None
 
 
-def build_backend(cfg: BackendConfig) -> Backend:
+def build_backend(cfg: BackendConfig, network: Network) -> Backend:
+    """The configured backend, bound to ``network``."""
     try:
-        return create_backend(cfg.name, **cfg.options)
+        backend = create_backend(cfg.name, **cfg.options)
+        backend.bind(network)
+        return backend
     except KeyError as e:
         raise ConfigError(f"backend: {e.args[0]}") from None
     except (TypeError, ValueError) as e:
         msg = str(e)
-        raise ConfigError(msg if msg.startswith("backend.") else f"backend: {msg}") from None
+        raise ConfigError(msg if msg.startswith("backend") else f"backend: {msg}") from None
+
+
+def perturbation_warnings(cfg: EstimatorConfig, backend: Backend) -> list[str]:
+    """The backend's warnings about the estimator's perturbation sizes (e.g. mu below one LSB)."""
+    mus = {"rge": [("rge", cfg.rge.mu)], "cge": [("cge", cfg.cge.mu)],
+           "hybrid": [("rge", cfg.rge.mu), ("cge", cfg.cge.mu)]}.get(cfg.name, [])
+    found = [(key, backend.check_perturbation(mu)) for key, mu in mus]
+    return [f"estimator.{key}.mu: {msg}" for key, msg in found if msg]
 
 
 def build_estimator(cfg: EstimatorConfig, space: ParamSpace, backend: Backend):

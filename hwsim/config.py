@@ -257,7 +257,9 @@ def from_dict(cls, raw: Any, path: str = ""):
 
 
 def apply_override(raw: dict, assignment: str) -> None:
-    """Apply ``"a.b.c=value"`` to the raw mapping (value parsed as YAML; list items by index)."""
+    """Apply ``"a.b.c=value"`` to the raw mapping (value parsed as YAML; list items by index).
+
+    Setting ``backend.name`` to another backend drops the previous backend's options."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key.path=value")
     key, text = assignment.split("=", 1)
@@ -279,7 +281,10 @@ def apply_override(raw: dict, assignment: str) -> None:
             raise ConfigError(f"--set {key}: {last!r} is not an index of that list")
         node[int(last)] = yaml.safe_load(text)
     elif isinstance(node, dict):
-        node[last] = yaml.safe_load(text)
+        value = yaml.safe_load(text)
+        if parts == ["backend", "name"] and node.get("name") != value:
+            node.clear()              # another backend: the old one's options do not apply to it
+        node[last] = value
     else:
         raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping")
 

@@ -113,4 +113,4 @@ class BatchObjective:
             tensors[e.name] = moved.reshape(queries, *e.shape)
             batched.add(e.name)
         logits = self.network.forward(self.backend, tensors, self.x, queries, batched)
-        return cross_entropy(logits, self.y).expand(queries)
+        return cross_entropy(logits, self.y).to(theta.dtype).expand(queries)

@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from hwsim.build import (build_backend, build_estimator, build_network, build_optimizer, steps_per_epoch,
-                         total_steps)
+from hwsim.build import (build_backend, build_estimator, build_network, build_optimizer, perturbation_warnings,
+                         steps_per_epoch, total_steps)
 from hwsim.config import Config, ConfigError
 from hwsim.data import load_dataset
 from hwsim.model import Network, cross_entropy
@@ -34,11 +34,15 @@ def accuracy(network: Network, backend, theta: torch.Tensor, x: torch.Tensor, y:
     return correct / max(1, len(y))
 
 
-def save_params(path: Path, network: Network, theta: torch.Tensor) -> None:
-    """params.pt: the trained flat vector and the named tensors it holds (CPU, float64), written atomically."""
+def save_params(path: Path, network: Network, backend, theta: torch.Tensor) -> None:
+    """params.pt, written atomically: "theta", the float weights the trained parameters stand for, and
+    "tensors", the same by name (CPU, float64; any backend can load them); "backend" and
+    "backend_theta", the parameters as that backend holds them (e.g. integer codes)."""
     buffer = io.BytesIO()
-    flat = theta.detach().to("cpu", torch.float64)
-    torch.save({"theta": flat, "tensors": network.space.unflatten(flat)}, buffer)
+    raw = theta.detach().to("cpu", torch.float64)
+    flat = backend.decode(theta.detach()).to("cpu", torch.float64)
+    torch.save({"theta": flat, "tensors": network.space.unflatten(flat), "backend": backend.name,
+                "backend_theta": raw}, buffer)
     write_atomic(path, buffer.getvalue())
 
 
@@ -54,15 +58,16 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
     if network.in_features != data.train.x.shape[1] or network.out_features != data.num_classes:
         raise ConfigError(f"model.layers: the network maps {network.in_features} -> {network.out_features}, "
                           f"the data needs {data.train.x.shape[1]} -> {data.num_classes}")
-    backend = build_backend(cfg.backend)
+    backend = build_backend(cfg.backend, network)
     estimator = build_estimator(cfg.estimator, network.space, backend)
+    warnings = perturbation_warnings(cfg.estimator, backend) if estimator is not None else []
     per_epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
     n_steps = total_steps(cfg.train.steps, cfg.train.epochs, per_epoch)
 
-    theta = torch.nn.Parameter(backend.to_backend(network.init_params(gen)))
+    theta = torch.nn.Parameter(backend.encode(backend.to_backend(network.init_params(gen))))
     optimizer, scheduler = build_optimizer(cfg.optimizer, [theta], n_steps)
-    to_dev = lambda a, labels=False: (torch.from_numpy(a).to(backend.device) if labels  # noqa: E731
-                                      else backend.to_backend(torch.from_numpy(a)))
+    to_dev = lambda a, labels=False: torch.from_numpy(a).to(  # noqa: E731
+        backend.device, None if labels else backend.data_dtype)
     xtr, ytr = to_dev(data.train.x), to_dev(data.train.y, True)
     xva, yva = to_dev(data.val.x), to_dev(data.val.y, True)
     xte, yte = to_dev(data.test.x), to_dev(data.test.y, True)
@@ -74,9 +79,12 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
     log(f"hwsim: {network.trainable_params:,} trainable parameters ({network.dense_params:,} dense), "
         f"backend {backend.name}, estimator {cfg.estimator.name}, {n_steps} steps of batch "
         f"{cfg.train.batch_size} ({per_epoch} per epoch)\n" + network.describe())
+    for message in warnings:
+        log(f"hwsim: warning: {message}")
 
     records: list[dict] = []
     queries, loss_sum, loss_n = 0, 0.0, 0
+    differences, zeros, zero_warned = 0, 0, False
     bar = tqdm(total=n_steps, disable=not progress, mininterval=1.0, unit="step", dynamic_ncols=True)
     perm = torch.randperm(len(ytr), generator=gen)
     for step in range(n_steps):
@@ -96,8 +104,10 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
                                      theta.detach(), gen)
             theta.grad = est.grad
             queries, loss_value = queries + est.queries, est.loss
+            differences, zeros = differences + est.differences, zeros + est.zero_differences
         optimizer.step()
         scheduler.step()
+        backend.project_(theta.data, gen)
         loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
         bar.update(1)
         if (step + 1) % cfg.train.eval_every == 0 or step + 1 == n_steps:
@@ -109,8 +119,15 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
                             "train_loss": loss_sum / loss_n, "val_accuracy": val_acc,
                             "test_accuracy": test_acc, "forward_queries": queries,
                             "phase": getattr(estimator, "phase", "fo"),
+                            "zero_difference_fraction": round(zeros / differences, 4) if differences else 0.0,
                             "wall_s": round(time.perf_counter() - t0, 3)})
-            loss_sum, loss_n = 0.0, 0
+            if differences and zeros > differences / 2 and not zero_warned:
+                zero_warned = True
+                message = (f"{100 * zeros / differences:.0f} % of the loss differences since the last evaluation "
+                           f"were exactly zero: the perturbations are too small for backend {backend.name!r}")
+                warnings.append(message)
+                (bar.write if progress else log)(f"hwsim: warning: {message}")
+            loss_sum, loss_n, differences, zeros = 0.0, 0, 0, 0
             bar.set_postfix(loss=f"{records[-1]['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
                             queries=f"{queries:.3g}", refresh=False)
             if out_dir is not None:
@@ -124,10 +141,10 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
         "forward_queries": queries, "trainable_params": network.trainable_params,
         "dense_params": network.dense_params, "wall_s": round(time.perf_counter() - t0, 3),
         "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed,
-        "counters": backend.counters(),
+        "counters": backend.counters(), "warnings": warnings,
     }
     if out_dir is not None:
-        save_params(out_dir / "params.pt", network, theta.detach())
+        save_params(out_dir / "params.pt", network, backend, theta.detach())
         write_json(out_dir / "metrics.json", metrics)
         plot_curves(records, out_dir / "curves.png",
                     f"{cfg.estimator.name} on {backend.name}: {network.trainable_params:,} params, "

@@ -30,11 +30,15 @@ class Objective(Protocol):
 
 @dataclass
 class Estimate:
-    """grad: (d,) gradient estimate; queries: forward queries spent; loss: estimate of L(theta)."""
+    """grad: (d,) gradient estimate; queries: forward queries spent; loss: estimate of L(theta);
+    differences: loss differences formed; zero_differences: how many of them were exactly zero (on an
+    exact backend: perturbations too small to register)."""
 
     grad: torch.Tensor
     queries: int
     loss: float
+    differences: int = 0
+    zero_differences: int = 0
 
 
 def sample_directions(n: int, d: int, distribution: str, generator: torch.Generator,
@@ -84,7 +88,7 @@ class RGE:
         blocks = [e.slice for e in self.space.entries] if self.per_tensor else [slice(0, d)]
         grad = torch.zeros_like(theta)
         base = None
-        loss_sum, queries = 0.0, 0
+        loss_sum, queries, zeros = 0.0, 0, 0
         if self.form == "forward":
             base = objective.losses(theta, theta.new_zeros(1, 0))[0]
             queries += 1
@@ -100,8 +104,9 @@ class RGE:
                 loss_sum += float(both.mean())
                 queries += 2 * self.n
             grad[block] = diffs @ u / self.n
+            zeros += int((diffs == 0).sum())
         loss = float(base) if base is not None else loss_sum / len(blocks)
-        return Estimate(grad.sign() if self.sign else grad, queries, loss)
+        return Estimate(grad.sign() if self.sign else grad, queries, loss, self.n * len(blocks), zeros)
 
 
 class CGE:
@@ -138,13 +143,14 @@ class CGE:
         grad = torch.zeros_like(theta)
         if self.form == "forward":
             base = objective.losses(theta, theta.new_zeros(1, 0))[0]
-            grad[idx] = (objective.coordinate_losses(theta, idx, self.mu) - base) / self.mu
-            return Estimate(grad, len(idx) + 1, float(base))
+            diffs = (objective.coordinate_losses(theta, idx, self.mu) - base) / self.mu
+            grad[idx] = diffs
+            return Estimate(grad, len(idx) + 1, float(base), len(idx), int((diffs == 0).sum()))
         plus = objective.coordinate_losses(theta, idx, self.mu)
         minus = objective.coordinate_losses(theta, idx, -self.mu)
         grad[idx] = (plus - minus) / (2 * self.mu)
         loss = float((plus + minus).mean() / 2) if len(idx) else float("nan")
-        return Estimate(grad, 2 * len(idx), loss)
+        return Estimate(grad, 2 * len(idx), loss, len(idx), int((plus == minus).sum()))
 
 
 class Hybrid:

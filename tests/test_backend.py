@@ -14,7 +14,7 @@ def test_registry_lists_and_creates_ideal():
 
 
 def test_unknown_backend_lists_known_ones():
-    with pytest.raises(KeyError, match="unknown backend 'nope'; known backends: ideal"):
+    with pytest.raises(KeyError, match="unknown backend 'nope'; known backends: fixed, ideal"):
         create_backend("nope")
 
 

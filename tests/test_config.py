@@ -13,7 +13,7 @@ def test_every_shipped_config_validates_and_builds():
         cfg = load_config(name)
         net = build_network(cfg.model)
         assert net.in_features == 784 and net.out_features == 10
-        build_backend(cfg.backend)
+        build_backend(cfg.backend, net)
 
 
 def test_reference_model_sizes():
@@ -26,6 +26,9 @@ def test_overrides_are_applied_and_typed():
                                       "model.layers.0.rank=3", "backend.dtype=float64"])
     assert cfg.train.steps == 7 and cfg.estimator.rge.mu == 0.5 and cfg.optimizer.betas == [0.9, 0.5]
     assert cfg.model.layers[0].rank == 3 and cfg.backend.options == {"dtype": "float64"}
+    # switching the backend drops the old one's options; later keys apply to the new one
+    cfg = load_config("mnist_tt_zo", ["backend.name=fixed", "backend.bits=6"])
+    assert cfg.backend.name == "fixed" and cfg.backend.options == {"bits": 6}
 
 
 @pytest.mark.parametrize("override, message", [
@@ -58,12 +61,13 @@ def test_bad_model_and_backend_are_reported_at_build_time():
     cfg = load_config("mnist_dense_zo", ["model.layers.2.in_features=100"])
     with pytest.raises(ConfigError, match="do not chain"):
         build_network(cfg.model)
+    net = build_network(load_config("mnist_tt_zo").model)
     with pytest.raises(ConfigError, match="unknown backend 'fpga'; known backends: .*ideal"):
-        build_backend(load_config("mnist_tt_zo", ["backend.name=fpga"]).backend)
+        build_backend(load_config("mnist_tt_zo", ["backend.name=fpga"]).backend, net)
     with pytest.raises(ConfigError, match="has no option 'bits'"):
-        build_backend(load_config("mnist_tt_zo", ["backend.bits=8"]).backend)
+        build_backend(load_config("mnist_tt_zo", ["backend.bits=8"]).backend, net)
     with pytest.raises(ConfigError, match=r"backend\.dtype: 'float16' is not allowed"):
-        build_backend(load_config("mnist_tt_zo", ["backend.dtype=float16"]).backend)
+        build_backend(load_config("mnist_tt_zo", ["backend.dtype=float16"]).backend, net)
 
 
 def test_missing_config_lists_the_shipped_ones(tmp_path):

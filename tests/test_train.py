@@ -25,7 +25,8 @@ def test_tiny_zo_run_learns_and_writes_the_run_directory(tmp_path):
     assert saved["theta"].shape == (1504,) and saved["tensors"]["0.core1"].shape == (4, 7, 4, 4)
     # the saved parameters reproduce the reported test accuracy
     cfg = load_config("mnist_tt_zo", FAST)
-    net, backend = build_network(cfg.model), build_backend(cfg.backend)
+    net = build_network(cfg.model)
+    backend = build_backend(cfg.backend, net)
     data = load_dataset("mnist", val_size=cfg.data.val_size)
     acc = accuracy(net, backend, saved["theta"].float(), torch.from_numpy(data.test.x), torch.from_numpy(data.test.y), 2000)
     assert acc == metrics["test_accuracy"]

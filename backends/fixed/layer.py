@@ -83,7 +83,7 @@ def int_linear(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: LayerSpec,
     codes (M,) or (Q, M) in ``spec.bias_format``. Returns int64 output codes (B, M), or (Q, B, M) when
     anything has a query axis.
     """
-    return int_linear_steps(cores, x, spec, bias)[-1]
+    return contract(cores, x, spec, bias)[0].to(torch.int64)
 
 
 def int_linear_steps(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: LayerSpec,
@@ -92,57 +92,69 @@ def int_linear_steps(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: Layer
     step k < K-1 gives t_k (Q?, B, M_0..M_k, N_k+1..N_K-1, r_k+1) (outputs done, inputs left, rank);
     the last entry is the layer output (Q?, B, M)."""
     kept: list[torch.Tensor] = []
-    contract(cores, x, spec, bias, on_step=lambda k, t, over: kept.append(t.to(torch.int64)))
-    return kept
+    contract(cores, x, spec, bias, trace=kept)
+    return [t.to(torch.int64) for t in kept]
 
 
 def contract(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: LayerSpec,
-             bias: torch.Tensor | None = None, on_step=None) -> torch.Tensor:
+             bias: torch.Tensor | None = None, trace: list | None = None) -> tuple[torch.Tensor, list[int]]:
     """The contraction loop of :func:`int_linear`; the result stays in the last step's exact dtype.
 
     A core, input or bias whose leading query axis was made by ``expand`` (stride 0) counts as shared:
-    the steps before the first batched core run once (the result keeps the query axis). ``on_step(k, t_k, overflows)`` sees every step's
-    result in the canonical layout (q?, B, M_0..M_k, N_k+1..N_K-1, r_k+1), the last as (q?, B, M).
-    Each step is one GEMM of the state (q?, B * D * Z, n_k * r_k) with the core reshaped to
-    (q?, n_k * r_k, m_k * r_k+1), D counting the outputs done and Z the inputs left; one permutation
-    per step restores that layout.
+    the steps before the first batched core run once (the result keeps the query axis).
+    Returns (y, overflow count of every step). ``trace``, if a list, receives every step's result in the
+    canonical layout (q?, B, M_0..M_k, N_k+1..N_K-1, r_k+1), the last one as (q?, B, M).
+
+    Layout (for speed only; values do not depend on it): the state before step k is
+    (q?, r_k, n_k, m_k-1, ..., m_0, n_k+1, ..., n_K-1, B), so every step is one GEMM
+    core^T (m_k r_k+1, r_k n_k) @ state (r_k n_k, rest) and the permutation back to that layout moves
+    only the three leading axes (large contiguous blocks).
     """
     steps = spec.steps([tuple(g.shape[-4:]) for g in cores], bias is not None)
     queries = torch.broadcast_shapes(x.shape[:-2], *(g.shape[:-4] for g in cores),
                                      bias.shape[:-1] if bias is not None else ())
     x = _shared(x, 2)
-    lead, rows, p = x.shape[:-2], *x.shape[-2:]
-    done, rest = 1, p // cores[0].shape[-3]
-    t = x.reshape(*lead, rows, -1, rest).transpose(-1, -2)     # (q?, B, Z, n_0): D = 1, r_0 = 1
+    lead, rows = x.shape[:-2], x.shape[-2]
+    ins = [g.shape[-3] for g in cores]
+    outs = [g.shape[-2] for g in cores]
+    q, overflows = len(lead), []
+    t = x.reshape(*lead, rows, -1).transpose(-1, -2)                   # (q?, n_0 ... n_K-1, B)
     for k, (g, step) in enumerate(zip(cores, steps)):
         g = _shared(g, 4)
         r, n, m, s = g.shape[-4:]
-        w = g.to(step.dtype).transpose(-4, -3).reshape(*g.shape[:-4], n * r, m * s)
-        a = t.to(step.dtype).reshape(*lead, -1, n * r)
-        if w.dim() == 3 and not lead:                      # shared state, batched core: one wide GEMM
-            lead = w.shape[:1]
-            y = (a @ w.permute(1, 0, 2).reshape(n * r, -1)).view(rows, done, rest, *lead, m, s)
-            y = y.permute(3, 0, 1, 2, 4, 5)                # (Q, B, D, Z, m, s), a view
-        else:
-            lead = torch.broadcast_shapes(lead, w.shape[:-2])
-            y = torch.matmul(a, w).view(*lead, rows, done, rest, m, s)
+        w = g.to(step.dtype).reshape(*g.shape[:-4], r * n, m * s).transpose(-1, -2) * _scale(step)
+        a = t.to(step.dtype).reshape(*lead, r * n, -1)
+        y = torch.matmul(w, a)                            # (q?, m_k r_k+1, m_k-1..m_0, n_k+1.., B)
+        lead = y.shape[:-2]
+        q = len(lead)
+        done = math.prod(outs[:k])
         if k == len(cores) - 1:
-            y = y.reshape(*lead, rows, done * m)                             # Z = 1, s = 1
+            y = y.reshape(*lead, *reversed(outs), rows)
+            y = y.permute(*range(q), q + len(outs), *(q + len(outs) - 1 - i for i in range(len(outs))))
+            y = y.reshape(*lead, rows, done * m)
             if bias is not None:
-                y = y + _shared(bias, 1).to(step.dtype).unsqueeze(-2)
+                y = y + _shared(bias, 1).to(step.dtype).unsqueeze(-2) * _scale(step)
+            y, over = _requantize(y, step, spec)
+            y = y.expand(*queries, *y.shape[-2:])          # all operands shared: still (Q, B, M)
+            overflows.append(over)
+            if trace is not None:
+                trace.append(y)
+            return y, overflows
         y, over = _requantize(y, step, spec)
-        if k == len(cores) - 1:
-            y = y.expand(*queries, *y.shape[-2:])              # all operands shared: still (Q, B, M)
-            if on_step is not None:
-                on_step(k, y, over)
-            return y
-        if on_step is not None:
-            on_step(k, y.transpose(-3, -2).reshape(*lead, rows, done * m, rest, s), over)
-        n_next = cores[k + 1].shape[-3]
-        rest //= n_next
-        y = y.reshape(*lead, rows, done, n_next, rest, m, s)                 # (q?, B, D, n', Z', m, s)
-        t = y.permute(*range(len(lead)), *(len(lead) + d for d in (0, 1, 4, 3, 2, 5)))
-        done *= m                                                            # t: (q?, B, D m, Z', n' s)
+        overflows.append(over)
+        if trace is not None:
+            trace.append(_canonical(y, lead, outs[:k + 1], math.prod(ins[k + 1:]), s, rows))
+        y = y.view(*lead, m, s, done, ins[k + 1], -1)
+        t = y.permute(*range(q), q + 1, q + 3, q, q + 2, q + 4)          # (q?, s, n', m, D, rest)
+
+
+def _canonical(y: torch.Tensor, lead, outs, rest: int, s: int, rows: int) -> torch.Tensor:
+    """A step result (q?, m_k, s, m_k-1..m_0, rest, B) as (q?, B, M_0..M_k, rest, s)."""
+    q = len(lead)
+    y = y.reshape(*lead, outs[-1], s, *reversed(outs[:-1]), rest, rows)
+    digits = [q] + [q + 1 + len(outs) - 1 - i for i in range(len(outs) - 1)]      # m_k, m_k-1, ..
+    order = [*range(q), y.dim() - 1, *reversed(digits), y.dim() - 2, q + 1]
+    return y.permute(*order).reshape(*lead, rows, math.prod(outs), rest, s)
 
 
 def _shared(t: torch.Tensor, core_dims: int) -> torch.Tensor:
@@ -150,12 +162,16 @@ def _shared(t: torch.Tensor, core_dims: int) -> torch.Tensor:
     return t[0] if t.dim() > core_dims and t.stride(0) == 0 else t
 
 
+def _scale(step: Step) -> float:
+    """Float accumulators carry the requantization shift in the weights: acc * 2^-shift is exact (a power
+    of two), so the GEMM directly yields the scaled accumulator. Integer ones shift afterwards."""
+    return 2.0 ** -step.shift if step.dtype.is_floating_point else 1
+
+
 def _requantize(y: torch.Tensor, step: Step, spec: LayerSpec) -> tuple[torch.Tensor, int]:
-    """Requantize an exact accumulator of ``step`` (in place for float accumulators)."""
+    """Requantize an exact accumulator of ``step`` (in place for float accumulators, already scaled)."""
     if not y.dtype.is_floating_point:
         return requantize_exact(y, step.shift, step.out_fmt, spec.rounding, spec.overflow)
-    if step.shift:
-        y.mul_(2.0 ** -step.shift)                          # exact: a power of two
     if step.shift > 0:
         if spec.rounding == "half_up":
             y.add_(0.5).floor_()
@@ -163,14 +179,20 @@ def _requantize(y: torch.Tensor, step: Step, spec: LayerSpec) -> tuple[torch.Ten
             y.floor_()
         else:
             y.round_()                                      # half to even
-    return requantize_exact(y, 0, step.out_fmt, spec.rounding, spec.overflow)
+    return requantize_exact(y, 0, step.out_fmt, spec.rounding, spec.overflow, inplace=True)
 
 
 def macs(core_shapes: Sequence[tuple[int, int, int, int]], rows: int) -> list[int]:
-    """Multiply-accumulates of every core step for ``rows`` input rows (per query)."""
+    """Multiply-accumulates of every core step for ``rows`` input rows."""
+    return [v * r * n for v, (r, n, _, _) in zip(requantized(core_shapes, rows), core_shapes)]
+
+
+def requantized(core_shapes: Sequence[tuple[int, int, int, int]], rows: int) -> list[int]:
+    """Values every core step produces (and requantizes) for ``rows`` input rows: each is a sum of
+    r_k * n_k products."""
     out, done_out, rest_in = [], 1, math.prod(s[1] for s in core_shapes)
     for (r, n, m, s) in core_shapes:
         rest_in //= n
-        out.append(rows * done_out * r * n * m * s * rest_in)
         done_out *= m
+        out.append(rows * done_out * s * rest_in)
     return out

@@ -81,7 +81,7 @@ def quantize(x: torch.Tensor, bits: int, frac_bits: int, rounding: str = "half_u
     if rounding == "floor":
         v = torch.where((v == 0) & (x < 0), -1.0, v)
     if overflow == "saturate":
-        v = v.clamp(fmt.lo, fmt.hi)
+        return v.clamp(fmt.lo, fmt.hi).to(torch.int64)
     return _overflow(v.to(torch.int64), fmt, overflow)
 
 
@@ -99,12 +99,13 @@ def requantize(acc: torch.Tensor, shift: int, bits: int, rounding: str = "half_u
     return requantize_exact(acc.to(torch.int64), shift, Format(bits, 0), rounding, overflow)[0]
 
 
-def requantize_exact(acc: torch.Tensor, shift: int, fmt: Format, rounding: str, overflow: str
-                     ) -> tuple[torch.Tensor, int]:
+def requantize_exact(acc: torch.Tensor, shift: int, fmt: Format, rounding: str, overflow: str,
+                     inplace: bool = False) -> tuple[torch.Tensor, int]:
     """``requantize`` for int64 tensors or float tensors holding exact integers (result in acc's dtype).
 
     Float inputs must satisfy |acc| < 2^mantissa and |acc| + 2^(shift-1) <= 2^mantissa (the emulator
-    guarantees it through ``exact_dtype``). Returns (codes, number of values that overflowed).
+    guarantees it through ``exact_dtype``). Returns (codes, number of values that overflowed);
+    ``inplace`` lets a saturation overwrite acc.
     """
     if acc.dtype.is_floating_point:
         v = acc * (2.0 ** -shift) if shift else acc             # exact: a power-of-two scaling
@@ -114,9 +115,10 @@ def requantize_exact(acc: torch.Tensor, shift: int, fmt: Format, rounding: str, 
     lo, hi = torch.aminmax(v) if v.numel() else (v.new_zeros(()), v.new_zeros(()))
     if lo >= fmt.lo and hi <= fmt.hi:
         return v, 0
-    outside = int(((v < fmt.lo) | (v > fmt.hi)).sum())
+    outside = (int(torch.count_nonzero(v < fmt.lo)) if lo < fmt.lo else 0) + \
+        (int(torch.count_nonzero(v > fmt.hi)) if hi > fmt.hi else 0)
     if overflow == "saturate":
-        return v.clamp(fmt.lo, fmt.hi), outside
+        return (v.clamp_(fmt.lo, fmt.hi) if inplace or v is not acc else v.clamp(fmt.lo, fmt.hi)), outside
     if v.dtype.is_floating_point:
         return torch.remainder(v - fmt.lo, float(1 << fmt.bits)) + fmt.lo, outside
     return _overflow(v, fmt, overflow), outside
@@ -174,3 +176,8 @@ def exact_dtype(acc_bits: int, shift: int) -> torch.dtype:
     if acc_bits > 64:
         raise ValueError(f"an accumulator of {acc_bits} bits exceeds the 64-bit integer emulation")
     return torch.int64
+
+
+def code_dtype(bits: int) -> torch.dtype:
+    """The float type that holds every code of a ``bits``-wide format exactly."""
+    return torch.float32 if bits <= _MANTISSA[torch.float32] else torch.float64

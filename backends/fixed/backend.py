@@ -1,0 +1,245 @@
+"""The ``fixed`` backend: every linear layer runs in the integer spec of docs/fixed_point.md.
+
+Two ways to hold the trained parameters (option ``master``):
+- ``float``: the host keeps float parameters and the chip quantizes them at every forward, so a
+  perturbation moves a code only when it crosses a rounding boundary (mu should be >= 1 LSB);
+- ``integer``: the parameters *are* the integer codes (theta in LSB units): perturbations of whole
+  LSBs, and after every optimizer step the host rounds and clamps them back (PAPER.md section 7).
+Activations flow between layers as float values that lie exactly on their format's grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from hwsim.backends.base import Backend, Capabilities
+from hwsim.backends.fixed.layer import BIAS_BITS, LayerSpec, contract, dense_as_core, macs, requantized
+from hwsim.backends.fixed.numerics import (MAX_BITS, OVERFLOWS, ROUNDINGS, Format, code_dtype, quantize,
+                                           requantize_exact)
+from hwsim.model import Linear, TTLinear
+
+ROLES = ("input", "weight", "intermediate", "activation", "output")
+# Integer bits (sign included, W - F) of every role when only ``bits`` is given: chosen from the value
+# ranges of the MNIST TT model (docs/fixed_point.md, "Default formats").
+DEFAULT_INT_BITS = {"input": 1, "weight": 2, "intermediate": 3, "activation": 3, "output": 5}
+MASTERS = ("float", "integer")
+UPDATE_ROUNDINGS = ("nearest", "stochastic")
+
+
+class FixedBackend(Backend):
+    """Bit-exact integer emulation of a TT-contraction accelerator (the RTL core's golden model)."""
+
+    name = "fixed"
+    capabilities = Capabilities(exact=True, differentiable=False, multilinear=False)
+
+    @dataclass
+    class Options:
+        """master: float | integer; bits: width of every role; int_bits: {role: W - F} overriding the
+        defaults; formats: {role: [bits, frac_bits]} overriding both; bias_bits; rounding; overflow;
+        update_rounding (integer master): nearest | stochastic."""
+
+        master: str = "float"
+        bits: int = 8
+        int_bits: dict = field(default_factory=dict)
+        formats: dict = field(default_factory=dict)
+        bias_bits: int = BIAS_BITS
+        rounding: str = "half_up"
+        overflow: str = "saturate"
+        update_rounding: str = "nearest"
+
+        def __post_init__(self):
+            _check("master", self.master, MASTERS)
+            _check("rounding", self.rounding, ROUNDINGS)
+            _check("overflow", self.overflow, OVERFLOWS)
+            _check("update_rounding", self.update_rounding, UPDATE_ROUNDINGS)
+            if not isinstance(self.bits, int) or not 2 <= self.bits <= MAX_BITS:
+                raise ValueError(f"backend.bits: {self.bits!r} is not allowed; use an integer in 2..{MAX_BITS}")
+            if not isinstance(self.bias_bits, int) or not 2 <= self.bias_bits <= 64:
+                raise ValueError(f"backend.bias_bits: {self.bias_bits!r} is not allowed; use an integer in 2..64")
+            for key in ("int_bits", "formats"):
+                table = getattr(self, key)
+                if not isinstance(table, dict):
+                    raise ValueError(f"backend.{key}: expected a mapping of role -> value, got {table!r}")
+                for role in table:
+                    _check(f"{key}.{role}", role, ROLES, what="role")
+            self.resolved = {role: self._format(role) for role in ROLES}
+
+        def _format(self, role: str) -> Format:
+            where = f"backend.formats.{role}"
+            if role in self.formats:
+                value = self.formats[role]
+                if not (isinstance(value, (list, tuple)) and len(value) == 2
+                        and all(isinstance(v, int) for v in value)):
+                    raise ValueError(f"{where}: {value!r} is not allowed; use [bits, frac_bits] (two integers)")
+            else:
+                where = f"backend.int_bits.{role}"
+                ib = self.int_bits.get(role, DEFAULT_INT_BITS[role])
+                if not isinstance(ib, int):
+                    raise ValueError(f"{where}: {ib!r} is not allowed; use an integer")
+                value = (self.bits, self.bits - ib)
+            try:
+                return Format(*value)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+
+    def __init__(self, options: "FixedBackend.Options | None" = None):
+        super().__init__(options)
+        self._layers: dict[int, tuple[int, LayerSpec]] = {}
+        self._param_formats: dict[str, Format] = {}
+        self._cache: dict[int, tuple] = {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64          # parameters: float master values or integer codes, both exact
+
+    @property
+    def data_dtype(self) -> torch.dtype:
+        return torch.float32          # inputs get quantized; float32 holds the data loaders' values
+
+    @property
+    def formats(self) -> dict[str, Format]:
+        return dict(self.options.resolved)
+
+    # --- parametrization ---------------------------------------------------------------------------
+    def bind(self, network) -> None:
+        fmts, o = self.options.resolved, self.options
+        linears = [i for i, layer in enumerate(network.layers) if isinstance(layer, Linear)]
+        self._layers.clear()
+        self._param_formats.clear()
+        self._cache.clear()
+        for j, i in enumerate(linears):
+            layer = network.layers[i]
+            spec = LayerSpec(fmts["input"] if j == 0 else fmts["activation"], fmts["weight"],
+                             fmts["intermediate"], fmts["output"] if j == len(linears) - 1 else fmts["activation"],
+                             o.bias_bits, o.rounding, o.overflow)
+            try:
+                spec.steps(_core_shapes(layer), layer.bias)
+            except ValueError as e:
+                raise ValueError(f"backend: layer {i}: {e}") from None
+            self._layers[id(layer)] = (i, spec)
+            for name, _ in layer.param_shapes():
+                fmt = spec.bias_format(_core_shapes(layer)) if name == "bias" else fmts["weight"]
+                self._param_formats[f"{i}.{name}"] = fmt
+        self._network = network
+
+    def encode(self, theta: torch.Tensor) -> torch.Tensor:
+        if self.options.master == "float":
+            return theta
+        return self._per_tensor(theta, lambda t, f: quantize(t, f.bits, f.frac_bits, self.options.rounding,
+                                                             "saturate").to(theta.dtype))
+
+    def decode(self, theta: torch.Tensor) -> torch.Tensor:
+        if self.options.master == "float":
+            return theta
+        return self._per_tensor(theta, lambda t, f: t * f.lsb)
+
+    @torch.no_grad()
+    def project_(self, theta: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        if self.options.master == "float":
+            return
+        if self.options.update_rounding == "stochastic":
+            noise = torch.rand(theta.shape, generator=generator, dtype=theta.dtype, device=theta.device)
+            theta.add_(noise).floor_()
+        else:
+            theta.add_(0.5).floor_()
+        theta.copy_(self._per_tensor(theta, lambda t, f: t.clamp(f.lo, f.hi)))
+
+    def check_perturbation(self, mu: float) -> str | None:
+        w = self.options.resolved["weight"]
+        if self.options.master == "integer":
+            if mu != round(mu) or mu < 1:
+                return (f"master: integer perturbs integer codes, so mu is in LSBs; mu={mu} is not a whole "
+                        f"number of LSBs and perturbed codes get rounded: use mu = 1, 2, ...")
+            return None
+        if mu < w.lsb:
+            return (f"mu={mu} is below the weight LSB {w.lsb:g} ({w}): a perturbation changes a code only "
+                    f"where it crosses a rounding boundary (about mu/LSB = {mu / w.lsb:.0%} of them), the rest "
+                    f"vanish; use mu >= {w.lsb:g}")
+        return None
+
+    def _per_tensor(self, theta: torch.Tensor, fn) -> torch.Tensor:
+        if not self._param_formats:
+            raise RuntimeError("the fixed backend is not bound to a network: call backend.bind(network) first")
+        parts = [fn(theta[..., e.slice], self._param_formats[e.name]) for e in self._network.space.entries]
+        return torch.cat(parts, dim=-1)
+
+    # --- execution ---------------------------------------------------------------------------------
+    def linear(self, layer, params, x, queries):
+        if id(layer) not in self._layers:
+            raise RuntimeError("the fixed backend is not bound to this network: call backend.bind(network) first")
+        index, spec = self._layers[id(layer)]
+        xc, over = self._input_codes(index, x, spec.input)
+        if over:
+            self.count(f"overflows_layer{index}_input", over)
+        shapes = _core_shapes(layer)
+        if isinstance(layer, TTLinear):
+            cores = [self._param(params[n], spec.weight, 4) for n in layer.core_names]
+        else:
+            cores = [dense_as_core(self._param(params["weight"], spec.weight, 2))]
+        bias = self._param(params["bias"], spec.bias_format(shapes), 1) if layer.bias else None
+        steps = spec.steps(shapes, layer.bias)
+
+        y, overflows = contract(cores, xc, spec, bias)
+        rows = x.shape[-2] * (queries or 1)
+        for step, n_macs in zip(steps, macs(shapes, rows)):
+            self.count(f"macs_int{step.in_fmt.bits}xint{spec.weight.bits}", n_macs)
+        self.count(f"requantizations_layer{index}", sum(requantized(shapes, rows)))
+        self.count(f"overflows_layer{index}", sum(overflows))
+        self.count("linear_calls")
+        self.count("rows", rows)
+        return _values(y, spec.output)
+
+    def activation(self, kind, x):
+        self.count(f"activation_{kind}", x.numel())
+        if kind == "relu":
+            return torch.relu(x)                      # max(0, code): exact on the grid
+        fmt = self.options.resolved["activation"]     # host-evaluated, then back onto the grid
+        y = super().activation(kind, x.to(torch.float64))
+        codes, _ = self._codes(y, fmt, 2)
+        return _values(codes, fmt)
+
+    def _param(self, t: torch.Tensor, fmt: Format, dims: int) -> torch.Tensor:
+        """Codes of a parameter tensor (a leading query axis made by expand stays shared)."""
+        scale_fmt = fmt if self.options.master == "float" else Format(fmt.bits, 0)
+        return self._codes(t, scale_fmt, dims)[0]
+
+    def _input_codes(self, index: int, x: torch.Tensor, fmt: Format) -> tuple[torch.Tensor, int]:
+        """:meth:`_codes` of layer ``index``'s input; the last one per layer is cached (the objective
+        passes the same mini-batch tensor for every query of a step). The cache holds the tensor itself,
+        so its identity and version counter cannot be reused by another tensor."""
+        c = self._cache.get(index)
+        if c is not None and c[0] is x and c[1] == x._version and c[2] == fmt:
+            return c[3], c[4]
+        codes, over = self._codes(x, fmt, 2)
+        codes = codes.transpose(-1, -2).contiguous().transpose(-1, -2)   # the layout contract() starts from
+        self._cache[index] = (x, x._version, fmt, codes, over)
+        return codes, over
+
+    def _codes(self, t: torch.Tensor, fmt: Format, dims: int) -> tuple[torch.Tensor, int]:
+        """(codes of float values t in ``fmt`` as exact integers (float or int64 tensor), number that
+        overflowed); an expanded leading axis stays shared. Values already on the grid skip rounding."""
+        shared = t.dim() > dims and t.stride(0) == 0
+        unique = t[0] if shared else t
+        o = self.options
+        scaled = unique * 2.0 ** fmt.frac_bits                        # exact: a power of two
+        if not torch.equal(scaled, scaled.trunc()):                   # off the grid: round as the spec says
+            # at 32 bits first, then the overflow mode at the format's width (wrap: counts miss |v| >= 2^31)
+            scaled = quantize(unique, MAX_BITS, fmt.frac_bits, o.rounding, o.overflow)
+        codes, over = requantize_exact(scaled, 0, fmt, o.rounding, o.overflow)
+        codes = codes.to(code_dtype(fmt.bits))
+        return (codes.expand(t.shape[0], *codes.shape) if shared else codes), over
+
+
+def _values(codes: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """Float values code * 2^-F (float32 while codes fit its 24-bit mantissa, else float64)."""
+    return codes.to(code_dtype(fmt.bits)) * fmt.lsb
+
+
+def _core_shapes(layer) -> list[tuple[int, int, int, int]]:
+    return layer.tt.core_shapes if isinstance(layer, TTLinear) else [(1, layer.in_features, layer.out_features, 1)]
+
+
+def _check(key: str, value, allowed, what: str = "value") -> None:
+    if value not in allowed:
+        raise ValueError(f"backend.{key}: {what} {value!r} is not allowed; use one of {', '.join(allowed)}")

@@ -1,0 +1,160 @@
+"""The fixed backend: wiring to the spec, options, both training modes, counters."""
+import math
+
+import pytest
+import torch
+
+from hwsim.backends import create_backend
+from hwsim.backends.fixed import Format, LayerSpec, int_linear, quantize
+from hwsim.build import build_network
+from hwsim.config import load_config
+from hwsim.model import Activation, Linear, Network, TTLinear
+from hwsim.train import train
+from hwsim.tt import TTShape
+
+TT = TTShape.build(12, 6, 2, [2, 3, 2], [1, 3, 2])
+
+
+def _net():
+    return Network([TTLinear(12, 6, True, TT), Activation("relu"), Linear(6, 3, True)])
+
+
+def _fixed(net, **options):
+    backend = create_backend("fixed", **options)
+    backend.bind(net)
+    return backend
+
+
+def test_options_are_validated_with_the_key_named():
+    with pytest.raises(ValueError, match=r"backend\.master: value 'half' is not allowed; use one of float, integer"):
+        create_backend("fixed", master="half")
+    with pytest.raises(ValueError, match=r"backend\.formats\.weights: role 'weights' is not allowed; use one of input"):
+        create_backend("fixed", formats={"weights": [8, 6]})
+    with pytest.raises(ValueError, match=r"backend\.formats\.weight: 8 is not allowed; use \[bits, frac_bits\]"):
+        create_backend("fixed", formats={"weight": 8})
+    with pytest.raises(ValueError, match=r"backend\.formats\.output: bits must be an integer in 2\.\.32, got 1"):
+        create_backend("fixed", formats={"output": [1, 0]})
+    with pytest.raises(ValueError, match=r"backend\.bits: 40 is not allowed; use an integer in 2\.\.32"):
+        create_backend("fixed", bits=40)
+    b = create_backend("fixed", bits=6, int_bits={"weight": 1}, formats={"output": [12, 4]})
+    assert b.formats["weight"] == Format(6, 5) and b.formats["output"] == Format(12, 4)
+    assert b.formats["input"] == Format(6, 5)                  # default: 1 integer bit
+
+
+def test_unbound_backend_says_how_to_fix_it():
+    b = create_backend("fixed")
+    with pytest.raises(RuntimeError, match=r"call backend\.bind\(network\) first"):
+        b.linear(Linear(2, 2), {"weight": torch.zeros(2, 2), "bias": torch.zeros(2)}, torch.zeros(1, 2), None)
+
+
+def _on_grid(shape, fmt, gen, lo=-1.0, hi=1.0):
+    x = torch.rand(shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+    return quantize(x, fmt.bits, fmt.frac_bits).double() * fmt.lsb
+
+
+def test_matches_float_within_half_an_output_lsb_when_only_the_output_rounds(gen):
+    """Inputs on the grid, integer weights and intermediates wide enough to be exact (shift 0): the only
+    rounding left is the output's, at most 1/2 LSB for half_up."""
+    net = Network([TTLinear(12, 6, False, TT)])
+    fx, fw = Format(12, 8), Format(4, 0)
+    formats = {"input": [12, 8], "weight": [4, 0], "intermediate": [30, 8], "output": [24, 6]}
+    b = _fixed(net, formats=formats)
+    assert [s.shift for s in b._layers[id(net.layers[0])][1].steps(TT.core_shapes, False)] == [0, 0, 2]
+    ideal = create_backend("ideal", dtype="float64")
+    params = {n: _on_grid(s, fw, gen, -3.0, 3.0) for n, s in net.layers[0].param_shapes()}
+    x = _on_grid((5, 12), fx, gen, 0.0, 1.0)
+    exact = ideal.linear(net.layers[0], params, x, None)
+    got = b.linear(net.layers[0], params, x, None).double()
+    assert (got - exact).abs().max() <= 2.0 ** -6 / 2
+    assert b.counters()["overflows_layer0"] == 0
+
+
+def test_linear_is_the_spec_applied_to_quantized_operands(gen):
+    net = _net()
+    b = _fixed(net, bits=8, rounding="half_even")
+    spec = b._layers[id(net.layers[0])][1]
+    params = {n: torch.randn(4, *s, generator=gen, dtype=torch.float64) * 0.5 for n, s in net.layers[0].param_shapes()}
+    x = torch.rand(3, 12, generator=gen)
+    got = b.linear(net.layers[0], params, x, 4)
+    codes = {n: quantize(t, 8, 6, "half_even") for n, t in params.items()}
+    bias = quantize(params["bias"], 32, spec.bias_format(TT.core_shapes).frac_bits, "half_even")
+    want = int_linear([codes[f"core{k}"] for k in range(3)], quantize(x, 8, 7, "half_even"), spec, bias)
+    assert torch.equal(got, want.float() * spec.output.lsb)
+    # one query at a time gives the same numbers
+    for q in range(4):
+        alone = b.linear(net.layers[0], {n: t[q] for n, t in params.items()}, x, None)
+        assert torch.equal(got[q], alone)
+
+
+def test_counters_report_macs_by_width_requantizations_and_saturation(gen):
+    net = _net()
+    b = _fixed(net, bits=8)
+    tensors = net.space.unflatten(net.init_params(gen) * 40)          # far out of range: saturates
+    x = torch.rand(5, 12, generator=gen)
+    out = net.forward(b, tensors, x)
+    c = b.counters()
+    assert out.shape == (5, 3)
+    per_row = [1 * 1 * 2 * 1 * 2 * 6, 1 * 2 * 3 * 3 * 2 * 2, 3 * 2 * 2 * 2 * 1 * 1]   # D r n m s Z per step
+    assert c["macs_int8xint8"] == 5 * (sum(per_row) + 6 * 3)
+    assert c["requantizations_layer0"] == 5 * (2 * 6 + 3 * 2 * 2 + 6) and c["requantizations_layer2"] == 15
+    assert c["overflows_layer0"] > 0 and c["linear_calls"] == 2
+
+
+def test_integer_master_encodes_projects_and_decodes(gen):
+    net = _net()
+    b = _fixed(net, master="integer", bits=6)
+    theta = net.init_params(gen)
+    codes = b.encode(theta)
+    assert torch.equal(codes, codes.round()) and codes.abs().max() <= 32
+    w = b.formats["weight"]
+    back = b.decode(codes)
+    inside = theta.abs() < 2 ** (w.bits - w.frac_bits - 1) - w.lsb
+    assert ((back - theta)[inside].abs() <= w.lsb / 2).all()
+    moved = codes + torch.linspace(-40, 40, codes.numel(), dtype=codes.dtype) / 3
+    b.project_(moved)
+    assert torch.equal(moved, moved.round()) and moved.max() <= w.hi and moved.min() >= w.lo
+    assert b.check_perturbation(1.0) is None and "whole number of LSBs" in b.check_perturbation(0.5)
+
+
+def test_stochastic_update_rounding_is_seeded_and_unbiased():
+    net = _net()
+    b = _fixed(net, master="integer", update_rounding="stochastic")
+    runs = []
+    for _ in range(2):
+        theta = torch.full((net.space.size,), 0.25, dtype=torch.float64)
+        b.project_(theta, torch.Generator().manual_seed(7))
+        runs.append(theta)
+    assert torch.equal(runs[0], runs[1])
+    assert set(runs[0].tolist()) == {0.0, 1.0} and abs(runs[0].mean().item() - 0.25) < 0.1
+
+
+def test_float_master_warns_when_mu_is_below_one_lsb():
+    b = _fixed(_net(), bits=8)
+    assert "below the weight LSB 0.015625 (Q8.6)" in b.check_perturbation(0.01)
+    assert b.check_perturbation(0.02) is None
+
+
+FAST = ["backend.name=fixed", "data.train_limit=2000", "data.val_size=500", "train.steps=30",
+        "train.eval_every=15", "train.batch_size=64"]
+
+
+@pytest.mark.parametrize("master, extra", [("float", ["estimator.rge.mu=0.02"]),
+                                           ("integer", ["estimator.rge.mu=1", "optimizer.lr=1.0"])])
+def test_training_runs_on_the_fixed_backend_and_is_deterministic(tmp_path, master, extra):
+    overrides = FAST + [f"backend.master={master}"] + extra
+    runs = [train(load_config("mnist_tt_zo", overrides), tmp_path / str(i), progress=False, log=lambda s: None)
+            for i in range(2)]
+    assert runs[0]["test_accuracy"] == runs[1]["test_accuracy"] and runs[0]["counters"] == runs[1]["counters"]
+    assert runs[0]["test_accuracy"] > 0.3 and runs[0]["backend"] == "fixed"
+    assert runs[0]["counters"]["macs_int8xint8"] > 0 and not runs[0]["warnings"]
+    saved = torch.load(tmp_path / "0" / "params.pt")
+    assert saved["backend"] == "fixed" and saved["theta"].shape == saved["backend_theta"].shape
+    if master == "integer":
+        assert torch.equal(saved["backend_theta"], saved["backend_theta"].round())
+
+
+def test_vanishing_perturbations_are_detected_and_reported(tmp_path):
+    cfg = load_config("mnist_tt_zo", FAST + ["estimator.rge.mu=0.0001"])
+    metrics = train(cfg, tmp_path, progress=False, log=lambda s: None)
+    assert any("below the weight LSB" in w for w in metrics["warnings"])
+    assert any("were exactly zero" in w for w in metrics["warnings"])
