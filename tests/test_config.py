@@ -4,7 +4,8 @@ from hwsim.build import build_backend, build_network
 from hwsim.config import (Config, ConfigError, apply_override, from_dict, load_config, read_raw,
                           shipped_configs)
 
-EXPECTED = {"mnist_tt_zo", "mnist_tt_fo", "mnist_dense_zo", "mnist_dense_fo", "mnist_tt_cge", "mnist_tt_hybrid"}
+EXPECTED = {"mnist_tt_zo", "mnist_tt_fo", "mnist_dense_zo", "mnist_dense_fo", "mnist_tt_cge", "mnist_tt_hybrid",
+            "mnist_tt_fixed8", "mnist_tt_fixed8_int"}
 
 
 def test_every_shipped_config_validates_and_builds():

@@ -1,12 +1,9 @@
 """The fixed backend: wiring to the spec, options, both training modes, counters."""
-import math
-
 import pytest
 import torch
 
 from hwsim.backends import create_backend
-from hwsim.backends.fixed import Format, LayerSpec, int_linear, quantize
-from hwsim.build import build_network
+from hwsim.backends.fixed import Format, int_linear, quantize
 from hwsim.config import load_config
 from hwsim.model import Activation, Linear, Network, TTLinear
 from hwsim.train import train
@@ -134,16 +131,15 @@ def test_float_master_warns_when_mu_is_below_one_lsb():
     assert b.check_perturbation(0.02) is None
 
 
-FAST = ["backend.name=fixed", "data.train_limit=2000", "data.val_size=500", "train.steps=30",
+FAST = ["data.train_limit=2000", "data.val_size=500", "train.steps=30",
         "train.eval_every=15", "train.batch_size=64"]
 
 
-@pytest.mark.parametrize("master, extra", [("float", ["estimator.rge.mu=0.02"]),
-                                           ("integer", ["estimator.rge.mu=1", "optimizer.lr=1.0"])])
-def test_training_runs_on_the_fixed_backend_and_is_deterministic(tmp_path, master, extra):
-    overrides = FAST + [f"backend.master={master}"] + extra
-    runs = [train(load_config("mnist_tt_zo", overrides), tmp_path / str(i), progress=False, log=lambda s: None)
+@pytest.mark.parametrize("config", ["mnist_tt_fixed8", "mnist_tt_fixed8_int"])
+def test_training_runs_on_the_fixed_backend_and_is_deterministic(tmp_path, config):
+    runs = [train(load_config(config, FAST), tmp_path / str(i), progress=False, log=lambda s: None)
             for i in range(2)]
+    master = load_config(config).backend.options["master"]
     assert runs[0]["test_accuracy"] == runs[1]["test_accuracy"] and runs[0]["counters"] == runs[1]["counters"]
     assert runs[0]["test_accuracy"] > 0.3 and runs[0]["backend"] == "fixed"
     assert runs[0]["counters"]["macs_int8xint8"] > 0 and not runs[0]["warnings"]
@@ -154,7 +150,7 @@ def test_training_runs_on_the_fixed_backend_and_is_deterministic(tmp_path, maste
 
 
 def test_vanishing_perturbations_are_detected_and_reported(tmp_path):
-    cfg = load_config("mnist_tt_zo", FAST + ["estimator.rge.mu=0.0001"])
+    cfg = load_config("mnist_tt_fixed8", FAST + ["estimator.rge.mu=0.0001"])
     metrics = train(cfg, tmp_path, progress=False, log=lambda s: None)
     assert any("below the weight LSB" in w for w in metrics["warnings"])
     assert any("were exactly zero" in w for w in metrics["warnings"])

@@ -175,3 +175,16 @@ def test_wide_formats_use_int64_and_stay_exact():
     x = _random_codes((2, 4), 30, gen)
     _, y = ref.tt_linear([g.tolist() for g in cores], x.tolist(), None, fmts, "half_even", "wrap")
     assert int_linear(cores, x, spec).tolist() == y
+
+
+def test_worked_example_of_the_spec():
+    """docs/fixed_point.md section 6, number for number."""
+    x = quantize(torch.tensor([[0.5, -0.25, 0.75, 0.1]], dtype=torch.float64), 8, 7)
+    g0 = quantize(torch.tensor([[[[0.5, -1], [0.25, 0.75]], [[1.5, 0.5], [-0.5, 1]]]], dtype=torch.float64), 8, 6)
+    g1 = quantize(torch.tensor([[[[1.25]], [[-0.5]]], [[[0.75]], [[2.0]]]], dtype=torch.float64), 8, 6)
+    assert x.tolist() == [[64, -32, 96, 13]] and g1.flatten().tolist() == [80, -32, 48, 127]
+    spec = LayerSpec(Format(8, 7), Format(8, 6), Format(8, 5), Format(8, 4))
+    assert [(s.shift, s.acc_bits) for s in spec.steps([(1, 2, 2, 2), (2, 2, 1, 1)], False)] == [(8, 17), (7, 18)]
+    t0, y = int_linear_steps([g0, g1], x, spec)
+    assert t0[0, 0].T.tolist() == [[44, 1], [-4, 10]] and t0[0, 1].T.tolist() == [[-8, -4], [36, -3]]
+    assert y.tolist() == [[36, 7]]

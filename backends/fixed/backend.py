@@ -22,7 +22,7 @@ from hwsim.model import Linear, TTLinear
 ROLES = ("input", "weight", "intermediate", "activation", "output")
 # Integer bits (sign included, W - F) of every role when only ``bits`` is given: chosen from the value
 # ranges of the MNIST TT model (docs/fixed_point.md, "Default formats").
-DEFAULT_INT_BITS = {"input": 1, "weight": 2, "intermediate": 3, "activation": 3, "output": 5}
+DEFAULT_INT_BITS = {"input": 1, "weight": 2, "intermediate": 5, "activation": 5, "output": 6}
 MASTERS = ("float", "integer")
 UPDATE_ROUNDINGS = ("nearest", "stochastic")
 

@@ -122,15 +122,15 @@ def contract(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: LayerSpec,
     for k, (g, step) in enumerate(zip(cores, steps)):
         g = _shared(g, 4)
         r, n, m, s = g.shape[-4:]
-        w = g.to(step.dtype).reshape(*g.shape[:-4], r * n, m * s).transpose(-1, -2) * _scale(step)
+        w = g.to(step.dtype).reshape(*g.shape[:-4], r * n, m * s) * _scale(step)
         a = t.to(step.dtype).reshape(*lead, r * n, -1)
-        y = torch.matmul(w, a)                            # (q?, m_k r_k+1, m_k-1..m_0, n_k+1.., B)
-        lead = y.shape[:-2]
-        q = len(lead)
         done = math.prod(outs[:k])
-        if k == len(cores) - 1:
-            y = y.reshape(*lead, *reversed(outs), rows)
-            y = y.permute(*range(q), q + len(outs), *(q + len(outs) - 1 - i for i in range(len(outs))))
+        if k == len(cores) - 1:                            # s = 1: y^T = a^T w keeps m_K-1 innermost
+            y = torch.matmul(a.transpose(-1, -2), w)      # (q?, m_K-2..m_0 B, m_K-1)
+            lead = y.shape[:-2]
+            q, d = len(lead), len(outs) - 1
+            y = y.reshape(*lead, *reversed(outs[:-1]), rows, m)
+            y = y.permute(*range(q), q + d, *(q + d - 1 - i for i in range(d)), q + d + 1)
             y = y.reshape(*lead, rows, done * m)
             if bias is not None:
                 y = y + _shared(bias, 1).to(step.dtype).unsqueeze(-2) * _scale(step)
@@ -140,6 +140,9 @@ def contract(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: LayerSpec,
             if trace is not None:
                 trace.append(y)
             return y, overflows
+        y = torch.matmul(w.transpose(-1, -2), a)          # (q?, m_k r_k+1, m_k-1..m_0, n_k+1.., B)
+        lead = y.shape[:-2]
+        q = len(lead)
         y, over = _requantize(y, step, spec)
         overflows.append(over)
         if trace is not None:

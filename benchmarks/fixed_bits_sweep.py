@@ -1,0 +1,78 @@
+"""Accuracy vs bit width: the MNIST TT model (784-256-10, rank 4) trained BP-free (per-tensor RGE) from
+scratch on the fixed backend at 16, 8, 6 and 4 bits, both master modes, next to the ideal backend on
+the same schedule. Writes runs/fixed_bits/<row>/ (full run directories),
+benchmarks/results/fixed_bits.json and docs/img/fixed_bits.png.
+
+Perturbation and learning rate follow the LSB (docs/fixed_point.md, "Choosing mu"):
+- master float: mu = max(0.05, weight LSB), lr as the ideal row;
+- master integer: theta is in LSBs, so mu = max(1, round(0.01 / LSB)) LSBs and lr = lr_float / LSB,
+  with stochastic rounding of the updates (nearest rounding freezes every update below 1/2 LSB).
+
+    python benchmarks/fixed_bits_sweep.py [--steps 2000] [--bits 16 8 6 4] [--out runs/fixed_bits]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common import save  # noqa: E402
+from hwsim.backends.fixed.backend import DEFAULT_INT_BITS  # noqa: E402
+from hwsim.config import load_config  # noqa: E402
+from hwsim.report import save_figure  # noqa: E402
+from hwsim.train import train  # noqa: E402
+
+LR, MIN_LR = 0.008, 0.0001
+DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+
+
+def rows(bits_list, steps):
+    common = [f"train.steps={steps}", "train.eval_every=250", f"optimizer.lr={LR}"]
+    yield "ideal", None, "ideal", common
+    for bits in bits_list:
+        lsb = 2.0 ** -(bits - DEFAULT_INT_BITS["weight"])
+        fixed = common + ["backend.name=fixed", f"backend.bits={bits}"]
+        yield f"fixed{bits}_float", bits, "float", fixed + [f"estimator.rge.mu={max(0.05, lsb)}"]
+        yield f"fixed{bits}_integer", bits, "integer", fixed + [
+            "backend.master=integer", "backend.update_rounding=stochastic",
+            f"estimator.rge.mu={max(1, round(0.01 / lsb))}", f"optimizer.lr={LR / lsb}",
+            f"optimizer.schedule.min_lr={MIN_LR / lsb}"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--bits", type=int, nargs="+", default=[16, 8, 6, 4])
+    ap.add_argument("--out", default="runs/fixed_bits")
+    args = ap.parse_args()
+    results = []
+    for name, bits, master, overrides in rows(args.bits, args.steps):
+        metrics = train(load_config("mnist_tt_zo", overrides), Path(args.out) / name, progress=False,
+                        log=lambda s: print(s, flush=True) if "test accuracy" in s else None)
+        results.append({"row": name, "bits": bits, "master": master, "overrides": overrides,
+                        "test_accuracy": metrics["test_accuracy"], "wall_s": metrics["wall_s"],
+                        "overflows": {k: v for k, v in metrics["counters"].items() if k.startswith("overflows")},
+                        "warnings": metrics["warnings"]})
+    ideal = results[0]["test_accuracy"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for master, marker in (("float", "o"), ("integer", "s")):
+        pts = [(r["bits"], r["test_accuracy"]) for r in results if r["master"] == master]
+        ax.plot([b for b, _ in pts], [100 * a for _, a in pts], marker=marker, label=f"fixed, master {master}")
+    ax.axhline(100 * ideal, color="k", ls="--", lw=1, label=f"ideal float32 ({100 * ideal:.2f} %)")
+    ax.set_xlabel("bits (every role)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xticks(sorted(set(args.bits)))
+    ax.set_title(f"MNIST TT 784-256-10, BP-free RGE, {args.steps} steps")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, DOCS_IMG / "fixed_bits.png")
+    save("fixed_bits", {"steps": args.steps, "ideal_test_accuracy": ideal, "rows": results})
+
+
+if __name__ == "__main__":
+    main()
