@@ -1,5 +1,5 @@
-"""Command line: ``hwsim train CONFIG [--out DIR] [--set key=value ...]``, ``hwsim compare RUN...``,
-``hwsim info``."""
+"""Command line: ``hwsim train CONFIG [--out DIR] [--set key=value ...]``, ``hwsim eval RUN [--set ...]``,
+``hwsim compare RUN...``, ``hwsim info``."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,19 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     train(cfg, out, progress=not args.quiet)
+    return 0
+
+
+def _eval(args) -> int:
+    from hwsim.report import write_json
+    from hwsim.train import evaluate
+
+    result = evaluate(Path(args.run), args.set or [])
+    over = {k: v for k, v in result["counters"].items() if k.startswith("overflows") and v}
+    print(f"{args.run} on {result['backend']} {result['backend_options']}: test accuracy "
+          f"{100 * result['test_accuracy']:.2f} %" + (f"; overflows {over}" if over else ""))
+    if args.json:
+        write_json(Path(args.json), result)
     return 0
 
 
@@ -76,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=200")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
+    p = sub.add_parser("eval", help="deploy a finished run on a backend (e.g. trained on ideal, run on fixed)")
+    p.add_argument("run", help="a run directory written by `hwsim train`")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change its config first, e.g. backend.name=fixed, backend.bits=6")
+    p.add_argument("--json", help="also write accuracy and counters to this file")
+    p.set_defaults(func=_eval)
     p = sub.add_parser("compare", help="table (and plot) of finished runs side by side")
     p.add_argument("runs", nargs="+", help="run directories written by `hwsim train`")
     p.add_argument("--plot", help="write test accuracy vs forward queries and wall time to this PNG")

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from hwsim.build import (build_backend, build_estimator, build_network, build_optimizer, perturbation_warnings,
                          steps_per_epoch, total_steps)
-from hwsim.config import Config, ConfigError
+from hwsim.config import Config, ConfigError, load_config
 from hwsim.data import load_dataset
 from hwsim.model import Network, cross_entropy
 from hwsim.objective import BatchObjective
@@ -152,3 +152,24 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
     log(f"hwsim: test accuracy {100 * metrics['test_accuracy']:.2f} % (best {100 * metrics['best_test_accuracy']:.2f} %), "
         f"{queries:,} forward queries, {metrics['wall_s']:.1f} s" + (f"; results in {out_dir}" if out_dir else ""))
     return metrics
+
+
+@torch.no_grad()
+def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
+    """Deploy a finished run on a backend: test accuracy of its params.pt ("theta", the float weights)
+    with its config.yaml changed by ``overrides`` (e.g. ``backend.name=fixed``, ``backend.bits=6``)."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "params.pt"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"{run_dir} has no {name}: give a run directory written by `hwsim train`")
+    cfg = load_config(str(run_dir / "config.yaml"), list(overrides))
+    d = cfg.data
+    data = load_dataset(d.name, d.path, d.val_size, d.train_limit)
+    network = build_network(cfg.model)
+    backend = build_backend(cfg.backend, network)
+    theta = backend.encode(backend.to_backend(torch.load(run_dir / "params.pt")["theta"]))
+    x = torch.from_numpy(data.test.x).to(backend.device, backend.data_dtype)
+    y = torch.from_numpy(data.test.y).to(backend.device)
+    acc = accuracy(network, backend, theta, x, y, cfg.train.eval_batch_size)
+    return {"run": str(run_dir), "test_accuracy": acc, "backend": backend.name,
+            "backend_options": dict(cfg.backend.options), "counters": backend.counters()}

@@ -154,3 +154,13 @@ def test_vanishing_perturbations_are_detected_and_reported(tmp_path):
     metrics = train(cfg, tmp_path, progress=False, log=lambda s: None)
     assert any("below the weight LSB" in w for w in metrics["warnings"])
     assert any("were exactly zero" in w for w in metrics["warnings"])
+
+
+def test_non_relu_activations_are_evaluated_on_the_host_and_put_back_on_the_grid():
+    b = _fixed(_net(), bits=8)
+    x = torch.tensor([[-1.5, 0.3, 2.0]])
+    y = b.activation("tanh", x)
+    fmt = b.formats["activation"]
+    assert torch.equal(y.double(), quantize(torch.tanh(x.double()), fmt.bits, fmt.frac_bits).double() * fmt.lsb)
+    assert torch.equal(b.activation("relu", torch.tensor([-0.5, 0.25])), torch.tensor([0.0, 0.25]))
+    assert b.counters() == {"activation_tanh": 3, "activation_relu": 2}

@@ -1,7 +1,6 @@
 """End to end: real MNIST, a few hundred BP-free steps, through the config, trainer and CLI."""
 import json
 
-import pytest
 import torch
 
 from hwsim.build import build_backend, build_network
@@ -80,3 +79,13 @@ def test_cli_train_then_compare(tmp_path, capsys):
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["compare", str(tmp_path)]) == 2
     assert "metrics.json is missing" in capsys.readouterr().err
+    # deploy: the same backend reproduces the run's accuracy; 16-bit fixed point lands close to it
+    assert main(["eval", str(run), "--json", str(tmp_path / "same.json")]) == 0
+    assert json.loads((tmp_path / "same.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    assert main(["eval", str(run), "--set", "backend.name=fixed", "--set", "backend.bits=16",
+                 "--json", str(tmp_path / "fixed.json")]) == 0
+    fixed = json.loads((tmp_path / "fixed.json").read_text())
+    assert fixed["backend"] == "fixed" and abs(fixed["test_accuracy"] - metrics["test_accuracy"]) < 0.01
+    assert "on fixed {'bits': 16}: test accuracy" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err

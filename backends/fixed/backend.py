@@ -88,6 +88,7 @@ class FixedBackend(Backend):
         self._layers: dict[int, tuple[int, LayerSpec]] = {}
         self._param_formats: dict[str, Format] = {}
         self._cache: dict[int, tuple] = {}
+        self._network = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -195,8 +196,7 @@ class FixedBackend(Backend):
         if kind == "relu":
             return torch.relu(x)                      # max(0, code): exact on the grid
         fmt = self.options.resolved["activation"]     # host-evaluated, then back onto the grid
-        y = super().activation(kind, x.to(torch.float64))
-        codes, _ = self._codes(y, fmt, 2)
+        codes, _ = self._codes(getattr(torch, kind)(x.to(torch.float64)), fmt, 2)
         return _values(codes, fmt)
 
     def _param(self, t: torch.Tensor, fmt: Format, dims: int) -> torch.Tensor:
