@@ -3,16 +3,19 @@ scratch on the fixed backend at 16, 8, 6 and 4 bits, both master modes, next to 
 the same schedule. Writes runs/fixed_bits/<row>/ (full run directories),
 benchmarks/results/fixed_bits.json and docs/img/fixed_bits.png.
 
-Perturbation and learning rate follow the LSB (docs/fixed_point.md, "Choosing mu"):
-- master float: mu = max(0.05, weight LSB), lr as the ideal row;
+Perturbation and learning rate follow the LSB (docs/fixed_point.md, section 7):
+- master float: mu = max(0.01, 3 weight LSBs) (0.01 is the ideal row's), lr as the ideal row;
 - master integer: theta is in LSBs, so mu = max(1, round(0.01 / LSB)) LSBs and lr = lr_float / LSB,
   with stochastic rounding of the updates (nearest rounding freezes every update below 1/2 LSB).
 
     python benchmarks/fixed_bits_sweep.py [--steps 2000] [--bits 16 8 6 4] [--out runs/fixed_bits]
+
+A row whose run directory already holds a metrics.json with the same config is not run again.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common import save  # noqa: E402
 from hwsim.backends.fixed.backend import DEFAULT_INT_BITS  # noqa: E402
-from hwsim.config import load_config  # noqa: E402
+from hwsim.config import load_config, read_raw  # noqa: E402
 from hwsim.report import save_figure  # noqa: E402
 from hwsim.train import train  # noqa: E402
 
@@ -36,7 +39,7 @@ def rows(bits_list, steps):
     for bits in bits_list:
         lsb = 2.0 ** -(bits - DEFAULT_INT_BITS["weight"])
         fixed = common + ["backend.name=fixed", f"backend.bits={bits}"]
-        yield f"fixed{bits}_float", bits, "float", fixed + [f"estimator.rge.mu={max(0.05, lsb)}"]
+        yield f"fixed{bits}_float", bits, "float", fixed + [f"estimator.rge.mu={max(0.01, 3 * lsb)}"]
         yield f"fixed{bits}_integer", bits, "integer", fixed + [
             "backend.master=integer", "backend.update_rounding=stochastic",
             f"estimator.rge.mu={max(1, round(0.01 / lsb))}", f"optimizer.lr={LR / lsb}",
@@ -51,8 +54,13 @@ def main() -> None:
     args = ap.parse_args()
     results = []
     for name, bits, master, overrides in rows(args.bits, args.steps):
-        metrics = train(load_config("mnist_tt_zo", overrides), Path(args.out) / name, progress=False,
-                        log=lambda s: print(s, flush=True) if "test accuracy" in s else None)
+        cfg, out = load_config("mnist_tt_zo", overrides), Path(args.out) / name
+        if (out / "metrics.json").is_file() and read_raw(str(out / "config.yaml")) == cfg.to_dict():
+            metrics = json.loads((out / "metrics.json").read_text())
+            print(f"{name}: done before, {100 * metrics['test_accuracy']:.2f} %", flush=True)
+        else:
+            metrics = train(cfg, out, progress=False,
+                            log=lambda s: print(f"{name}: {s}", flush=True) if "test accuracy" in s else None)
         results.append({"row": name, "bits": bits, "master": master, "overrides": overrides,
                         "test_accuracy": metrics["test_accuracy"], "wall_s": metrics["wall_s"],
                         "overflows": {k: v for k, v in metrics["counters"].items() if k.startswith("overflows")},
@@ -60,7 +68,7 @@ def main() -> None:
     ideal = results[0]["test_accuracy"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for master, marker in (("float", "o"), ("integer", "s")):
-        pts = [(r["bits"], r["test_accuracy"]) for r in results if r["master"] == master]
+        pts = sorted((r["bits"], r["test_accuracy"]) for r in results if r["master"] == master)
         ax.plot([b for b, _ in pts], [100 * a for _, a in pts], marker=marker, label=f"fixed, master {master}")
     ax.axhline(100 * ideal, color="k", ls="--", lw=1, label=f"ideal float32 ({100 * ideal:.2f} %)")
     ax.set_xlabel("bits (every role)")
