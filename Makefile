@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_zo_step.py
 	$(BIN)/python benchmarks/bench_tt_linear.py
+	$(BIN)/python benchmarks/bench_fixed_step.py
 
 clean:
 	rm -rf $(VENV) runs

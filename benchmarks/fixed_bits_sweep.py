@@ -1,6 +1,6 @@
 """Accuracy vs bit width: the MNIST TT model (784-256-10, rank 4) trained BP-free (per-tensor RGE) from
 scratch on the fixed backend at 16, 8, 6 and 4 bits, both master modes, next to the ideal backend on
-the same schedule. Writes runs/fixed_bits/<row>/ (full run directories),
+the same schedule (and with the 8-bit row's mu). Writes runs/fixed_bits/<row>/ (full run directories),
 benchmarks/results/fixed_bits.json and docs/img/fixed_bits.png.
 
 Perturbation and learning rate follow the LSB (docs/fixed_point.md, section 7):
@@ -36,6 +36,8 @@ DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 def rows(bits_list, steps):
     common = [f"train.steps={steps}", "train.eval_every=250", f"optimizer.lr={LR}"]
     yield "ideal", None, "ideal", common
+    # the ideal backend with the 8-bit float row's mu (3 LSBs of Q8.6): isolates the effect of mu
+    yield "ideal_mu_8bit", 8, "ideal", common + [f"estimator.rge.mu={3 * 2.0 ** -(8 - DEFAULT_INT_BITS['weight'])}"]
     for bits in bits_list:
         lsb = 2.0 ** -(bits - DEFAULT_INT_BITS["weight"])
         fixed = common + ["backend.name=fixed", f"backend.bits={bits}"]
@@ -70,7 +72,11 @@ def main() -> None:
     for master, marker in (("float", "o"), ("integer", "s")):
         pts = sorted((r["bits"], r["test_accuracy"]) for r in results if r["master"] == master)
         ax.plot([b for b, _ in pts], [100 * a for _, a in pts], marker=marker, label=f"fixed, master {master}")
-    ax.axhline(100 * ideal, color="k", ls="--", lw=1, label=f"ideal float32 ({100 * ideal:.2f} %)")
+    ax.axhline(100 * ideal, color="k", ls="--", lw=1, label=f"ideal float32, mu 0.01 ({100 * ideal:.2f} %)")
+    for r in results[1:]:
+        if r["master"] == "ideal":
+            ax.plot([r["bits"]], [100 * r["test_accuracy"]], "kx", ms=9,
+                    label=f"ideal float32, the {r['bits']}-bit float row's mu ({100 * r['test_accuracy']:.2f} %)")
     ax.set_xlabel("bits (every role)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(sorted(set(args.bits)))
