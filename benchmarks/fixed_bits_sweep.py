@@ -10,7 +10,9 @@ Perturbation and learning rate follow the LSB (docs/fixed_point.md, section 7):
 
     python benchmarks/fixed_bits_sweep.py [--steps 2000] [--bits 16 8 6 4] [--out runs/fixed_bits]
 
-A row whose run directory already holds a metrics.json with the same config is not run again.
+A row already run with the same config (its run directory, or benchmarks/results/fixed_bits.json from an
+earlier sweep) is not run again; the JSON and the plot are rewritten after every row, so a sweep can be
+stopped and resumed. ``--collect`` runs nothing and reports the rows done.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import save  # noqa: E402
+from common import RESULTS, save  # noqa: E402
 from hwsim.backends.fixed.backend import DEFAULT_INT_BITS  # noqa: E402
 from hwsim.config import load_config, read_raw  # noqa: E402
 from hwsim.report import save_figure  # noqa: E402
@@ -48,25 +50,45 @@ def rows(bits_list, steps):
             f"optimizer.schedule.min_lr={MIN_LR / lsb}"]
 
 
+def finished(name: str, overrides: list[str], out: Path, previous: dict) -> dict | None:
+    """The metrics of a row already run with the same config: from its run directory, or from the
+    results JSON of an earlier sweep (so a sweep can go on in a later session)."""
+    cfg = load_config("mnist_tt_zo", overrides)
+    if (out / "metrics.json").is_file() and read_raw(str(out / "config.yaml")) == cfg.to_dict():
+        return json.loads((out / "metrics.json").read_text())
+    row = previous.get(name)
+    return row["metrics"] if row and row["config"] == cfg.to_dict() else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--bits", type=int, nargs="+", default=[16, 8, 6, 4])
     ap.add_argument("--out", default="runs/fixed_bits")
+    ap.add_argument("--collect", action="store_true", help="run nothing: table and plot of the rows done")
     args = ap.parse_args()
+    path = RESULTS / "fixed_bits.json"
+    previous = {r["row"]: r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
     results = []
     for name, bits, master, overrides in rows(args.bits, args.steps):
-        cfg, out = load_config("mnist_tt_zo", overrides), Path(args.out) / name
-        if (out / "metrics.json").is_file() and read_raw(str(out / "config.yaml")) == cfg.to_dict():
-            metrics = json.loads((out / "metrics.json").read_text())
+        out = Path(args.out) / name
+        metrics = finished(name, overrides, out, previous)
+        if metrics is not None:
             print(f"{name}: done before, {100 * metrics['test_accuracy']:.2f} %", flush=True)
+        elif args.collect:
+            print(f"{name}: not run yet", flush=True)
+            continue
         else:
-            metrics = train(cfg, out, progress=False,
+            metrics = train(load_config("mnist_tt_zo", overrides), out, progress=False,
                             log=lambda s: print(f"{name}: {s}", flush=True) if "test accuracy" in s else None)
         results.append({"row": name, "bits": bits, "master": master, "overrides": overrides,
-                        "test_accuracy": metrics["test_accuracy"], "wall_s": metrics["wall_s"],
-                        "overflows": {k: v for k, v in metrics["counters"].items() if k.startswith("overflows")},
-                        "warnings": metrics["warnings"]})
+                        "config": load_config("mnist_tt_zo", overrides).to_dict(),
+                        "test_accuracy": metrics["test_accuracy"], "metrics": metrics})
+        report(results, args)
+
+
+def report(results: list[dict], args) -> None:
+    """Plot and JSON of the rows so far (written after every row)."""
     ideal = results[0]["test_accuracy"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for master, marker in (("float", "o"), ("integer", "s")):
@@ -82,7 +104,7 @@ def main() -> None:
     ax.set_xticks(sorted(set(args.bits)))
     ax.set_title(f"MNIST TT 784-256-10, BP-free RGE, {args.steps} steps")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
     save_figure(fig, DOCS_IMG / "fixed_bits.png")
     save("fixed_bits", {"steps": args.steps, "ideal_test_accuracy": ideal, "rows": results})
