@@ -181,7 +181,7 @@ class FixedBackend(Backend):
         bias = self._param(params["bias"], spec.bias_format(shapes), 1) if layer.bias else None
         steps = spec.steps(shapes, layer.bias)
 
-        y, overflows = contract(cores, xc, spec, bias)
+        y, overflows = self._contract(index, layer, spec, cores, xc, bias)
         rows = x.shape[-2] * (queries or 1)
         for step, n_macs in zip(steps, macs(shapes, rows)):
             self.count(f"macs_int{step.in_fmt.bits}xint{spec.weight.bits}", n_macs)
@@ -190,6 +190,12 @@ class FixedBackend(Backend):
         self.count("linear_calls")
         self.count("rows", rows)
         return _values(y, spec.output)
+
+    def _contract(self, index: int, layer, spec: LayerSpec, cores: list[torch.Tensor], x: torch.Tensor,
+                  bias: torch.Tensor | None) -> tuple[torch.Tensor, list[int]]:
+        """Layer ``index`` on integer codes: (output codes (Q?, B, M), overflow counts). The emulator; the
+        rtl backend runs TT layers on the Verilog core instead."""
+        return contract(cores, x, spec, bias)
 
     def activation(self, kind, x):
         self.count(f"activation_{kind}", x.numel())
