@@ -18,7 +18,8 @@ from typing import Any, Callable, ClassVar
 import torch
 
 ENTRY_POINT_GROUP = "hwsim.backends"
-_BUILTIN = {"ideal": "hwsim.backends.ideal:IdealBackend", "fixed": "hwsim.backends.fixed.backend:FixedBackend"}
+_BUILTIN = {"ideal": "hwsim.backends.ideal:IdealBackend", "fixed": "hwsim.backends.fixed.backend:FixedBackend",
+            "rtl": "hwsim.backends.rtl.backend:RtlBackend"}
 
 
 @dataclass(frozen=True)

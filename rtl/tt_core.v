@@ -62,7 +62,6 @@ module tt_core #(
     output reg  [CNT_W-1:0]         cnt_bias_reads,
     output reg  [CNT_W-1:0]         cnt_overflows      // requantization overflows on real vectors
 );
-    localparam DW = (IN_W > MID_W) ? IN_W : MID_W;     // state operand width
     localparam RW = (MID_W > OUT_W) ? MID_W : OUT_W;   // requantized code width
 
     // ---- configuration registers -------------------------------------------------------------
@@ -196,21 +195,17 @@ module tt_core #(
         end
     end
 
-    // pipeline: stage a (RAM data), stage b (accumulators), then the write
-    reg                    a_v, a_first, a_last;
+    // pipeline: stage a (RAM data), stage b (accumulators), stage c (requantized codes), then the write
+    reg                    a_v, a_first, a_last, a_from_in;
     reg [31:0]             a_oaddr;
-    reg [LANES*DW-1:0]     a_x;
+    reg [LANES*IN_W-1:0]   a_xin;     // operands read from the input buffer (step 0) ...
+    reg [LANES*MID_W-1:0]  a_xmid;    // ... or from a state bank
     reg signed [W_W-1:0]   a_w;
     reg signed [BIAS_W-1:0] a_bias;
-    reg                    b_v;
-    reg [31:0]             b_oaddr;
+    reg                    b_v, c_v;
+    reg [31:0]             b_oaddr, c_oaddr;
     reg [1:0]              src;       // step's operand source: 0 ibuf, 1 bank_a, 2 bank_b
     reg [1:0]              dst;       // step's result: 1 bank_a, 2 bank_b, 3 obuf
-
-    wire [LANES*IN_W-1:0]  rd_ibuf  = ibuf[taddr];
-    wire [LANES*MID_W-1:0] rd_a     = bank_a[taddr];
-    wire [LANES*MID_W-1:0] rd_b     = bank_b[taddr];
-
     always @(posedge clk) begin
         ibuf_clr <= 1'b0;
         obuf_set <= 1'b0;
@@ -313,69 +308,72 @@ module tt_core #(
         end
     end
 
-    // stage a: RAM reads (registered), operands sign-extended to DW
-    genvar l;
+    // stage a: RAM reads (registered); only the step's source buffer is read
     always @(posedge clk) begin
         a_w <= wram[wcur];
         a_bias <= bram[oaddr];
+        a_from_in <= (src == 2'd0);
+        case (src)
+            2'd0: a_xin <= ibuf[taddr];
+            2'd1: a_xmid <= bank_a[taddr];
+            default: a_xmid <= bank_b[taddr];
+        endcase
     end
-    generate
-        for (l = 0; l < LANES; l = l + 1) begin : g_read
-            always @(posedge clk) begin
-                if (src == 2'd0)
-                    a_x[l*DW +: DW] <= {{(DW-IN_W){rd_ibuf[l*IN_W+IN_W-1]}}, rd_ibuf[l*IN_W +: IN_W]};
-                else if (src == 2'd1)
-                    a_x[l*DW +: DW] <= {{(DW-MID_W){rd_a[l*MID_W+MID_W-1]}}, rd_a[l*MID_W +: MID_W]};
-                else
-                    a_x[l*DW +: DW] <= {{(DW-MID_W){rd_b[l*MID_W+MID_W-1]}}, rd_b[l*MID_W +: MID_W]};
-            end
-        end
-    endgenerate
 
-    // stage b: full-width multiply-accumulate per lane (bias as the first addend of the last step)
+    // stage b: full-width multiply-accumulate per lane (the bias is the first addend of the last step)
     wire signed [ACC_W-1:0] acc_init = (s_last && bias_en) ? a_bias : 0;
     reg  signed [ACC_W-1:0] acc [0:LANES-1];
-    wire [LANES*RW-1:0]     rq_code;
-    wire [LANES-1:0]        rq_ovf;
-    generate
-        for (l = 0; l < LANES; l = l + 1) begin : g_mac
-            wire signed [DW-1:0]    x = a_x[l*DW +: DW];
-            wire signed [ACC_W-1:0] prod = x * a_w;
-            always @(posedge clk)
-                if (a_v) acc[l] <= (a_first ? acc_init : acc[l]) + prod;
-            tt_requant #(.ACC_W(ACC_W), .MID_W(MID_W), .OUT_W(OUT_W), .LSHIFT_MAX(LSHIFT_MAX)) u_rq (
-                .acc(acc[l]), .shift(s_shift), .rounding(rounding), .wrap(wrap), .last(s_last),
-                .code(rq_code[l*RW +: RW]), .overflow(rq_ovf[l]));
-        end
-    endgenerate
-
+    integer m;
     always @(posedge clk) begin
         b_v <= a_v && a_last;
         b_oaddr <= a_oaddr;
+        if (a_v)
+            for (m = 0; m < LANES; m = m + 1)
+                if (a_from_in)
+                    acc[m] <= (a_first ? acc_init : acc[m]) + $signed(a_xin[m*IN_W +: IN_W]) * a_w;
+                else
+                    acc[m] <= (a_first ? acc_init : acc[m]) + $signed(a_xmid[m*MID_W +: MID_W]) * a_w;
     end
 
-    // the write: requantized codes into the step's result buffer
+    // stage c: requantization, one tt_requant per lane, enabled when a lane's sum is complete
+    wire [LANES*RW-1:0] rq_code;
+    wire [LANES-1:0]    rq_ovf;
+    genvar l;
+    generate
+        for (l = 0; l < LANES; l = l + 1) begin : g_rq
+            tt_requant #(.ACC_W(ACC_W), .MID_W(MID_W), .OUT_W(OUT_W), .LSHIFT_MAX(LSHIFT_MAX)) u_rq (
+                .clk(clk), .en(b_v), .acc(acc[l]), .shift(s_shift), .rounding(rounding), .wrap(wrap),
+                .last(s_last), .code(rq_code[l*RW +: RW]), .overflow(rq_ovf[l]));
+        end
+    endgenerate
+
+    // the write: requantized codes into the step's result buffer; overflows of real vectors counted
     reg [LANES*MID_W-1:0] wr_mid;
     reg [LANES*OUT_W-1:0] wr_out;
-    reg [7:0]             ovf_n;
-    integer m;
-    always @* begin
-        ovf_n = 0;
-        for (m = 0; m < LANES; m = m + 1) begin
-            wr_mid[m*MID_W +: MID_W] = rq_code[m*RW +: MID_W];
-            wr_out[m*OUT_W +: OUT_W] = rq_code[m*RW +: OUT_W];
-            if (m < act && rq_ovf[m]) ovf_n = ovf_n + 1;
-        end
-    end
     always @(posedge clk) begin
-        if (b_v) begin
+        c_v <= b_v;
+        c_oaddr <= b_oaddr;
+        if (c_v) begin
+            for (m = 0; m < LANES; m = m + 1) begin
+                wr_mid[m*MID_W +: MID_W] = rq_code[m*RW +: MID_W];
+                wr_out[m*OUT_W +: OUT_W] = rq_code[m*RW +: OUT_W];
+            end
             case (dst)
-                2'd1: bank_a[b_oaddr] <= wr_mid;
-                2'd2: bank_b[b_oaddr] <= wr_mid;
-                default: obuf[b_oaddr] <= wr_out;
+                2'd1: bank_a[c_oaddr] <= wr_mid;
+                2'd2: bank_b[c_oaddr] <= wr_mid;
+                default: obuf[c_oaddr] <= wr_out;
             endcase
         end
     end
+
+    function [7:0] popcount_active(input [LANES-1:0] flags);
+        integer n;
+        begin
+            popcount_active = 0;
+            for (n = 0; n < LANES; n = n + 1)
+                if (n < act && flags[n]) popcount_active = popcount_active + 1;
+        end
+    endfunction
 
     // ---- counters ---------------------------------------------------------------------------------
     always @(posedge clk) begin
@@ -391,9 +389,9 @@ module tt_core #(
                 cnt_state_reads <= cnt_state_reads + 1;
                 if (s_last && bias_en && t == 0) cnt_bias_reads <= cnt_bias_reads + 1;
             end
-            if (b_v) begin
+            if (c_v) begin
                 cnt_state_writes <= cnt_state_writes + 1;
-                cnt_overflows <= cnt_overflows + ovf_n;
+                cnt_overflows <= cnt_overflows + popcount_active(rq_ovf);
             end
         end
     end

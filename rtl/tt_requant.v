@@ -3,7 +3,8 @@
 // Requantization of one full-width accumulator, exactly as docs/fixed_point.md section 4.5 says:
 // shift > 0: arithmetic right shift by `shift` with the rounding mode applied to the dropped bits;
 // shift <= 0: exact left shift by -shift; then saturate or wrap into the target width (MID_W for an
-// intermediate step, OUT_W for the last step). Purely combinational.
+// intermediate step, OUT_W for the last step). Registered: code and overflow update on a clock edge
+// with `en` (one cycle of latency), so a simulator evaluates it only when a result is ready.
 module tt_requant #(
     parameter ACC_W      = 40,   // accumulator width (>= every step's W_acc)
     parameter MID_W      = 8,    // intermediate code width
@@ -11,6 +12,8 @@ module tt_requant #(
     parameter LSHIFT_MAX = 16,   // largest left shift (-shift) supported
     parameter RW         = (MID_W > OUT_W) ? MID_W : OUT_W
 ) (
+    input  wire                    clk,
+    input  wire                    en,
     input  wire signed [ACC_W-1:0] acc,
     input  wire signed [7:0]       shift,     // -LSHIFT_MAX .. XW-2
     input  wire [1:0]              rounding,  // 0 floor, 1 half_up, 2 half_even
@@ -27,7 +30,7 @@ module tt_requant #(
     reg signed [MID_W-1:0] q_mid;
     reg signed [OUT_W-1:0] q_out;
 
-    always @* begin
+    always @(posedge clk) if (en) begin
         a = acc;                                       // sign-extended to XW bits
         rs = shift[7] ? 8'd0 : shift;
         ls = shift[7] ? -shift : 8'd0;
@@ -47,14 +50,14 @@ module tt_requant #(
         end
         hi = last ? ((ONE <<< (OUT_W - 1)) - ONE) : ((ONE <<< (MID_W - 1)) - ONE);
         lo = last ? -(ONE <<< (OUT_W - 1)) : -(ONE <<< (MID_W - 1));
-        overflow = (q > hi) || (q < lo);
+        overflow <= (q > hi) || (q < lo);
         q_mid = q[MID_W-1:0];
         q_out = q[OUT_W-1:0];
-        if (overflow && !wrap)
-            code = (q > hi) ? hi[RW-1:0] : lo[RW-1:0];
+        if (((q > hi) || (q < lo)) && !wrap)
+            code <= (q > hi) ? hi[RW-1:0] : lo[RW-1:0];
         else if (last)
-            code = q_out;                              // in range, or its low OUT_W bits (wrap)
+            code <= q_out;                             // in range, or its low OUT_W bits (wrap)
         else
-            code = q_mid;
+            code <= q_mid;
     end
 endmodule

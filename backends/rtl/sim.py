@@ -106,13 +106,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("HWSIM_RTL_CACHE", Path.home() / ".cache" / "hwsim" / "rtl"))
 
 
+BUILD_ARGS = {"verilator": ["--output-split", "0", "-O3", "--x-assign", "fast", "--x-initial", "fast", "-CFLAGS", "-O2"],
+              "icarus": []}
+
+
 def build(sim: Simulator, parameters: dict[str, int], sources: list[Path], toplevel: str) -> Path:
     """The build directory of ``toplevel`` with ``parameters`` for ``sim``: built once, then reused
     (keyed by simulator, parameters and source contents). Builds into a temporary directory that is
     renamed when complete, so an interrupted build leaves nothing behind."""
     import cocotb
 
-    key = hashlib.sha256(json.dumps([sim.name, cocotb.__version__, toplevel, sorted(parameters.items()),
+    args = BUILD_ARGS[sim.name]
+    key = hashlib.sha256(json.dumps([sim.name, cocotb.__version__, toplevel, sorted(parameters.items()), args,
                                      [p.read_text() for p in sources]]).encode()).hexdigest()[:16]
     root = cache_root()
     final = root / f"{sim.name}-{toplevel}-{key}"
@@ -124,7 +129,7 @@ def build(sim: Simulator, parameters: dict[str, int], sources: list[Path], tople
     try:
         with _with_env(sim):
             _runner(sim).build(sources=[str(p) for p in sources], hdl_toplevel=toplevel, parameters=parameters,
-                               build_dir=str(tmp), always=True, timescale=("1ns", "1ps"), log_file=str(log))
+                               build_args=args, build_dir=str(tmp), always=True, timescale=("1ns", "1ps"), log_file=str(log))
     except (Exception, SystemExit) as e:
         tail = log.read_text()[-3000:] if log.is_file() else ""
         shutil.rmtree(tmp, ignore_errors=True)

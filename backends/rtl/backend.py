@@ -1,0 +1,96 @@
+"""The ``rtl`` backend: the fixed backend's numerics, with every TT layer run on the Verilog core.
+
+Everything but the TT layers (dense layers, activations, parameter handling, both training modes) is
+the fixed backend's; a TT layer's forward pass for all queries of a call is one simulator run
+(backends/rtl/run.py), and its counters come from the core itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hwsim.backends.fixed.backend import FixedBackend, _check
+from hwsim.backends.fixed.layer import LayerSpec
+from hwsim.backends.rtl.program import CoreParams
+from hwsim.backends.rtl.run import run_tt_layer
+from hwsim.backends.rtl.sim import SIMULATORS
+from hwsim.model import TTLinear
+
+RTL_COUNTERS = ("cycles", "load_cycles", "sim_cycles", "macs", "issue", "weight_reads", "state_reads",
+                "state_writes", "bias_reads")
+
+
+class RtlBackend(FixedBackend):
+    """TT layers on the Verilog TT core in a simulator (cocotb), bit-exact with ``fixed``."""
+
+    name = "rtl"
+
+    @dataclass
+    class Options(FixedBackend.Options):
+        """The fixed backend's options plus: sim: verilator | icarus; lanes: MAC lanes of the core
+        (vectors evaluated in parallel, 1..64); timeout_s: wall-clock limit of one simulator run."""
+
+        sim: str = "verilator"
+        lanes: int = 16
+        timeout_s: float = 600.0
+
+        def __post_init__(self):
+            super().__post_init__()
+            _check("sim", self.sim, SIMULATORS)
+            if not isinstance(self.lanes, int) or not 1 <= self.lanes <= 64:
+                raise ValueError(f"backend.lanes: {self.lanes!r} is not allowed; use an integer in 1..64")
+            if not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0:
+                raise ValueError(f"backend.timeout_s: {self.timeout_s!r} is not allowed; use a positive number")
+
+    def bind(self, network) -> None:
+        super().bind(network)
+        for layer in network.layers:                  # fail now, not at the first forward
+            if isinstance(layer, TTLinear):
+                index, spec = self._layers[id(layer)]
+                try:
+                    CoreParams.for_layer(layer.tt.core_shapes, spec, layer.bias, self.options.lanes)
+                except ValueError as e:
+                    raise ValueError(f"backend: layer {index}: {e}") from None
+
+    def _contract(self, index: int, layer, spec: LayerSpec, cores, x, bias):
+        if not isinstance(layer, TTLinear):
+            return super()._contract(index, layer, spec, cores, x, bias)
+        shapes = layer.tt.core_shapes
+        lead = torch.broadcast_shapes(x.shape[:-2], *(g.shape[:-4] for g in cores),
+                                      bias.shape[:-1] if bias is not None else ())
+        flat = [_jobs(g, 4).flatten(1) for g in cores]
+        weights = torch.cat([w.expand(max(f.shape[0] for f in flat), -1) for w in flat], dim=-1)
+        b = _jobs(bias, 1) if bias is not None else None
+        xs = _jobs(x, 2)
+        if weights.shape[0] == 1 and (b is None or b.shape[0] == 1) and xs.shape[0] > 1:
+            # one set of weights for every query: a single job over all queries' rows
+            res = run_tt_layer(shapes, spec, weights.numpy(), xs.reshape(1, -1, xs.shape[-1]).numpy(),
+                               None if b is None else b.numpy(), **self._run_options())
+            y = res.y.reshape(xs.shape[0], xs.shape[1], -1)
+        else:
+            jobs = max(weights.shape[0], xs.shape[0], 1 if b is None else b.shape[0])
+            res = run_tt_layer(shapes, spec, weights.expand(jobs, -1).numpy(), xs.numpy(),
+                               None if b is None else b.expand(jobs, -1).numpy(), **self._run_options())
+            y = res.y
+        for key in RTL_COUNTERS:
+            self.count(f"rtl_{key}", res.counters[key])
+        self.count("rtl_sim_runs")
+        y = torch.from_numpy(np.ascontiguousarray(y))
+        return (y.reshape(*lead, *y.shape[-2:]) if lead else y[0]), [res.counters["overflows"]]
+
+    def _run_options(self) -> dict:
+        o = self.options
+        return {"sim": o.sim, "lanes": o.lanes, "timeout_s": o.timeout_s}
+
+
+def _batched(t: torch.Tensor, dims: int) -> bool:
+    """Does ``t`` carry a real (not expanded) leading query axis?"""
+    return t.dim() > dims and t.stride(0) != 0
+
+
+def _jobs(t: torch.Tensor, dims: int) -> torch.Tensor:
+    """Codes as int64 with exactly one leading job axis: (Q, ...) if batched, else (1, ...)."""
+    t = t if _batched(t, dims) else (t[0] if t.dim() > dims else t)[None]
+    return t.to(torch.int64)
