@@ -1,9 +1,8 @@
 """Command line: ``hwsim train CONFIG [--out DIR] [--set key=value ...]``, ``hwsim eval RUN [--set ...]``,
-``hwsim compare RUN...``, ``hwsim info``."""
+``hwsim compare RUN...``, ``hwsim rtl verify [--sim ...]``, ``hwsim info``."""
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -47,6 +46,24 @@ def _compare(args) -> int:
     return 0
 
 
+def _rtl_verify(args) -> int:
+    from hwsim.backends.rtl.sim import RtlError
+    from hwsim.backends.rtl.verify import builtin_cases, config_cases, verify
+    from hwsim.report import write_json
+
+    cases = config_cases(args.config, args.set or []) if args.config else builtin_cases()
+    try:
+        result = verify(cases, args.vectors, args.sim, args.lanes, args.seed)
+    except (RtlError, ValueError) as e:
+        print(f"hwsim: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.json or f"runs/rtl_verify_{args.sim}.json")
+    write_json(out, result)
+    print(f"{result['vectors']} vectors, {result['mismatches']} mismatches ({args.sim}, {args.lanes} lanes, "
+          f"{result['wall_s']:.1f} s); results in {out}")
+    return 1 if result["mismatches"] else 0
+
+
 def _info(args) -> int:
     from hwsim.backends import backend_class, backend_names
     from hwsim.config import shipped_configs
@@ -71,10 +88,11 @@ def _info(args) -> int:
         print(f"  mnist          missing: {e}")
     fashion = Path(FASHION_DEFAULT_DIR)
     print(f"  fashion_mnist  {'found at ' + str(fashion) if fashion.is_dir() else 'missing: apt-get install dataset-fashion-mnist'}")
-    print("simulators:")
-    for sim in ("verilator", "iverilog"):
-        found = shutil.which(sim)
-        print(f"  {sim:10s} {found or 'not found'}")
+    from hwsim.backends.rtl.sim import available
+
+    print("simulators (rtl backend):")
+    for sim, where in available().items():
+        print(f"  {sim:10s} {where}")
     print("shipped configs: " + ", ".join(shipped_configs()))
     return 0
 
@@ -100,6 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", help="write test accuracy vs forward queries and wall time to this PNG")
     p.add_argument("--markdown", help="also write the table to this file")
     p.set_defaults(func=_compare)
+    p = sub.add_parser("rtl", help="the Verilog TT core: check it against the fixed-point spec")
+    rtl = p.add_subparsers(dest="rtl_command", required=True)
+    p = rtl.add_parser("verify", help="random and corner vectors through the RTL core and the fixed emulator, "
+                                      "compared bit for bit")
+    p.add_argument("--sim", choices=["verilator", "icarus"], default="verilator")
+    p.add_argument("--vectors", type=int, default=2500, help="vectors per layer (default 2500)")
+    p.add_argument("--config", help="check this config's TT layers with its formats (default: the MNIST "
+                                    "model's layers and two more shapes)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of --config")
+    p.add_argument("--lanes", type=int, default=16, help="MAC lanes of the core (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the results here (default runs/rtl_verify_<sim>.json)")
+    p.set_defaults(func=_rtl_verify)
     p = sub.add_parser("info", help="list backends, datasets, simulators and shipped configs")
     p.set_defaults(func=_info)
     args = parser.parse_args(argv)

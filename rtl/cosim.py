@@ -40,7 +40,7 @@ async def run_job_file(dut):
 async def run_jobs(dut, job: dict) -> dict:
     """Run every job of a job dict (see the module doc); returns outputs, counters and traces."""
     started = time.perf_counter()
-    Clock(dut.clk, PERIOD_NS, unit="ns").start()
+    Clock(dut.clk, PERIOD_NS, unit="ns", impl="gpi").start()
     await reset(dut)
     lanes, in_w, out_w = int(job["lanes"]), int(job["in_w"]), int(job["out_w"])
     rows, out_len = int(job["rows"]), int(job["out_len"])

@@ -124,6 +124,13 @@ class FixedBackend(Backend):
                 self._param_formats[f"{i}.{name}"] = fmt
         self._network = network
 
+    def layer_specs(self) -> list[tuple[int, object, LayerSpec]]:
+        """(index in the network, layer, numerics) of every linear layer of the bound network."""
+        if self._network is None:
+            raise RuntimeError("the fixed backend is not bound to a network: call backend.bind(network) first")
+        return [(i, layer, self._layers[id(layer)][1]) for i, layer in enumerate(self._network.layers)
+                if id(layer) in self._layers]
+
     def encode(self, theta: torch.Tensor) -> torch.Tensor:
         if self.options.master == "float":
             return theta

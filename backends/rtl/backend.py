@@ -45,14 +45,21 @@ class RtlBackend(FixedBackend):
                 raise ValueError(f"backend.timeout_s: {self.timeout_s!r} is not allowed; use a positive number")
 
     def bind(self, network) -> None:
+        """Also picks the core(s) to build: layers with the same intermediate and output widths share
+        one build (the larger of their depths and input widths); a layer that fits no core fails here."""
         super().bind(network)
-        for layer in network.layers:                  # fail now, not at the first forward
+        self._cores: dict[int, CoreParams] = {}
+        shared: dict[tuple, CoreParams] = {}
+        for index, layer, spec in self.layer_specs():
             if isinstance(layer, TTLinear):
-                index, spec = self._layers[id(layer)]
                 try:
-                    CoreParams.for_layer(layer.tt.core_shapes, spec, layer.bias, self.options.lanes)
+                    params = CoreParams.for_layer(layer.tt.core_shapes, spec, layer.bias, self.options.lanes)
                 except ValueError as e:
                     raise ValueError(f"backend: layer {index}: {e}") from None
+                key = (params.mid_w, params.out_w)
+                shared[key] = shared[key].merge(params) if key in shared else params
+                self._cores[id(layer)] = key
+        self._cores = {k: shared[key] for k, key in self._cores.items()}
 
     def _contract(self, index: int, layer, spec: LayerSpec, cores, x, bias):
         if not isinstance(layer, TTLinear):
@@ -67,12 +74,12 @@ class RtlBackend(FixedBackend):
         if weights.shape[0] == 1 and (b is None or b.shape[0] == 1) and xs.shape[0] > 1:
             # one set of weights for every query: a single job over all queries' rows
             res = run_tt_layer(shapes, spec, weights.numpy(), xs.reshape(1, -1, xs.shape[-1]).numpy(),
-                               None if b is None else b.numpy(), **self._run_options())
+                               None if b is None else b.numpy(), **self._run_options(layer))
             y = res.y.reshape(xs.shape[0], xs.shape[1], -1)
         else:
             jobs = max(weights.shape[0], xs.shape[0], 1 if b is None else b.shape[0])
             res = run_tt_layer(shapes, spec, weights.expand(jobs, -1).numpy(), xs.numpy(),
-                               None if b is None else b.expand(jobs, -1).numpy(), **self._run_options())
+                               None if b is None else b.expand(jobs, -1).numpy(), **self._run_options(layer))
             y = res.y
         for key in RTL_COUNTERS:
             self.count(f"rtl_{key}", res.counters[key])
@@ -80,9 +87,9 @@ class RtlBackend(FixedBackend):
         y = torch.from_numpy(np.ascontiguousarray(y))
         return (y.reshape(*lead, *y.shape[-2:]) if lead else y[0]), [res.counters["overflows"]]
 
-    def _run_options(self) -> dict:
+    def _run_options(self, layer) -> dict:
         o = self.options
-        return {"sim": o.sim, "lanes": o.lanes, "timeout_s": o.timeout_s}
+        return {"sim": o.sim, "params": self._cores[id(layer)], "timeout_s": o.timeout_s}
 
 
 def _batched(t: torch.Tensor, dims: int) -> bool:

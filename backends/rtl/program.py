@@ -88,6 +88,13 @@ class CoreParams:
         params.check(core_shapes, spec, bias)
         return params
 
+    def merge(self, other: "CoreParams") -> "CoreParams":
+        """One core that runs the layers of both (same intermediate and output widths): every other
+        width and depth is the larger of the two."""
+        if (self.lanes, self.mid_w, self.out_w) != (other.lanes, other.mid_w, other.out_w):
+            raise ValueError("rtl: layers with different lanes, intermediate or output widths need separate cores")
+        return CoreParams(**{k: max(v, getattr(other, k)) for k, v in asdict(self).items()})
+
     def check(self, core_shapes, spec: LayerSpec, bias: bool) -> None:
         """Raise ValueError naming what does not fit this core."""
         steps = step_shapes(core_shapes, spec, bias)

@@ -36,14 +36,17 @@ class RtlResult:
 def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
                  bias: np.ndarray | None = None, sim: str = "verilator", lanes: int = 16,
                  params: CoreParams | None = None, trace: bool = False, backpressure: bool = False,
-                 timeout_s: float | None = 600, seed: int = 0) -> RtlResult:
+                 timeout_s: float | None = 600, seed: int = 0, budget_cycles: int | None = None,
+                 sources: list[Path] | None = None) -> RtlResult:
     """Evaluate a TT layer on the RTL core for J jobs.
 
     core_shapes: K tuples (r, n, m, r'); cores: (J, sum of core sizes) int codes, each core flattened
     row-major (r, n, m, r') and concatenated in core order; x: (J or 1, B, P) input codes; bias: (J, M)
     codes or None. ``params`` picks the build (default: the smallest that fits, see CoreParams.for_layer).
     ``trace`` also returns every intermediate step's result as the core wrote it; ``backpressure``
-    drives the streams with random gaps (tests).
+    drives the streams with random gaps (tests). The simulation fails when a job takes more than
+    ``budget_cycles`` simulated cycles (default: twice the cycle formula of docs/rtl.md plus margin).
+    ``sources`` replaces the core's Verilog files (fault-injection tests).
     """
     started = time.perf_counter()
     has_bias = bias is not None
@@ -58,7 +61,7 @@ def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
     if x.ndim != 3 or x.shape[0] not in (1, jobs) or x.shape[2] != steps[0].terms * steps[0].rest:
         raise ValueError(f"x: expected (1 or {jobs}, B, {steps[0].terms * steps[0].rest}) codes, got {x.shape}")
     groups = -(-rows // params.lanes)
-    budget = 2 * groups * (cycles_per_group(steps) + x.shape[2] + steps[-1].values) + 10_000
+    budget = budget_cycles or 2 * groups * (cycles_per_group(steps) + x.shape[2] + steps[-1].values) + 10_000
     job = {"lanes": params.lanes, "in_w": params.in_w, "mid_w": params.mid_w, "out_w": params.out_w,
            "rows": rows, "out_len": steps[-1].values, "registers": np.array(registers(core_shapes, spec, has_bias, rows)),
            "weights": cores, "x": x, "budget_cycles": budget, "trace": int(trace), "backpressure": int(backpressure),
@@ -66,7 +69,7 @@ def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
     if has_bias:
         job["bias"] = np.broadcast_to(np.asarray(bias, dtype=np.int64), (jobs, steps[-1].values))
     simulator = simulators.find(sim)
-    build_dir = simulators.build(simulator, params.verilog(), SOURCES, TOPLEVEL)
+    build_dir = simulators.build(simulator, params.verilog(), sources or SOURCES, TOPLEVEL)
     with tempfile.TemporaryDirectory(prefix="hwsim-rtl-") as tmp:
         work = Path(tmp)
         np.savez(work / "job.npz", **job)
