@@ -33,10 +33,12 @@ class DataConfig:
     path: Optional[str] = None
     val_size: int = 5000
     train_limit: Optional[int] = None
+    test_limit: Optional[int] = None        # evaluate on the first N test images (slow backends, e.g. rtl)
 
     def check(self, p: str) -> None:
         _positive(f"{p}.val_size", self.val_size, strict=False)
         _positive(f"{p}.train_limit", self.train_limit)
+        _positive(f"{p}.test_limit", self.test_limit)
 
 
 @dataclass

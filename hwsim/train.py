@@ -53,7 +53,7 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     d = cfg.data
-    data = load_dataset(d.name, d.path, d.val_size, d.train_limit)
+    data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
     network = build_network(cfg.model)
     if network.in_features != data.train.x.shape[1] or network.out_features != data.num_classes:
         raise ConfigError(f"model.layers: the network maps {network.in_features} -> {network.out_features}, "
@@ -164,7 +164,7 @@ def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
             raise ConfigError(f"{run_dir} has no {name}: give a run directory written by `hwsim train`")
     cfg = load_config(str(run_dir / "config.yaml"), list(overrides))
     d = cfg.data
-    data = load_dataset(d.name, d.path, d.val_size, d.train_limit)
+    data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
     network = build_network(cfg.model)
     backend = build_backend(cfg.backend, network)
     theta = backend.encode(backend.to_backend(torch.load(run_dir / "params.pt")["theta"]))

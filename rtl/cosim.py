@@ -37,10 +37,12 @@ async def run_job_file(dut):
     os.replace(tmp, path)
 
 
-async def run_jobs(dut, job: dict) -> dict:
-    """Run every job of a job dict (see the module doc); returns outputs, counters and traces."""
+async def run_jobs(dut, job: dict, clock: bool = True) -> dict:
+    """Reset the core and run every job of a job dict (see the module doc); returns outputs, counters
+    and traces. ``clock``: start the clock (False when the caller already has)."""
     started = time.perf_counter()
-    Clock(dut.clk, PERIOD_NS, unit="ns", impl="gpi").start()
+    if clock:
+        Clock(dut.clk, PERIOD_NS, unit="ns", impl="gpi").start()
     await reset(dut)
     lanes, in_w, out_w = int(job["lanes"]), int(job["in_w"]), int(job["out_w"])
     rows, out_len = int(job["rows"]), int(job["out_len"])

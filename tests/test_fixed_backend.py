@@ -97,6 +97,21 @@ def test_counters_report_macs_by_width_requantizations_and_saturation(gen):
     assert c["overflows_layer0"] > 0 and c["linear_calls"] == 2
 
 
+def test_counters_count_every_query_of_an_input_with_a_query_axis(gen):
+    """Regression: a layer whose own parameters are shared but whose input differs per query (x (Q, B, in),
+    queries=None) executes Q times; the MACs were counted once (found by the RTL core's own counters)."""
+    net = Network([TTLinear(12, 6, False, TT)])
+    b = _fixed(net)
+    params = {n: t for n, t in net.space.unflatten(net.init_params(gen)).items()}
+    layer = net.layers[0]
+    local = {n.split(".", 1)[1]: t for n, t in params.items()}
+    b.linear(layer, local, torch.rand(3, 5, 12, generator=gen), None)
+    once = _fixed(net)
+    once.linear(layer, local, torch.rand(5, 12, generator=gen), None)
+    assert b.counters()["macs_int8xint8"] == 3 * once.counters()["macs_int8xint8"] > 0
+    assert b.counters()["rows"] == 15
+
+
 def test_integer_master_encodes_projects_and_decodes(gen):
     net = _net()
     b = _fixed(net, master="integer", bits=6)

@@ -9,6 +9,7 @@ Activations flow between layers as float values that lie exactly on their format
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -189,7 +190,7 @@ class FixedBackend(Backend):
         steps = spec.steps(shapes, layer.bias)
 
         y, overflows = self._contract(index, layer, spec, cores, xc, bias)
-        rows = x.shape[-2] * (queries or 1)
+        rows = x.shape[-2] * math.prod(torch.broadcast_shapes(x.shape[:-2], (queries,) if queries else ()))
         for step, n_macs in zip(steps, macs(shapes, rows)):
             self.count(f"macs_int{step.in_fmt.bits}xint{spec.weight.bits}", n_macs)
         self.count(f"requantizations_layer{index}", sum(requantized(shapes, rows)))
