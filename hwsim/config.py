@@ -159,6 +159,7 @@ class TrainConfig:
     batch_size: int = 256
     eval_every: int = 200
     eval_batch_size: int = 2000
+    init: Optional[str] = None     # fine-tune: start from a run's params.pt (its decoded float weights)
 
     def check(self, p: str) -> None:
         if (self.steps is None) == (self.epochs is None):

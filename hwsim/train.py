@@ -46,6 +46,19 @@ def save_params(path: Path, network: Network, backend, theta: torch.Tensor) -> N
     write_atomic(path, buffer.getvalue())
 
 
+def initial_params(path: str, network) -> torch.Tensor:
+    """The decoded float weights ("theta", (size,)) of a run's params.pt, to fine-tune from."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / "params.pt"
+    if not file.is_file():
+        raise ConfigError(f"train.init: {path!r} is neither a params.pt file nor a run directory with one")
+    theta = torch.load(file, map_location="cpu", weights_only=True)["theta"]
+    if theta.shape != (network.space.size,):
+        raise ConfigError(f"train.init: {file} holds {theta.numel()} parameters, the model has {network.space.size}")
+    return theta.to(torch.float64)
+
+
 def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> dict:
     """Run one experiment; returns the final metrics (also written to ``out_dir`` when given)."""
@@ -64,7 +77,8 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
     per_epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
     n_steps = total_steps(cfg.train.steps, cfg.train.epochs, per_epoch)
 
-    theta = torch.nn.Parameter(backend.encode(backend.to_backend(network.init_params(gen))))
+    start = initial_params(cfg.train.init, network) if cfg.train.init else network.init_params(gen)
+    theta = torch.nn.Parameter(backend.encode(backend.to_backend(start)))
     optimizer, scheduler = build_optimizer(cfg.optimizer, [theta], n_steps)
     to_dev = lambda a, labels=False: torch.from_numpy(a).to(  # noqa: E731
         backend.device, None if labels else backend.data_dtype)

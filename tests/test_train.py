@@ -1,13 +1,14 @@
 """End to end: real MNIST, a few hundred BP-free steps, through the config, trainer and CLI."""
 import json
 
+import pytest
 import torch
 
 from hwsim.build import build_backend, build_network
 from hwsim.data import load_dataset
 
 from hwsim.cli import main
-from hwsim.config import load_config
+from hwsim.config import ConfigError, load_config
 from hwsim.train import accuracy, train
 
 FAST = ["data.train_limit=4000", "train.steps=150", "train.eval_every=50", "train.batch_size=128", "optimizer.lr=0.01"]
@@ -89,3 +90,19 @@ def test_cli_train_then_compare(tmp_path, capsys):
     assert "on fixed {'bits': 16}: test accuracy" in capsys.readouterr().out
     assert main(["eval", str(tmp_path)]) == 2
     assert "has no config.yaml" in capsys.readouterr().err
+
+
+def test_fine_tuning_starts_from_a_previous_run(tmp_path):
+    """train.init loads a run's decoded weights: with a vanishing learning rate the fine-tuned model is the
+    source model (same test accuracy); a wrong path or model size is a clear config error."""
+    short = FAST[:1] + ["train.steps=60", "train.eval_every=60", "data.test_limit=1000"]
+    source = train(load_config("mnist_tt_zo", short), tmp_path / "a", progress=False, log=lambda s: None)
+    tuned = train(load_config("mnist_tt_zo", short[:1] + ["train.steps=1", "train.eval_every=1", "data.test_limit=1000",
+                                                          "optimizer.lr=1.0e-12", f"train.init={tmp_path / 'a'}"]),
+                  tmp_path / "b", progress=False, log=lambda s: None)
+    assert tuned["test_accuracy"] == source["test_accuracy"] > 0.2
+    with pytest.raises(ConfigError, match="train.init: 'nowhere' is neither a params.pt file nor a run directory"):
+        train(load_config("mnist_tt_zo", short + ["train.init=nowhere"]), None, progress=False, log=lambda s: None)
+    with pytest.raises(ConfigError, match=r"train.init: .* holds 1504 parameters, the model has"):
+        train(load_config("mnist_tt_zo", short + [f"train.init={tmp_path / 'a'}", "model.layers.0.rank=2"]),
+              None, progress=False, log=lambda s: None)
