@@ -4,7 +4,6 @@ Each simulator is tested when found (`hwsim info` lists them); CI installs both 
 """
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

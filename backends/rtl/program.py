@@ -98,16 +98,15 @@ class CoreParams:
     def check(self, core_shapes, spec: LayerSpec, bias: bool) -> None:
         """Raise ValueError naming what does not fit this core."""
         steps = step_shapes(core_shapes, spec, bias)
-        need = {"lanes": (1, self.lanes, 64), "cores": (len(core_shapes), MAX_CORES, None),
-                "bias_bits": (spec.bias_bits if bias else 2, 32, None)}
-        for what, (value, limit, _) in need.items():
-            if value > limit:
-                raise ValueError(f"rtl: {what} = {value} exceeds the core's limit {limit}")
+        if len(core_shapes) > MAX_CORES:
+            raise ValueError(f"rtl: {len(core_shapes)} cores exceed the core's limit {MAX_CORES}")
+        if not 1 <= self.lanes <= 64:
+            raise ValueError(f"rtl: lanes must be in 1..64, got {self.lanes}")
         if spec.intermediate.bits != self.mid_w or spec.output.bits != self.out_w:
             raise ValueError(f"rtl: the core saturates at MID_W={self.mid_w}, OUT_W={self.out_w}; the layer "
                              f"needs {spec.intermediate.bits} and {spec.output.bits}")
         widths = {"input": (spec.input.bits, self.in_w), "weight": (spec.weight.bits, self.w_w),
-                  "bias": (spec.bias_bits if bias else 2, self.bias_w),
+                  "bias": (spec.bias_bits if bias else 2, min(self.bias_w, 32)),
                   "accumulator": (max(s.acc_bits for s in spec.steps(core_shapes, bias)), self.acc_w)}
         for what, (bits, hw) in widths.items():
             if bits > hw:

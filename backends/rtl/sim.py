@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,39 +68,39 @@ def available() -> dict[str, str]:
 
 
 def _runner(sim: Simulator, timeout_s: float | None = None):
+    """cocotb's runner for ``sim``, its commands run with a wall-clock limit."""
     from cocotb_tools.runner import get_runner
 
-    runner = get_runner(sim.name)
+    base = type(get_runner(sim.name))
 
-    def execute(cmds, cwd, stdout=None):             # the runner's own, with a wall-clock limit
-        for cmd in cmds:
-            try:
-                result = subprocess.run(cmd, cwd=cwd, env=runner.env, check=False, stdout=stdout,
-                                        stderr=None if stdout is None else subprocess.STDOUT, timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                raise RtlError(f"{sim.name}: {Path(cmd[0]).name} did not finish within {timeout_s:g} s "
-                               f"(backend.timeout_s)") from None
-            if result.returncode != 0:
-                raise RuntimeError(f"Command failed with return code: {result.returncode}")
+    class Timed(base):
+        def _execute_cmds(self, cmds, cwd, stdout=None):
+            for cmd in cmds:
+                try:
+                    result = subprocess.run(cmd, cwd=cwd, env=self.env, check=False, stdout=stdout,
+                                            stderr=None if stdout is None else subprocess.STDOUT, timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    raise RtlError(f"{sim.name}: {Path(cmd[0]).name} did not finish within {timeout_s:g} s "
+                                   f"(backend.timeout_s)") from None
+                if result.returncode != 0:
+                    raise RuntimeError(f"Command failed with return code: {result.returncode}")
 
-    runner._execute_cmds = execute
-    return runner
+    return Timed()
 
 
-def _with_env(sim: Simulator):
-    """Context: the simulator's environment variables set for the runner's subprocesses."""
-    class Env:
-        def __enter__(self):
-            self.old = {k: os.environ.get(k) for k in sim.env}
-            os.environ.update(sim.env)
-
-        def __exit__(self, *exc):
-            for k, v in self.old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    return Env()
+@contextmanager
+def _environment(env: dict[str, str]):
+    """The simulator's variables set in os.environ (the runner copies it for its subprocesses)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def cache_root() -> Path:
@@ -127,7 +128,7 @@ def build(sim: Simulator, parameters: dict[str, int], sources: list[Path], tople
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     log = tmp / "build.log"
     try:
-        with _with_env(sim):
+        with _environment(sim.env):
             _runner(sim).build(sources=[str(p) for p in sources], hdl_toplevel=toplevel, parameters=parameters,
                                build_args=args, build_dir=str(tmp), always=True, timescale=("1ns", "1ps"), log_file=str(log))
     except (Exception, SystemExit) as e:
@@ -149,7 +150,7 @@ def run(sim: Simulator, build_dir: Path, toplevel: str, test_module: str, env: d
     results = work_dir / "results.xml"
     log = work_dir / "sim.log"
     try:
-        with _with_env(sim):
+        with _environment(sim.env):
             _runner(sim, timeout_s).test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
                                          build_dir=str(build_dir), test_dir=str(work_dir), results_xml=str(results),
                                          extra_env=env, timescale=("1ns", "1ps"), log_file=str(log))
