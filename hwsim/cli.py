@@ -53,7 +53,7 @@ def _rtl_verify(args) -> int:
 
     cases = config_cases(args.config, args.set or []) if args.config else builtin_cases()
     try:
-        result = verify(cases, args.vectors, args.sim, args.lanes, args.seed)
+        result = verify(cases, args.vectors, args.sim, args.lanes, args.seed, timeout_s=args.timeout)
     except (RtlError, ValueError) as e:
         print(f"hwsim: error: {e}", file=sys.stderr)
         return 2
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of --config")
     p.add_argument("--lanes", type=int, default=16, help="MAC lanes of the core (default 16)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=3600, help="wall-clock limit of one simulator run, s")
     p.add_argument("--json", help="write the results here (default runs/rtl_verify_<sim>.json)")
     p.set_defaults(func=_rtl_verify)
     p = sub.add_parser("info", help="list backends, datasets, simulators and shipped configs")

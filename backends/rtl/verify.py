@@ -97,11 +97,12 @@ def job_inputs(case: Case, kind: str, rows: int, rng: np.random.Generator):
     return cores[None].astype(np.int64), x[None].astype(np.int64), bias
 
 
-def verify_case(case: Case, vectors: int, sim: str, lanes: int, seed: int = 0, sources=None) -> dict:
+def verify_case(case: Case, vectors: int, sim: str, lanes: int, seed: int = 0, sources=None,
+                timeout_s: float | None = 3600) -> dict:
     """Run ``vectors`` vectors of ``case`` (split over the four job kinds) through the RTL core and the
     emulator; returns the comparison and the core's throughput. ``sources``: another core's Verilog
     (fault-injection tests)."""
-    run = {"sim": sim, "lanes": lanes, "sources": sources}
+    run = {"sim": sim, "lanes": lanes, "sources": sources, "timeout_s": timeout_s}
     rng = np.random.default_rng(seed)
     per_job = [vectors // len(JOB_KINDS) + (i < vectors % len(JOB_KINDS)) for i in range(len(JOB_KINDS))]
     jobs = [job_inputs(case, kind, n, rng) for kind, n in zip(JOB_KINDS, per_job) if n]
@@ -171,12 +172,13 @@ def str_spec(spec: LayerSpec) -> str:
             f"bias {spec.bias_bits} bits, {spec.rounding}, {spec.overflow}")
 
 
-def verify(cases: list[Case], vectors: int, sim: str, lanes: int, seed: int = 0, progress=print) -> dict:
+def verify(cases: list[Case], vectors: int, sim: str, lanes: int, seed: int = 0, progress=print,
+           timeout_s: float | None = 3600) -> dict:
     """Every case; a summary with totals."""
     started = time.perf_counter()
     results = []
     for case in cases:
-        r = verify_case(case, vectors, sim, lanes, seed)
+        r = verify_case(case, vectors, sim, lanes, seed, timeout_s=timeout_s)
         progress(f"{case.name:32s} {r['vectors']:6d} vectors  {r['mismatches']} mismatches  "
                  f"{r['cycles_per_vector']:9.1f} cycles/vector  {r['sim_cycles_per_s'] / 1e3:7.1f}k cycles/s  "
                  f"lanes busy {100 * r['lane_utilisation']:.1f} %"
