@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from hwsim.backends.fixed.backend import FixedBackend, _check
-from hwsim.backends.fixed.layer import LayerSpec
+from hwsim.backends.fixed.layer import LayerSpec, _shared
 from hwsim.backends.rtl.program import CoreParams
 from hwsim.backends.rtl.run import run_tt_layer
 from hwsim.backends.rtl.sim import SIMULATORS
@@ -92,12 +92,8 @@ class RtlBackend(FixedBackend):
         return {"sim": o.sim, "params": self._cores[id(layer)], "timeout_s": o.timeout_s}
 
 
-def _batched(t: torch.Tensor, dims: int) -> bool:
-    """Does ``t`` carry a real (not expanded) leading query axis?"""
-    return t.dim() > dims and t.stride(0) != 0
-
-
 def _jobs(t: torch.Tensor, dims: int) -> torch.Tensor:
-    """Codes as int64 with exactly one leading job axis: (Q, ...) if batched, else (1, ...)."""
-    t = t if _batched(t, dims) else (t[0] if t.dim() > dims else t)[None]
-    return t.to(torch.int64)
+    """Codes as int64 with exactly one leading job axis: (Q, ...) for a real query axis, (1, ...) for
+    none or one made by expand (the same tensor for every query)."""
+    t = _shared(t, dims)
+    return (t if t.dim() > dims else t[None]).to(torch.int64)

@@ -26,11 +26,9 @@ COSIM_MODULE = "hwsim.rtl.cosim"
 class RtlResult:
     y: np.ndarray                                   # (J, B, M) output codes
     counters: dict[str, int]                        # summed over the jobs
-    per_job: np.ndarray                             # (J, C) the core's counters per job
     traces: list[np.ndarray] = field(default_factory=list)   # step k < K-1: (J, G, V_k, LANES)
     wall_s: float = 0.0                             # the whole call: build lookup, simulator, I/O
     sim_wall_s: float = 0.0                         # inside the simulator process
-    build_dir: Path | None = None
 
 
 def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
@@ -83,5 +81,4 @@ def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
     counters["load_cycles"] = int(out["load_cycles"].sum())
     counters["sim_cycles"] = int(out["sim_cycles"])
     traces = [out[f"trace_{k}"] for k in range(len(steps) - 1) if f"trace_{k}" in out]
-    return RtlResult(out["y"], counters, out["counters"], traces, time.perf_counter() - started,
-                     float(out["wall_s"]), build_dir)
+    return RtlResult(out["y"], counters, traces, time.perf_counter() - started, float(out["wall_s"]))
