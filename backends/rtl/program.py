@@ -116,9 +116,10 @@ class CoreParams:
                   "input buffer": (steps[0].terms * steps[0].rest, self.in_depth),
                   "output buffer": (steps[-1].values, self.out_depth)}
         for what, (words, depth) in depths.items():
-            if words > depth or depth > ADDR_LIMIT:
-                raise ValueError(f"rtl: the {what} needs {words} words, the core has {depth} "
-                                 f"(at most {ADDR_LIMIT})")
+            if words > depth:
+                raise ValueError(f"rtl: the {what} needs {words} words, the core has {depth}")
+        if max(self.w_depth, self.out_depth) > ADDR_LIMIT:     # written through the 16-bit cfg_addr
+            raise ValueError(f"rtl: weight RAM and output buffer (bias RAM) are limited to {ADDR_LIMIT} words")
         for k, s in enumerate(steps):
             if not -LSHIFT_MAX <= s.shift <= self.max_rshift:
                 raise ValueError(f"rtl: core step {k} shifts by {s.shift}; the core supports "
