@@ -40,7 +40,8 @@ def requantize(acc: int, shift: int, bits: int, rounding: str, overflow: str) ->
 
 def tt_linear(cores, x, bias, fmts, rounding, overflow):
     """cores: nested lists G[k][a][j][i][c] of codes; x: list over batch of lists of P codes; bias: list of
-    M codes or None; fmts: dict with 'input', 'weight', 'intermediate', 'output' as (bits, frac_bits).
+    M codes or None; fmts: dict with 'input', 'weight', 'intermediate', 'output' as (bits, frac_bits), the intermediate
+    one also as a list of K - 1 of them (one per core step).
     Returns the list of step results as dicts {(b, outs, c, ins): code} and the final y[b][o]."""
     K = len(cores)
     n = [len(g[0]) for g in cores]
@@ -59,7 +60,8 @@ def tt_linear(cores, x, bias, fmts, rounding, overflow):
     traces = []
     for k, g in enumerate(cores):
         last = k == K - 1
-        target = fmts["output"] if last else fmts["intermediate"]
+        mid = fmts["intermediate"]
+        target = fmts["output"] if last else (mid[k] if isinstance(mid, list) else mid)
         shift = fin[1] + fmts["weight"][1] - target[1]
         new = {}
         for b in range(len(x)):

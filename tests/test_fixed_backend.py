@@ -38,6 +38,33 @@ def test_options_are_validated_with_the_key_named():
     assert b.formats["input"] == Format(6, 5)                  # default: 1 integer bit
 
 
+def test_one_layer_may_set_its_own_weight_and_per_step_intermediate_formats():
+    net = _net()                                            # layer 0: 3 TT cores, layer 2: dense
+    b = _fixed(net, bits=8, layers={0: {"int_bits": {"intermediate": [2, 4]}, "formats": {"weight": [6, 5]}}})
+    (_, _, tt), (_, _, dense) = b.layer_specs()
+    assert tt.intermediates(3) == [Format(8, 6), Format(8, 4)] and tt.weight == Format(6, 5)
+    assert [s.out_fmt for s in tt.steps(TT.core_shapes, True)][:2] == [Format(8, 6), Format(8, 4)]
+    assert tt.bias_format(TT.core_shapes) == Format(32, 4 + 5)          # F_in(last step) + F_weight
+    assert dense.weight == Format(8, 6) and dense.intermediate == Format(8, 3)      # the defaults
+    assert b._param_formats["0.core1"] == Format(6, 5) and b._param_formats["2.weight"] == Format(8, 6)
+    same = _fixed(net, bits=8, layers={"0": {"formats": {"intermediate": [[8, 6], [8, 4]]}}})
+    assert same.layer_specs()[0][2].intermediate == tt.intermediate
+
+
+@pytest.mark.parametrize("layers, message", [
+    ({1: {"int_bits": {"intermediate": 3}}}, r"backend\.layers: 1 is not a linear layer of the network; its linear layers are 0, 2"),
+    ({0: {"int_bits": {"output": 3}}}, r"backend\.layers\.0\.int_bits\.output: role 'output' is not allowed; use one of weight, intermediate"),
+    ({0: {"int_bits": {"intermediate": [3, 4, 5]}}}, r"backend: layer 0: 3 intermediate formats given for 3 cores; a layer of 3 cores has 2"),
+    ({0: {"formats": {"intermediate": [[8, 3], [8]]}}}, r"backend\.layers\.0\.formats\.intermediate\[1\]: \[8\] is not allowed; use \[bits, frac_bits\]"),
+    ({"a": {}}, r"backend\.layers\.a: the key must be a layer index"),
+    ({0: {"bits": 4}}, r"backend\.layers\.0: \{'bits': 4\} is not allowed; use \{int_bits"),
+    ([1], r"backend\.layers: expected a mapping of layer index"),
+])
+def test_per_layer_formats_are_validated_with_the_key_named(layers, message):
+    with pytest.raises(ValueError, match=message):
+        _fixed(_net(), layers=layers)
+
+
 def test_unbound_backend_says_how_to_fix_it():
     b = create_backend("fixed")
     with pytest.raises(RuntimeError, match=r"call backend\.bind\(network\) first"):

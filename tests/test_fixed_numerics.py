@@ -104,8 +104,10 @@ def tt_cases(draw):
     n = [draw(st.integers(1, 3)) for _ in range(k)]
     m = [draw(st.integers(1, 3)) for _ in range(k)]
     ranks = [1] + [draw(st.integers(1, 3)) for _ in range(k - 1)] + [1]
-    fmts = {role: (draw(st.integers(2, 12)), draw(st.integers(-2, 8)))
-            for role in ("input", "weight", "intermediate", "output")}
+    fmt = st.tuples(st.integers(2, 12), st.integers(-2, 8))
+    fmts = {role: draw(fmt) for role in ("input", "weight", "intermediate", "output")}
+    if draw(st.booleans()):                                         # one intermediate format per step
+        fmts["intermediate"] = [draw(fmt) for _ in range(k - 1)]
     rounding, overflow = draw(modes)
     batch = draw(st.integers(1, 3))
     with_bias = draw(st.booleans())
@@ -118,7 +120,9 @@ def _random_codes(shape, bits, gen):
 
 
 def _spec(fmts, rounding, overflow, bias_bits=20):
-    return LayerSpec(*(Format(*fmts[r]) for r in ("input", "weight", "intermediate", "output")),
+    mid = fmts["intermediate"]
+    mid = [Format(*f) for f in mid] if isinstance(mid, list) else Format(*mid)
+    return LayerSpec(Format(*fmts["input"]), Format(*fmts["weight"]), mid, Format(*fmts["output"]),
                      bias_bits=bias_bits, rounding=rounding, overflow=overflow)
 
 

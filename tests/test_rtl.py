@@ -64,8 +64,9 @@ def _random_layer(rng):
     ranks = [1] + [int(rng.integers(1, 4)) for _ in range(k - 1)] + [1]
     shapes = tuple((ranks[i], int(rng.integers(1, 5)), int(rng.integers(1, 4)), ranks[i + 1]) for i in range(k))
     fmt = lambda bits: Format(bits, int(rng.integers(-2, bits + 3)))  # noqa: E731
+    mid = tuple(fmt(SHARED.mid_w) for _ in range(k - 1)) if rng.integers(2) else fmt(SHARED.mid_w)  # per step?
     spec = LayerSpec(fmt(int(rng.integers(2, SHARED.in_w + 1))), fmt(int(rng.integers(2, SHARED.w_w + 1))),
-                     fmt(SHARED.mid_w), fmt(SHARED.out_w), bias_bits=int(rng.integers(2, SHARED.bias_w + 1)),
+                     mid, fmt(SHARED.out_w), bias_bits=int(rng.integers(2, SHARED.bias_w + 1)),
                      rounding=str(rng.choice(["floor", "half_up", "half_even"])),
                      overflow=str(rng.choice(["saturate", "wrap"])))
     return shapes, spec, bool(rng.integers(2))
@@ -209,8 +210,13 @@ def test_timeouts_surface_as_errors(sim):
 def test_layers_that_do_not_fit_the_core_are_refused_with_the_reason():
     spec = LayerSpec(Format(8, 7), Format(8, 6), Format(9, 3), Format(11, 2))
     with pytest.raises(ValueError, match=r"rtl: the core saturates at MID_W=9, OUT_W=11; the layer needs 8 and 8"):
-        SHARED.check(((1, 4, 3, 1),), LayerSpec(Format(8, 7), Format(8, 6), Format(8, 3), Format(8, 2)), False)
+        SHARED.check(((1, 2, 2, 2), (2, 2, 2, 1)), LayerSpec(Format(8, 7), Format(8, 6), Format(8, 3), Format(8, 2)), False)
+    SHARED.check(((1, 4, 3, 1),), LayerSpec(Format(8, 7), Format(8, 6), Format(8, 3), Format(11, 2)), False)  # no intermediate
     with pytest.raises(ValueError, match=r"rtl: the input buffer needs 1024 words, the core has 256"):
         SHARED.check(((1, 32, 2, 2), (2, 32, 2, 1)), spec, False)
+    with pytest.raises(ValueError, match=r"rtl: the core has one intermediate width \(MID_W\); the layer's "
+                                         r"intermediate formats have widths \[8, 9\]"):
+        SHARED.check(((1, 2, 2, 2), (2, 2, 2, 2), (2, 2, 2, 1)),
+                     LayerSpec(Format(8, 7), Format(8, 6), (Format(9, 3), Format(8, 3)), Format(11, 2)), False)
     with pytest.raises(ValueError, match=r"rtl: core step 0 shifts by -40"):
         SHARED.check(((1, 4, 3, 1),), LayerSpec(Format(8, 0), Format(8, 0), Format(9, 3), Format(11, 40)), False)

@@ -24,6 +24,7 @@ ROLES = ("input", "weight", "intermediate", "activation", "output")
 # Integer bits (sign included, W - F) of every role when only ``bits`` is given: chosen from the value
 # ranges of the MNIST TT model (docs/fixed_point.md, "Default formats").
 DEFAULT_INT_BITS = {"input": 1, "weight": 2, "intermediate": 5, "activation": 5, "output": 6}
+LAYER_ROLES = ("weight", "intermediate")       # the roles one layer may override (backend.layers)
 MASTERS = ("float", "integer")
 UPDATE_ROUNDINGS = ("nearest", "stochastic")
 
@@ -37,13 +38,16 @@ class FixedBackend(Backend):
     @dataclass
     class Options:
         """master: float | integer; bits: width of every role; int_bits: {role: W - F} overriding the
-        defaults; formats: {role: [bits, frac_bits]} overriding both; bias_bits; rounding; overflow;
+        defaults; formats: {role: [bits, frac_bits]} overriding both; layers: {network layer index:
+        {int_bits: ..., formats: ...}} overriding the weight and intermediate formats of one layer, the
+        intermediate one per core step if given as a list; bias_bits; rounding; overflow;
         update_rounding (integer master): nearest | stochastic."""
 
         master: str = "float"
         bits: int = 8
         int_bits: dict = field(default_factory=dict)
         formats: dict = field(default_factory=dict)
+        layers: dict = field(default_factory=dict)
         bias_bits: int = BIAS_BITS
         rounding: str = "half_up"
         overflow: str = "saturate"
@@ -64,25 +68,46 @@ class FixedBackend(Backend):
                     raise ValueError(f"backend.{key}: expected a mapping of role -> value, got {table!r}")
                 for role in table:
                     _check(f"{key}.{role}", role, ROLES, what="role")
-            self.resolved = {role: self._format(role) for role in ROLES}
+            self.resolved = {role: self._format(role, self.formats, self.int_bits, "backend") for role in ROLES}
+            if not isinstance(self.layers, dict):
+                raise ValueError(f"backend.layers: expected a mapping of layer index -> {{int_bits, formats}}, "
+                                 f"got {self.layers!r}")
+            self.per_layer = {}
+            for index, table in self.layers.items():
+                where = f"backend.layers.{index}"
+                if not (isinstance(index, int) or str(index).isdigit()):
+                    raise ValueError(f"{where}: the key must be a layer index (an integer >= 0)")
+                if not isinstance(table, dict) or not set(table) <= {"int_bits", "formats"}:
+                    raise ValueError(f"{where}: {table!r} is not allowed; use {{int_bits: {{role: ..}}, "
+                                     f"formats: {{role: ..}}}} with roles {', '.join(LAYER_ROLES)}")
+                formats, int_bits = table.get("formats", {}), table.get("int_bits", {})
+                for key, roles in (("formats", formats), ("int_bits", int_bits)):
+                    if not isinstance(roles, dict):
+                        raise ValueError(f"{where}.{key}: expected a mapping of role -> value, got {roles!r}")
+                    for role in roles:
+                        _check(f"layers.{index}.{key}.{role}", role, LAYER_ROLES, what="role")
+                self.per_layer[int(index)] = {
+                    role: self._format(role, formats, int_bits, where, self.resolved[role])
+                    for role in LAYER_ROLES if role in formats or role in int_bits}
 
-        def _format(self, role: str) -> Format:
-            where = f"backend.formats.{role}"
-            if role in self.formats:
-                value = self.formats[role]
-                if not (isinstance(value, (list, tuple)) and len(value) == 2
-                        and all(isinstance(v, int) for v in value)):
-                    raise ValueError(f"{where}: {value!r} is not allowed; use [bits, frac_bits] (two integers)")
-            else:
-                where = f"backend.int_bits.{role}"
-                ib = self.int_bits.get(role, DEFAULT_INT_BITS[role])
-                if not isinstance(ib, int):
-                    raise ValueError(f"{where}: {ib!r} is not allowed; use an integer")
-                value = (self.bits, self.bits - ib)
-            try:
-                return Format(*value)
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
+        def _format(self, role: str, formats: dict, int_bits: dict, where: str, default: Format | None = None):
+            """The Format of ``role`` from a formats / int_bits table (a tuple of Formats for a per-step
+            list of intermediates); ``default`` (else the role's default int bits) if neither has it."""
+            steps = role == "intermediate"
+            if role in formats:
+                where, value = f"{where}.formats.{role}", formats[role]
+                if steps and value and _is_list_of(value, list):
+                    return tuple(_format_of(v, f"{where}[{k}]", steps) for k, v in enumerate(value))
+                return _format_of(value, where, steps)
+            if role not in int_bits and default is not None:
+                return default
+            where, ib = f"{where}.int_bits.{role}", int_bits.get(role, DEFAULT_INT_BITS[role])
+            if steps and ib and _is_list_of(ib, int):
+                return tuple(_format_of([self.bits, self.bits - v], f"{where}[{k}]", False) for k, v in enumerate(ib))
+            if not isinstance(ib, int):
+                raise ValueError(f"{where}: {ib!r} is not allowed; use an integer"
+                                 + (" or a list of them, one per core step" if steps else ""))
+            return _format_of([self.bits, self.bits - ib], where, False)
 
     def __init__(self, options: "FixedBackend.Options | None" = None):
         super().__init__(options)
@@ -110,10 +135,14 @@ class FixedBackend(Backend):
         self._layers.clear()
         self._param_formats.clear()
         self._cache.clear()
+        unknown = sorted(set(o.per_layer) - set(linears))
+        if unknown:
+            raise ValueError(f"backend.layers: {unknown[0]} is not a linear layer of the network; "
+                             f"its linear layers are {', '.join(map(str, linears))}")
         for j, i in enumerate(linears):
-            layer = network.layers[i]
-            spec = LayerSpec(fmts["input"] if j == 0 else fmts["activation"], fmts["weight"],
-                             fmts["intermediate"], fmts["output"] if j == len(linears) - 1 else fmts["activation"],
+            layer, own = network.layers[i], fmts | o.per_layer.get(i, {})
+            spec = LayerSpec(fmts["input"] if j == 0 else fmts["activation"], own["weight"],
+                             own["intermediate"], fmts["output"] if j == len(linears) - 1 else fmts["activation"],
                              o.bias_bits, o.rounding, o.overflow)
             try:
                 spec.steps(_core_shapes(layer), layer.bias)
@@ -121,7 +150,7 @@ class FixedBackend(Backend):
                 raise ValueError(f"backend: layer {i}: {e}") from None
             self._layers[id(layer)] = (i, spec)
             for name, _ in layer.param_shapes():
-                fmt = spec.bias_format(_core_shapes(layer)) if name == "bias" else fmts["weight"]
+                fmt = spec.bias_format(_core_shapes(layer)) if name == "bias" else spec.weight
                 self._param_formats[f"{i}.{name}"] = fmt
         self._network = network
 
@@ -155,7 +184,7 @@ class FixedBackend(Backend):
         theta.copy_(self._per_tensor(theta, lambda t, f: t.clamp(f.lo, f.hi)))
 
     def check_perturbation(self, mu: float) -> str | None:
-        w = self.options.resolved["weight"]
+        w = max((f for f in self._param_formats.values()), key=lambda f: f.lsb, default=self.options.resolved["weight"])
         if self.options.master == "integer":
             if mu != round(mu) or mu < 1:
                 return (f"master: integer perturbs integer codes, so mu is in LSBs; mu={mu} is not a whole "
@@ -252,6 +281,21 @@ def _values(codes: torch.Tensor, fmt: Format) -> torch.Tensor:
 
 def _core_shapes(layer) -> list[tuple[int, int, int, int]]:
     return layer.tt.core_shapes if isinstance(layer, TTLinear) else [(1, layer.in_features, layer.out_features, 1)]
+
+
+def _format_of(value, where: str, steps: bool) -> Format:
+    """Format(bits, frac_bits) from a config's [bits, frac_bits], errors naming ``where``."""
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        raise ValueError(f"{where}: {value!r} is not allowed; use [bits, frac_bits] (two integers)"
+                         + (" or a list of them, one per core step" if steps else ""))
+    try:
+        return Format(*value)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _is_list_of(value, kind) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, kind) for v in value)
 
 
 def _check(key: str, value, allowed, what: str = "value") -> None:

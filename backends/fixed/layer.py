@@ -35,13 +35,14 @@ class LayerSpec:
     """Numerics of one linear layer: formats per role, rounding and overflow modes.
 
     input: the layer's input x; weight: every TT core (or the dense weight); intermediate: the result
-    of every core step but the last; output: the layer's output. Bias codes are ``bias_bits`` wide at
-    the scale of the last step's accumulator, F_bias = F_in(last step) + F_weight.
+    of every core step but the last, one format for all of them or a tuple with one per step (K - 1
+    for K cores); output: the layer's output. Bias codes are ``bias_bits`` wide at the scale of the
+    last step's accumulator, F_bias = F_in(last step) + F_weight.
     """
 
     input: Format
     weight: Format
-    intermediate: Format
+    intermediate: Format | tuple[Format, ...]
     output: Format
     bias_bits: int = BIAS_BITS
     rounding: str = "half_up"
@@ -51,13 +52,24 @@ class LayerSpec:
         _check_modes(self.rounding, self.overflow)
         if not 2 <= self.bias_bits <= 64:
             raise ValueError(f"bias_bits must be in 2..64, got {self.bias_bits}")
+        if isinstance(self.intermediate, list):
+            object.__setattr__(self, "intermediate", tuple(self.intermediate))
+
+    def intermediates(self, cores: int) -> list[Format]:
+        """The format of every core step's result but the last, for a layer of ``cores`` cores."""
+        if isinstance(self.intermediate, Format):
+            return [self.intermediate] * (cores - 1)
+        if len(self.intermediate) != cores - 1:
+            raise ValueError(f"{len(self.intermediate)} intermediate formats given for {cores} cores; "
+                             f"a layer of {cores} cores has {cores - 1} intermediate results")
+        return list(self.intermediate)
 
     def steps(self, core_shapes: Sequence[tuple[int, int, int, int]], bias: bool) -> list[Step]:
         """The core steps for cores of shapes (r, n, m, r'); step k sums r * n products."""
         out, fmt = [], self.input
-        for k, (r, n, _, _) in enumerate(core_shapes):
+        targets = self.intermediates(len(core_shapes)) + [self.output]
+        for k, ((r, n, _, _), target) in enumerate(zip(core_shapes, targets)):
             last = k == len(core_shapes) - 1
-            target = self.output if last else self.intermediate
             shift = fmt.frac_bits + self.weight.frac_bits - target.frac_bits
             extra = self.bias_bits if last and bias else 0
             acc = accumulator_bits(fmt.bits, self.weight.bits, r * n, extra)
@@ -66,7 +78,7 @@ class LayerSpec:
         return out
 
     def bias_format(self, core_shapes: Sequence[tuple[int, int, int, int]]) -> Format:
-        last_in = self.input if len(core_shapes) == 1 else self.intermediate
+        last_in = ([self.input] + self.intermediates(len(core_shapes)))[-1]
         return Format(self.bias_bits, last_in.frac_bits + self.weight.frac_bits)
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from hwsim.backends.fixed.layer import LayerSpec
+from hwsim.backends.fixed.numerics import Format
 
 REG_NUM_CORES, REG_ROWS, REG_MODE, REG_IN_LEN, REG_OUT_LEN = 0, 1, 2, 3, 4
 REG_STEP_BASE, REG_STEP_STRIDE = 8, 8          # + {0 T, 1 MR, 2 R, 3 D, 4 SHIFT, 5 WBASE}
@@ -78,7 +79,7 @@ class CoreParams:
         """The smallest core (depths rounded up to powers of two) that runs this layer."""
         steps = step_shapes(core_shapes, spec, bias)
         pow2 = lambda v: 1 << max(1, math.ceil(math.log2(max(v, 1))))  # noqa: E731
-        params = cls(lanes=lanes, in_w=spec.input.bits, w_w=spec.weight.bits, mid_w=spec.intermediate.bits,
+        params = cls(lanes=lanes, in_w=spec.input.bits, w_w=spec.weight.bits, mid_w=_mid_width(spec, core_shapes) or _any_width(spec),
                      out_w=spec.output.bits, bias_w=spec.bias_bits if bias else 2,
                      acc_w=max(s.acc_bits for s in spec.steps(core_shapes, bias)),
                      w_depth=pow2(sum(math.prod(c) for c in core_shapes)),
@@ -102,9 +103,10 @@ class CoreParams:
             raise ValueError(f"rtl: {len(core_shapes)} cores exceed the core's limit {MAX_CORES}")
         if not 1 <= self.lanes <= 64:
             raise ValueError(f"rtl: lanes must be in 1..64, got {self.lanes}")
-        if spec.intermediate.bits != self.mid_w or spec.output.bits != self.out_w:
+        mid_w = _mid_width(spec, core_shapes)
+        if mid_w not in (None, self.mid_w) or spec.output.bits != self.out_w:
             raise ValueError(f"rtl: the core saturates at MID_W={self.mid_w}, OUT_W={self.out_w}; the layer "
-                             f"needs {spec.intermediate.bits} and {spec.output.bits}")
+                             f"needs {mid_w or self.mid_w} and {spec.output.bits}")
         widths = {"input": (spec.input.bits, self.in_w), "weight": (spec.weight.bits, self.w_w),
                   "bias": (spec.bias_bits if bias else 2, min(self.bias_w, 32)),
                   "accumulator": (max(s.acc_bits for s in spec.steps(core_shapes, bias)), self.acc_w)}
@@ -124,6 +126,22 @@ class CoreParams:
             if not -LSHIFT_MAX <= s.shift <= self.max_rshift:
                 raise ValueError(f"rtl: core step {k} shifts by {s.shift}; the core supports "
                                  f"{-LSHIFT_MAX}..{self.max_rshift} (formats {spec})")
+
+
+def _mid_width(spec: LayerSpec, core_shapes) -> int | None:
+    """The one width (MID_W) of every intermediate result of the layer; per-step formats may move the
+    binary point (the shifts are run-time registers) but not change the width. None for a one-core
+    layer (no intermediate)."""
+    widths = {f.bits for f in spec.intermediates(len(core_shapes))}
+    if len(widths) > 1:
+        raise ValueError(f"rtl: the core has one intermediate width (MID_W); the layer's intermediate "
+                         f"formats have widths {sorted(widths)}")
+    return widths.pop() if widths else None
+
+
+def _any_width(spec: LayerSpec) -> int:
+    """MID_W of a core built for a one-core layer: the spec's intermediate width if it names one."""
+    return spec.intermediate.bits if isinstance(spec.intermediate, Format) else spec.output.bits
 
 
 def registers(core_shapes, spec: LayerSpec, bias: bool, rows: int) -> list[tuple[int, int]]:

@@ -40,11 +40,12 @@ class Case:
 
 
 def builtin_cases() -> list[Case]:
-    """The MNIST TT model's two layers (8-bit defaults) and two more shapes with other widths and modes."""
+    """The MNIST TT model's two layers (8-bit defaults) and two more shapes with other widths and modes
+    (one with a different intermediate format per core step)."""
     from hwsim.backends.rtl.backend import RtlBackend
 
     cases = config_cases("mnist_tt_zo", backend=RtlBackend())
-    wide = LayerSpec(Format(12, 11), Format(6, 4), Format(10, 5), Format(16, 6), bias_bits=24,
+    wide = LayerSpec(Format(12, 11), Format(6, 4), (Format(10, 5), Format(10, 8)), Format(16, 6), bias_bits=24,
                      rounding="half_even", overflow="wrap")
     floor = LayerSpec(Format(4, 3), Format(10, 8), Format(7, 3), Format(12, 8), rounding="floor")
     return cases + [Case("wide3_bias_half_even_wrap", ((1, 3, 2, 3), (3, 5, 4, 2), (2, 2, 3, 1)), wide, True),
@@ -168,7 +169,8 @@ def _core_tensors(case: Case, cores: np.ndarray) -> list[torch.Tensor]:
 
 
 def str_spec(spec: LayerSpec) -> str:
-    return (f"input {spec.input}, weight {spec.weight}, intermediate {spec.intermediate}, output {spec.output}, "
+    mid = spec.intermediate if isinstance(spec.intermediate, Format) else "/".join(map(str, spec.intermediate))
+    return (f"input {spec.input}, weight {spec.weight}, intermediate {mid}, output {spec.output}, "
             f"bias {spec.bias_bits} bits, {spec.rounding}, {spec.overflow}")
 
 
