@@ -1,4 +1,5 @@
-"""Command line: ``hwsim train CONFIG [--out DIR] [--set key=value ...]``, ``hwsim eval RUN [--set ...]``,
+"""Command line: ``hwsim train CONFIG [--out DIR] [--set key=value ...]``, ``hwsim pinn CONFIG [...]``,
+``hwsim eval RUN [--set ...]``,
 ``hwsim compare RUN...``, ``hwsim rtl verify [--sim ...]``, ``hwsim info``."""
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     train(cfg, out, progress=not args.quiet)
+    return 0
+
+
+def _pinn(args) -> int:
+    from hwsim.config import PinnConfig, load_config
+    from hwsim.pinn.train import pinn
+
+    cfg = load_config(args.config, args.set or [], PinnConfig)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    pinn(cfg, out, progress=not args.quiet)
     return 0
 
 
@@ -107,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=200")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
+    p = sub.add_parser("pinn", help="train a physics-informed network on a PDE (e.g. the 20-dim HJB) BP-free")
+    p.add_argument("config", help="a YAML file or the name of a shipped PINN config (e.g. hjb20_zo_tt_sg)")
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=200")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_pinn)
     p = sub.add_parser("eval", help="deploy a finished run on a backend (e.g. trained on ideal, run on fixed)")
     p.add_argument("run", help="a run directory written by `hwsim train`")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

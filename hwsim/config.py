@@ -192,6 +192,63 @@ class Config:
         return raw
 
 
+@dataclass
+class DerivativesConfig:
+    """How the PDE's derivatives of u are estimated (hwsim.pinn.derivatives)."""
+
+    method: Literal["stein_grid", "stein_mc", "fd", "autodiff"] = "stein_grid"
+    sigma: float = 0.1          # Gaussian smoothing scale of the Stein estimators
+    level: int = 3              # Smolyak level of stein_grid
+    samples: int = 1024         # stein_mc: antithetic pairs per step
+    h: float = 0.1              # fd step
+
+    def check(self, p: str) -> None:
+        for key in ("sigma", "level", "samples", "h"):
+            _positive(f"{p}.{key}", getattr(self, key))
+
+
+@dataclass
+class PdeConfig:
+    problem: Literal["hjb", "heat"] = "hjb"
+    dim: int = 20               # spatial dimensions; the network sees dim + 1 inputs (x, t)
+    points: int = 100           # collocation points per step, redrawn every step
+    test_points: int = 10000    # fixed uniform test points (drawn from seed + 1)
+    derivatives: DerivativesConfig = field(default_factory=DerivativesConfig)
+
+    def check(self, p: str) -> None:
+        for key in ("dim", "points", "test_points"):
+            _positive(f"{p}.{key}", getattr(self, key))
+
+
+@dataclass
+class PinnTrainConfig:
+    steps: int = 1000
+    eval_every: int = 100
+    eval_batch_size: int = 10000
+    smoothed_points: int = 1000  # at the end, the error of the smoothed model u_s (Stein methods) on
+                                 # the first N test points (N x grid size evaluations; 0 = skip)
+
+    def check(self, p: str) -> None:
+        for key in ("steps", "eval_every", "eval_batch_size"):
+            _positive(f"{p}.{key}", getattr(self, key))
+        _positive(f"{p}.smoothed_points", self.smoothed_points, strict=False)
+
+
+@dataclass
+class PinnConfig:
+    """A physics-informed run (``hwsim pinn``): the model is N(x, t) of the problem's ansatz."""
+
+    seed: int = 0
+    pde: PdeConfig = field(default_factory=PdeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: PinnTrainConfig = field(default_factory=PinnTrainConfig)
+
+    to_dict = Config.to_dict
+
+
 def _describe(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -314,9 +371,14 @@ def read_raw(source: str) -> dict:
     return raw
 
 
-def load_config(source: str, overrides: list[str] = ()) -> Config:
-    """Read, override and validate a config."""
+def load_config(source: str, overrides: list[str] = (), kind: type = Config):
+    """Read, override and validate a config: a training run (:class:`Config`, ``hwsim train``) or a
+    PINN run (:class:`PinnConfig`, ``hwsim pinn``); a config of the other kind is named as such."""
     raw = read_raw(source)
     for assignment in overrides:
         apply_override(raw, assignment)
-    return from_dict(Config, raw)
+    if kind is Config and "pde" in raw:
+        raise ConfigError(f"config {source!r} has a pde section: it is a PINN config; run it with `hwsim pinn`")
+    if kind is PinnConfig and "data" in raw:
+        raise ConfigError(f"config {source!r} has a data section: it is a training config; run it with `hwsim train`")
+    return from_dict(kind, raw)

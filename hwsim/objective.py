@@ -5,6 +5,8 @@ same mini-batch for every query, and layers in front of the first perturbed tens
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from hwsim.backends.base import SparseDelta
@@ -17,11 +19,19 @@ DEFAULT_CHUNK_ELEMENTS = 2 ** 22
 
 
 class BatchObjective:
-    """Cross-entropy of ``network`` on the batch (x (B, in), y (B,)) at parameter points theta + delta."""
+    """A loss of ``network`` on the batch x (B, in) at parameter points theta + delta: cross-entropy
+    against labels y (B,), or ``loss``, any map of the outputs (Q, B, out) to losses (Q,) (e.g. a PDE
+    residual over stencil points, hwsim.pinn)."""
 
-    def __init__(self, network: Network, backend, x: torch.Tensor, y: torch.Tensor,
-                 chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+    linear_shortcut = True           # CGE may move one layer's output linearly (multilinear backends)
+
+    def __init__(self, network: Network, backend, x: torch.Tensor, y: torch.Tensor | None = None,
+                 chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                 loss: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if (y is None) == (loss is None):
+            raise ValueError("BatchObjective: give labels y (cross-entropy) or a loss function, not both")
         self.network, self.backend, self.x, self.y = network, backend, x, y
+        self.loss = loss or (lambda out: cross_entropy(out, y))
         widest = max([network.in_features] + [getattr(layer, "out_features", 0) for layer in network.layers])
         self.chunk = max(1, chunk_elements // (x.shape[0] * widest))
         self.queries = 0
@@ -46,7 +56,7 @@ class BatchObjective:
         before it run once. Other backends evaluate every query in full, in chunks.
         """
         self.queries += len(idx)
-        if self.backend.capabilities.multilinear:
+        if self.backend.capabilities.multilinear and self.linear_shortcut:
             return self._coordinate_losses_multilinear(theta, idx, h)
         losses = torch.empty(len(idx), dtype=theta.dtype, device=theta.device)
         for entry, sel in self._by_tensor(idx):
@@ -77,7 +87,7 @@ class BatchObjective:
             for s in range(0, len(sel), self.chunk):
                 part = sel[s:s + self.chunk]
                 logits = self._propagate(tensors, acts, i, jvp(idx[part] - entry.offset), h)
-                losses[part] = cross_entropy(logits, self.y)
+                losses[part] = self.loss(logits)
         return losses
 
     def _layer_params(self, tensors: dict, i: int) -> dict:
@@ -112,5 +122,8 @@ class BatchObjective:
             moved[:, lo - e.offset:hi - e.offset] += deltas[:, lo - start:hi - start]
             tensors[e.name] = moved.reshape(queries, *e.shape)
             batched.add(e.name)
-        logits = self.network.forward(self.backend, tensors, self.x, queries, batched)
-        return cross_entropy(logits, self.y).to(theta.dtype).expand(queries)
+        return self._forward(tensors, queries, batched).to(theta.dtype).expand(queries)
+
+    def _forward(self, tensors: dict, queries: int, batched: set) -> torch.Tensor:
+        """Losses (Q,) of one chunk: ``tensors`` named in ``batched`` carry the query axis."""
+        return self.loss(self.network.forward(self.backend, tensors, self.x, queries, batched))

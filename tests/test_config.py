@@ -1,19 +1,23 @@
 import pytest
 
 from hwsim.build import build_backend, build_network
-from hwsim.config import (Config, ConfigError, apply_override, from_dict, load_config, read_raw,
+from hwsim.config import (Config, ConfigError, PinnConfig, apply_override, from_dict, load_config, read_raw,
                           shipped_configs)
 
 EXPECTED = {"mnist_tt_zo", "mnist_tt_fo", "mnist_dense_zo", "mnist_dense_fo", "mnist_tt_cge", "mnist_tt_hybrid",
             "mnist_tt_fixed8", "mnist_tt_fixed8_int"}
 
 
+PINN = {"hjb20_fo_ad", "hjb20_fo_sg", "hjb20_zo_dense_sg", "hjb20_zo_tt_sg", "hjb20_zo_tt_fd", "hjb20_zo_tt_sg_paper"}
+
+
 def test_every_shipped_config_validates_and_builds():
-    assert EXPECTED <= set(shipped_configs())
+    assert EXPECTED | PINN <= set(shipped_configs())
     for name in shipped_configs():
-        cfg = load_config(name)
+        pinn = "pde" in read_raw(name)
+        cfg = load_config(name, [], PinnConfig if pinn else Config)
         net = build_network(cfg.model)
-        assert net.in_features == 784 and net.out_features == 10
+        assert (net.in_features, net.out_features) == ((cfg.pde.dim + 1, 1) if pinn else (784, 10))
         build_backend(cfg.backend, net)
 
 
