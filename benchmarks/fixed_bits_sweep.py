@@ -1,6 +1,7 @@
 """Accuracy vs bit width: the MNIST TT model (784-256-10, rank 4) trained BP-free (per-tensor RGE) from
 scratch on the fixed backend at 16, 8, 6 and 4 bits, both master modes, next to the ideal backend on
-the same schedule (and with the 8-bit row's mu). Writes runs/fixed_bits/<row>/ (full run directories),
+the same schedule (and with the 8-bit row's mu); at 8 bits also with 12-bit intermediates and logits
+(weights, inputs, activations 8 bits). Writes runs/fixed_bits/<row>/ (full run directories),
 benchmarks/results/fixed_bits.json and docs/img/fixed_bits.png.
 
 Perturbation and learning rate follow the LSB (docs/fixed_point.md, section 7):
@@ -32,6 +33,7 @@ from hwsim.report import save_figure  # noqa: E402
 from hwsim.train import train  # noqa: E402
 
 LR, MIN_LR = 0.008, 0.0001
+WIDE = "backend.formats={intermediate: [12, 7], output: [12, 6]}"
 DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 
 
@@ -44,10 +46,15 @@ def rows(bits_list, steps):
         lsb = 2.0 ** -(bits - DEFAULT_INT_BITS["weight"])
         fixed = common + ["backend.name=fixed", f"backend.bits={bits}"]
         yield f"fixed{bits}_float", bits, "float", fixed + [f"estimator.rge.mu={max(0.01, 3 * lsb)}"]
-        yield f"fixed{bits}_integer", bits, "integer", fixed + [
-            "backend.master=integer", "backend.update_rounding=stochastic",
-            f"estimator.rge.mu={max(1, round(0.01 / lsb))}", f"optimizer.lr={LR / lsb}",
-            f"optimizer.schedule.min_lr={MIN_LR / lsb}"]
+        integer = ["backend.master=integer", "backend.update_rounding=stochastic"]
+        integer_lr = [f"optimizer.lr={LR / lsb}", f"optimizer.schedule.min_lr={MIN_LR / lsb}"]
+        yield f"fixed{bits}_integer", bits, "integer", fixed + integer + [
+            f"estimator.rge.mu={max(1, round(0.01 / lsb))}"] + integer_lr
+        if bits == 8:     # W8A8 with 12-bit TT-core state and logits (docs/fixed_point.md section 7), mu = 1 LSB
+            yield "fixed8_wide_float", bits, "float, 12-bit state", fixed + [
+                "backend.master=float", WIDE, f"estimator.rge.mu={lsb}"]
+            yield "fixed8_wide_integer", bits, "integer, 12-bit state", fixed + integer + [
+                WIDE, "estimator.rge.mu=1"] + integer_lr
 
 
 def finished(name: str, overrides: list[str], out: Path, previous: dict) -> dict | None:
@@ -94,6 +101,10 @@ def report(results: list[dict], args) -> None:
     for master, marker in (("float", "o"), ("integer", "s")):
         pts = sorted((r["bits"], r["test_accuracy"]) for r in results if r["master"] == master)
         ax.plot([b for b, _ in pts], [100 * a for _, a in pts], marker=marker, label=f"fixed, master {master}")
+        for r in results:
+            if r["master"] == f"{master}, 12-bit state":
+                ax.plot([r["bits"]], [100 * r["test_accuracy"]], marker=marker, ls="", ms=9, mfc="none",
+                        color=ax.lines[-1].get_color(), label=f"8-bit, 12-bit state, master {master}")
     ax.axhline(100 * ideal, color="k", ls="--", lw=1, label=f"ideal float32, mu 0.01 ({100 * ideal:.2f} %)")
     for r in results[1:]:
         if r["master"] == "ideal":

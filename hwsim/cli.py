@@ -112,18 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hwsim", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hwsim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a model as a config says (BP-free or FO baseline)")
-    p.add_argument("config", help="a YAML file or the name of a shipped config (see `hwsim info`)")
-    p.add_argument("--out", help="run directory (default: runs/<config name>)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=200")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_train)
-    p = sub.add_parser("pinn", help="train a physics-informed network on a PDE (e.g. the 20-dim HJB) BP-free")
-    p.add_argument("config", help="a YAML file or the name of a shipped PINN config (e.g. hjb20_zo_tt_sg)")
-    p.add_argument("--out", help="run directory (default: runs/<config name>)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=200")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_pinn)
+    for name, func, what, example in (
+            ("train", _train, "train a model as a config says (BP-free or FO baseline)", "see `hwsim info`"),
+            ("pinn", _pinn, "train a physics-informed network on a PDE (e.g. the 20-dim HJB) BP-free",
+             "e.g. hjb20_zo_tt_sg")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("config", help=f"a YAML file or the name of a shipped config ({example})")
+        p.add_argument("--out", help="run directory (default: runs/<config name>)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=200")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=func)
     p = sub.add_parser("eval", help="deploy a finished run on a backend (e.g. trained on ideal, run on fixed)")
     p.add_argument("run", help="a run directory written by `hwsim train`")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -5,7 +5,7 @@ from hwsim.config import (Config, ConfigError, PinnConfig, apply_override, from_
                           shipped_configs)
 
 EXPECTED = {"mnist_tt_zo", "mnist_tt_fo", "mnist_dense_zo", "mnist_dense_fo", "mnist_tt_cge", "mnist_tt_hybrid",
-            "mnist_tt_fixed8", "mnist_tt_fixed8_int"}
+            "mnist_tt_fixed8", "mnist_tt_fixed8_int", "mnist_tt_fixed8_state12"}
 
 
 PINN = {"hjb20_fo_ad", "hjb20_fo_sg", "hjb20_zo_dense_sg", "hjb20_zo_tt_sg", "hjb20_zo_tt_fd", "hjb20_zo_tt_sg_paper"}

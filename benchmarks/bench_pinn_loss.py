@@ -1,0 +1,105 @@
+"""The cost of the BP-free PINN on this machine: one sparse-grid loss evaluation and one ZO step.
+
+For the 20-dim HJB models (paper size 21-512-512-1 TT rank 2, and the CPU-sized 21-64-64-1), batch
+100 x 925 grid nodes:
+- one loss evaluation, batched (all 92,500 shifted points in one forward) vs a loop over the 925 grid
+  nodes (one forward of 100 points each, the straightforward implementation);
+- one ZO step (RGE N = 10 antithetic = 20 losses, as hjb20_zo_tt_sg) and its peak memory (max RSS of a
+  fresh process doing only that), against the paper authors' code on this machine: 313 s and 8.7 GB per
+  BP-free TT step (measured by the issue author).
+Writes benchmarks/results/pinn_loss.json.
+
+    python benchmarks/bench_pinn_loss.py [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from common import save, timeit
+from hwsim.build import build_backend, build_estimator, build_network
+from hwsim.config import PinnConfig, load_config
+from hwsim.pinn.derivatives import stein_grid
+from hwsim.pinn.objective import StencilLoss, stencil_objective
+from hwsim.pinn.problems import build_problem
+
+REFERENCE = {"step_s": 313.0, "peak_gb": 8.7}          # authors' code, BP-free TT step, this machine
+MODELS = {"paper 21-512-512-1": "hjb20_zo_tt_sg_paper", "cpu 21-64-64-1": "hjb20_zo_tt_sg"}
+
+
+def _setup(config: str, dtype: str):
+    cfg = load_config(config, [f"backend.dtype={dtype}", "backend.device=cpu"], PinnConfig)
+    problem, net = build_problem(cfg.pde.problem, cfg.pde.dim), build_network(cfg.model)
+    backend = build_backend(cfg.backend, net)
+    gen = torch.Generator().manual_seed(0)
+    theta = net.init_params(gen).to(backend.dtype)
+    x = problem.sample(cfg.pde.points, gen)
+    return cfg, problem, net, backend, theta, x, gen
+
+
+def loss_times(config: str, dtype: str, repeats: int) -> dict:
+    cfg, problem, net, backend, theta, x, _ = _setup(config, dtype)
+    stencil = stein_grid(problem.inputs, cfg.pde.derivatives.sigma, cfg.pde.derivatives.level)
+    loss = StencilLoss(problem, stencil, x)
+    tensors = net.space.unflatten(theta)
+    points = loss.points.to(backend.data_dtype)
+
+    def batched():
+        return loss(net.forward(backend, tensors, points))
+
+    def node_loop():                     # one forward per grid node: 100 points each
+        by_node = points.view(len(x), stencil.size, -1)
+        out = torch.stack([net.forward(backend, tensors, by_node[:, k]) for k in range(stencil.size)], dim=1)
+        return loss(out.reshape(-1, 1))
+
+    assert torch.allclose(batched(), node_loop(), rtol=1e-4 if dtype == "float32" else 1e-10)
+    b, loop = timeit(batched, repeats), timeit(node_loop, repeats)
+    return {"batched_s": b, "node_loop_s": loop, "speedup": loop / b, "rows": len(points)}
+
+
+def step_in_this_process(config: str, dtype: str) -> dict:
+    """One ZO step after a warm-up step; peak RSS of this process."""
+    cfg, problem, net, backend, theta, x, gen = _setup(config, dtype)
+    estimator = build_estimator(cfg.estimator, net.space, backend)
+    stencil = stein_grid(problem.inputs, cfg.pde.derivatives.sigma, cfg.pde.derivatives.level)
+    objective = stencil_objective(net, backend, problem, stencil, x, cfg.estimator.chunk_elements)
+    estimator.estimate(objective, theta, gen)
+    t = time.perf_counter()
+    est = estimator.estimate(objective, theta, gen)
+    return {"step_s": time.perf_counter() - t, "losses": est.queries,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--step-only", nargs=2, metavar=("CONFIG", "DTYPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step_only:
+        print(json.dumps(step_in_this_process(*args.step_only)))
+        return
+    rows = []
+    for name, config in MODELS.items():
+        for dtype in ("float32", "float64"):
+            row = {"model": name, "config": config, "dtype": dtype, "loss": loss_times(config, dtype, args.repeats)}
+            out = subprocess.run([sys.executable, __file__, "--step-only", config, dtype], check=True,
+                                 capture_output=True, text=True).stdout
+            row["zo_step"] = json.loads(out.strip().splitlines()[-1])
+            row["zo_step"]["vs_reference_step"] = REFERENCE["step_s"] / row["zo_step"]["step_s"]
+            print(f"{name} {dtype}: loss batched {row['loss']['batched_s']:.3f} s vs node loop "
+                  f"{row['loss']['node_loop_s']:.3f} s; ZO step {row['zo_step']['step_s']:.2f} s "
+                  f"({row['zo_step']['vs_reference_step']:.0f}x faster than 313 s), peak {row['zo_step']['peak_rss_gb']:.2f} GB",
+                  flush=True)
+            rows.append(row)
+    save("pinn_loss", {"command": f"python benchmarks/bench_pinn_loss.py --repeats {args.repeats}",
+                       "reference": REFERENCE, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
