@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common import RESULTS, save  # noqa: E402
 from hwsim.backends.fixed.backend import DEFAULT_INT_BITS  # noqa: E402
-from hwsim.config import load_config, read_raw  # noqa: E402
+from hwsim.config import Config, from_dict, load_config, read_raw  # noqa: E402
 from hwsim.report import save_figure  # noqa: E402
 from hwsim.train import train  # noqa: E402
 
@@ -60,11 +60,12 @@ def rows(bits_list, steps):
 def finished(name: str, overrides: list[str], out: Path, previous: dict) -> dict | None:
     """The metrics of a row already run with the same config: from its run directory, or from the
     results JSON of an earlier sweep (so a sweep can go on in a later session)."""
-    cfg = load_config("mnist_tt_zo", overrides)
-    if (out / "metrics.json").is_file() and read_raw(str(out / "config.yaml")) == cfg.to_dict():
+    want = load_config("mnist_tt_zo", overrides).to_dict()
+    same = lambda raw: from_dict(Config, raw).to_dict() == want  # noqa: E731  (keys added since: defaults)
+    if (out / "metrics.json").is_file() and same(read_raw(str(out / "config.yaml"))):
         return json.loads((out / "metrics.json").read_text())
     row = previous.get(name)
-    return row["metrics"] if row and row["config"] == cfg.to_dict() else None
+    return row["metrics"] if row and same(row["config"]) else None
 
 
 def main() -> None:
