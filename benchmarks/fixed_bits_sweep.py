@@ -26,9 +26,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import RESULTS, save  # noqa: E402
+from common import RESULTS, finished_run, save  # noqa: E402
 from hwsim.backends.fixed.backend import DEFAULT_INT_BITS  # noqa: E402
-from hwsim.config import Config, from_dict, load_config, read_raw  # noqa: E402
+from hwsim.config import load_config  # noqa: E402
 from hwsim.report import save_figure  # noqa: E402
 from hwsim.train import train  # noqa: E402
 
@@ -57,17 +57,6 @@ def rows(bits_list, steps):
                 WIDE, "estimator.rge.mu=1"] + integer_lr
 
 
-def finished(name: str, overrides: list[str], out: Path, previous: dict) -> dict | None:
-    """The metrics of a row already run with the same config: from its run directory, or from the
-    results JSON of an earlier sweep (so a sweep can go on in a later session)."""
-    want = load_config("mnist_tt_zo", overrides).to_dict()
-    same = lambda raw: from_dict(Config, raw).to_dict() == want  # noqa: E731  (keys added since: defaults)
-    if (out / "metrics.json").is_file() and same(read_raw(str(out / "config.yaml"))):
-        return json.loads((out / "metrics.json").read_text())
-    row = previous.get(name)
-    return row["metrics"] if row and same(row["config"]) else None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
@@ -80,7 +69,7 @@ def main() -> None:
     results = []
     for name, bits, master, overrides in rows(args.bits, args.steps):
         out = Path(args.out) / name
-        metrics = finished(name, overrides, out, previous)
+        metrics = finished_run("mnist_tt_zo", overrides, out, previous.get(name))
         if metrics is not None:
             print(f"{name}: done before, {100 * metrics['test_accuracy']:.2f} %", flush=True)
         elif args.collect:

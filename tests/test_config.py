@@ -8,7 +8,8 @@ EXPECTED = {"mnist_tt_zo", "mnist_tt_fo", "mnist_dense_zo", "mnist_dense_fo", "m
             "mnist_tt_fixed8", "mnist_tt_fixed8_int", "mnist_tt_fixed8_state12"}
 
 
-PINN = {"hjb20_fo_ad", "hjb20_fo_sg", "hjb20_zo_dense_sg", "hjb20_zo_tt_sg", "hjb20_zo_tt_fd", "hjb20_zo_tt_sg_paper"}
+PINN = {"hjb20_fo_ad", "hjb20_fo_sg", "hjb20_zo_dense_sg", "hjb20_zo_tt_sg", "hjb20_zo_tt_fd", "hjb20_zo_tt_sg_paper",
+        "heat15_zo_tt_sg"}
 
 
 def test_every_shipped_config_validates_and_builds():
