@@ -177,19 +177,28 @@ class BackendConfig:
 
 
 @dataclass
-class Config:
+class RunConfig:
+    """The sections every run has; :class:`Config` adds data and train, :class:`PinnConfig` pde and train."""
+
     seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
         raw = dataclasses.asdict(self)
         raw["backend"] = {"name": self.backend.name, **self.backend.options}
-        return raw
+        order = ("seed", "data", "pde", "model", "backend", "estimator", "optimizer", "train")
+        return {key: raw[key] for key in order if key in raw}
+
+
+@dataclass
+class Config(RunConfig):
+    """A training run (``hwsim train``)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 @dataclass
@@ -235,18 +244,11 @@ class PinnTrainConfig:
 
 
 @dataclass
-class PinnConfig:
+class PinnConfig(RunConfig):
     """A physics-informed run (``hwsim pinn``): the model is N(x, t) of the problem's ansatz."""
 
-    seed: int = 0
     pde: PdeConfig = field(default_factory=PdeConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    backend: BackendConfig = field(default_factory=BackendConfig)
-    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: PinnTrainConfig = field(default_factory=PinnTrainConfig)
-
-    to_dict = Config.to_dict
 
 
 def _describe(tp) -> str:
