@@ -7,6 +7,7 @@ For the 20-dim HJB models (paper size 21-512-512-1 TT rank 2, and the CPU-sized 
 - one ZO step (RGE N = 10 antithetic = 20 losses, as hjb20_zo_tt_sg) and its peak memory (peak RSS of a
   fresh process doing only that, imports included), against the paper authors' code on this machine: 313 s and 8.7 GB per
   BP-free TT step (measured by the issue author).
+Also the float32 error of the residual and of ZO loss differences at the initial parameters.
 Writes benchmarks/results/pinn_loss.json.
 
     python benchmarks/bench_pinn_loss.py [--repeats 3]
@@ -63,6 +64,25 @@ def loss_times(config: str, dtype: str, repeats: int) -> dict:
     return {"batched_s": b, "node_loop_s": loop, "speedup": loop / b, "rows": len(points)}
 
 
+def float32_error(config: str) -> dict:
+    """At the initial parameters: the residual's float32 error (rms, vs float64) and the correlation of
+    10 antithetic loss differences (mu = 0.01) between the two precisions."""
+    out = {}
+    for dtype in ("float32", "float64"):
+        cfg, problem, net, backend, theta, x, _ = _setup(config, dtype)
+        stencil = stein_grid(problem.inputs, cfg.pde.derivatives.sigma, cfg.pde.derivatives.level)
+        loss = StencilLoss(problem, stencil, x)
+        n = net.forward(backend, net.space.unflatten(theta), loss.points.to(backend.data_dtype))[..., 0]
+        residual = problem.residual(stencil.combine(loss.base + loss.gate * n.double()))
+        u = torch.randint(0, 2, (10, net.space.size), generator=torch.Generator().manual_seed(5)).double() * 2 - 1
+        objective = stencil_objective(net, backend, problem, stencil, x, cfg.estimator.chunk_elements)
+        both = objective.losses(theta, torch.cat([0.01 * u, -0.01 * u]).to(theta.dtype)).double()
+        out[dtype] = (residual, both[:10] - both[10:])
+    (r32, d32), (r64, d64) = out["float32"], out["float64"]
+    return {"residual_rms": float(r64.pow(2).mean().sqrt()), "float32_residual_error_rms": float((r32 - r64).pow(2).mean().sqrt()),
+            "loss_difference_correlation": float(torch.corrcoef(torch.stack([d32, d64]))[0, 1])}
+
+
 def step_in_this_process(config: str, dtype: str) -> dict:
     """One ZO step after a warm-up step; peak RSS of this process."""
     cfg, problem, net, backend, theta, x, gen = _setup(config, dtype)
@@ -104,8 +124,10 @@ def main() -> None:
                   f"({row['zo_step']['vs_reference_step']:.0f}x faster than 313 s), peak {row['zo_step']['peak_rss_gb']:.2f} GB",
                   flush=True)
             rows.append(row)
+    precision = float32_error(MODELS["cpu 21-64-64-1"])
+    print(f"float32 vs float64 at init (cpu model): {precision}", flush=True)
     save("pinn_loss", {"command": f"python benchmarks/bench_pinn_loss.py --repeats {args.repeats}",
-                       "reference": REFERENCE, "rows": rows})
+                       "reference": REFERENCE, "rows": rows, "float32_precision": precision})
 
 
 if __name__ == "__main__":
