@@ -19,7 +19,8 @@ import torch
 
 ENTRY_POINT_GROUP = "hwsim.backends"
 _BUILTIN = {"ideal": "hwsim.backends.ideal:IdealBackend", "fixed": "hwsim.backends.fixed.backend:FixedBackend",
-            "rtl": "hwsim.backends.rtl.backend:RtlBackend"}
+            "rtl": "hwsim.backends.rtl.backend:RtlBackend",
+            "photonic": "hwsim.backends.photonic.backend:PhotonicBackend"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,12 @@ class Backend(ABC):
         """Prepare for ``network`` (a hwsim.model.Network) before any call; backends whose numerics
         depend on a layer's place (formats, mappings) set them up here."""
 
+    def param_space(self, network: Any) -> Any:
+        """The hwsim.params.ParamSpace of what this backend trains: the network's float weights unless the
+        hardware trains something else of another shape (e.g. MZI phases). Its tensor names are the
+        network's; :meth:`linear` receives each layer's tensors in this space."""
+        return network.space
+
     def encode(self, theta: torch.Tensor) -> torch.Tensor:
         """Float weights (..., d) -> this backend's trainable parameters (identity unless the backend
         trains something else, e.g. integer codes)."""
@@ -89,6 +96,9 @@ class Backend(ABC):
 
     def project_(self, theta: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """After an optimizer step, bring theta (d,) back to what the hardware can hold (in place)."""
+
+    def advance(self, steps: int = 1) -> None:
+        """Simulated time passes by ``steps`` optimizer steps (hardware that drifts moves here)."""
 
     def check_perturbation(self, mu: float) -> str | None:
         """A warning when a ZO perturbation of size mu cannot register on this hardware, else None."""

@@ -31,6 +31,7 @@ class BatchObjective:
         if (y is None) == (loss is None):
             raise ValueError("BatchObjective: give labels y (cross-entropy) or a loss function, not both")
         self.network, self.backend, self.x, self.y = network, backend, x, y
+        self.space = backend.param_space(network)       # what theta holds: the backend's trained parameters
         self.loss = loss or (lambda out: cross_entropy(out, y))
         widest = max([network.in_features] + [getattr(layer, "out_features", 0) for layer in network.layers])
         self.chunk = max(1, chunk_elements // (x.shape[0] * widest))
@@ -69,14 +70,14 @@ class BatchObjective:
 
     def _by_tensor(self, idx: torch.Tensor):
         """(ParamEntry, positions in idx of its coordinates) for every tensor that idx touches."""
-        for entry in self.network.space.entries:
+        for entry in self.space.entries:
             sel = ((idx >= entry.offset) & (idx < entry.offset + entry.numel)).nonzero().squeeze(1)
             if len(sel):
                 yield entry, sel
 
     def _coordinate_losses_multilinear(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor:
         net, backend = self.network, self.backend
-        tensors = net.space.unflatten(theta)
+        tensors = self.space.unflatten(theta)
         acts = [self.x]                              # acts[i]: input of layer i at theta; acts[-1]: output
         for i in range(len(net.layers)):
             acts.append(net.forward(backend, tensors, acts[i], start=i, stop=i + 1))
@@ -113,8 +114,8 @@ class BatchObjective:
 
     def _chunk_losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int) -> torch.Tensor:
         queries, stop = len(deltas), start + deltas.shape[1]
-        tensors, batched = self.network.space.unflatten(theta), set()
-        for e in self.network.space.entries:
+        tensors, batched = self.space.unflatten(theta), set()
+        for e in self.space.entries:
             lo, hi = max(start, e.offset), min(stop, e.offset + e.numel)
             if lo >= hi:
                 continue

@@ -26,7 +26,7 @@ from hwsim.report import plot_curves, write_atomic, write_json, write_jsonl, wri
 def accuracy(network: Network, backend, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
              batch_size: int) -> float:
     """Fraction of rows of x (N, in) whose argmax output equals y (N,)."""
-    tensors = network.space.unflatten(theta)
+    tensors = backend.param_space(network).unflatten(theta)
     correct = 0
     for s in range(0, len(y), batch_size):
         out = network.forward(backend, tensors, x[s:s + batch_size])
@@ -72,7 +72,7 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
         raise ConfigError(f"model.layers: the network maps {network.in_features} -> {network.out_features}, "
                           f"the data needs {data.train.x.shape[1]} -> {data.num_classes}")
     backend = build_backend(cfg.backend, network)
-    estimator = build_estimator(cfg.estimator, network.space, backend)
+    estimator = build_estimator(cfg.estimator, backend.param_space(network), backend)
     warnings = perturbation_warnings(cfg.estimator, backend) if estimator is not None else []
     per_epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
     n_steps = total_steps(cfg.train.steps, cfg.train.epochs, per_epoch)
@@ -90,7 +90,7 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(out_dir / "config.yaml", cfg.to_dict())
-    log(f"hwsim: {network.trainable_params:,} trainable parameters ({network.dense_params:,} dense), "
+    log(f"hwsim: {backend.param_space(network).size:,} trainable parameters ({network.dense_params:,} dense), "
         f"backend {backend.name}, estimator {cfg.estimator.name}, {n_steps} steps of batch "
         f"{cfg.train.batch_size} ({per_epoch} per epoch)\n" + network.describe())
     for message in warnings:
@@ -109,7 +109,7 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
         x, y = xtr[idx], ytr[idx]
         optimizer.zero_grad(set_to_none=True)
         if estimator is None:
-            loss = cross_entropy(network.forward(backend, network.space.unflatten(theta), x), y)
+            loss = cross_entropy(network.forward(backend, backend.param_space(network).unflatten(theta), x), y)
             loss.backward()
             queries, loss_value = queries + 1, float(loss.detach())
         else:
@@ -122,6 +122,7 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
         optimizer.step()
         scheduler.step()
         backend.project_(theta.data, gen)
+        backend.advance()
         loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
         bar.update(1)
         if (step + 1) % cfg.train.eval_every == 0 or step + 1 == n_steps:

@@ -38,7 +38,7 @@ def predict(network, backend, problem: Problem, theta: torch.Tensor, x: torch.Te
             stencil: Stencil | None = None) -> torch.Tensor:
     """u at points x (N, D) (float64): the ansatz of the raw model, or of the Gaussian-smoothed model
     u_s = E[u(x + s z)] when a Stein ``stencil`` is given (its value row)."""
-    tensors, out = network.space.unflatten(theta), []
+    tensors, out = backend.param_space(network).unflatten(theta), []
     for s in range(0, len(x), batch):
         part = x[s:s + batch]
         if stencil is None:
@@ -71,7 +71,7 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True,
         raise ConfigError(f"model.layers: the network maps {network.in_features} -> {network.out_features}; "
                           f"pde {problem.name} with dim {problem.dim} needs {problem.inputs} -> 1")
     backend = build_backend(cfg.backend, network)
-    estimator = build_estimator(cfg.estimator, network.space, backend)
+    estimator = build_estimator(cfg.estimator, backend.param_space(network), backend)
     method = cfg.pde.derivatives.method
     if method == "autodiff" and not backend.capabilities.differentiable:
         raise ConfigError(f"pde.derivatives.method: 'autodiff' needs a differentiable backend; "
@@ -118,6 +118,7 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True,
         optimizer.step()
         scheduler.step()
         backend.project_(theta.data, gen)
+        backend.advance()
         loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
         bar.update(1)
         if (step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps:
@@ -163,7 +164,7 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True,
 def _fo_loss(network, backend, problem: Problem, stencil: Stencil | None, theta: torch.Tensor,
              x: torch.Tensor) -> torch.Tensor:
     """The residual loss at theta with the graph to theta kept (FO baseline)."""
-    tensors = network.space.unflatten(theta)
+    tensors = backend.param_space(network).unflatten(theta)
     net = lambda p: network.forward(backend, tensors, p.to(backend.device, backend.data_dtype))  # noqa: E731
     if stencil is None:
         return autodiff_loss(problem, net, x.to(backend.device, backend.data_dtype))

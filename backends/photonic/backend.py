@@ -1,0 +1,276 @@
+"""The ``photonic`` backend: every linear layer runs on simulated MZI-mesh blocks (chip.py) with the
+non-idealities of noise.py.
+
+Two ways to train (option ``params``):
+- ``weights``: the host trains float TT cores; whenever a layer runs, each core is cut into blocks,
+  decomposed into phases (SVD + Clements) and programmed, so the noise acts on the chip only;
+- ``phases``: in-situ training: the trainable parameters *are* the block phases (n^2 per block, see
+  :meth:`param_space`); the host never sees a weight. Gains and output signs are fixed when the start
+  weights are programmed (:meth:`encode`).
+A TT layer's cores are cascaded optically (tensorized optical NN, PAPER.md section 6), so light is detected
+once per layer: W_eff is assembled from the realised blocks and applied to the rows; detector noise and the
+ADC act on the layer output; biases are added electronically.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hwsim.backends.base import Backend, Capabilities
+from hwsim.backends.fixed.layer import dense_as_core
+from hwsim.backends.photonic import calibration
+from hwsim.backends.photonic.chip import (ChipState, Tiling, core_matrix, encode_blocks, matrix_core, realise)
+from hwsim.backends.photonic.mesh import LAYOUTS, layout
+from hwsim.backends.photonic.noise import Noise, build_noise
+from hwsim.model import Linear, TTLinear
+from hwsim.params import ParamSpace
+from hwsim.tt import to_dense
+
+PARAMS = ("weights", "phases")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Region:
+    """The blocks of one weight tensor ("<layer>.core<k>" or "<layer>.weight") on the chip."""
+
+    name: str
+    core_shape: tuple[int, int, int, int]
+    tiling: Tiling
+    state: ChipState
+    gains: torch.Tensor | None = None        # (blocks,) fixed in phases mode, set by encode
+    signs: torch.Tensor | None = None        # (blocks, 2n)
+
+
+class PhotonicBackend(Backend):
+    """A tensorized optical neural network chip: TT cores on n x n MZI-mesh blocks."""
+
+    name = "photonic"
+    capabilities = Capabilities(exact=False, differentiable=False, multilinear=False)
+
+    @dataclass
+    class Options:
+        """params: weights | phases; noise: a preset (ideal | typical | pessimistic) or a mapping
+        {preset, <noise key>: value} (backends/photonic/noise.py); block: mesh size n; mesh: clements |
+        reck; chip_seed: draws the chip's frozen variations; calibrate: measure and cancel the phase
+        biases before use; dtype: float32 | float64 of the layer GEMM; symbol_rate_hz: modulator rate
+        (time counters)."""
+
+        params: str = "weights"
+        noise: Any = "ideal"
+        block: int = 8
+        mesh: str = "clements"
+        chip_seed: int = 0
+        calibrate: bool = False
+        dtype: str = "float32"
+        symbol_rate_hz: float = 1e10
+
+        def __post_init__(self):
+            _check("params", self.params, PARAMS)
+            _check("mesh", self.mesh, LAYOUTS)
+            _check("dtype", self.dtype, tuple(DTYPES))
+            if not isinstance(self.block, int) or not 2 <= self.block <= 64:
+                raise ValueError(f"backend.block: {self.block!r} is not allowed; use an integer mesh size in 2..64")
+            if not isinstance(self.calibrate, bool):
+                raise ValueError(f"backend.calibrate: {self.calibrate!r} is not allowed; use true or false")
+            if not self.symbol_rate_hz > 0:
+                raise ValueError(f"backend.symbol_rate_hz: {self.symbol_rate_hz!r} is not allowed; use a rate > 0")
+            self.noise = build_noise(self.noise)
+
+    def __init__(self, options: "PhotonicBackend.Options | None" = None):
+        super().__init__(options)
+        self.noise: Noise = self.options.noise
+        self.layout = layout(self.options.block, self.options.mesh)
+        self._regions: dict[str, Region] = {}
+        self._layers: dict[int, int] = {}
+        self._network = None
+        seed = self.options.chip_seed
+        self._drift_gen = torch.Generator().manual_seed(seed + 1)
+        self._read_gen = torch.Generator().manual_seed(seed + 2)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.options.dtype]
+
+    # --- set-up ------------------------------------------------------------------------------------
+    def bind(self, network) -> None:
+        """Place every weight tensor of ``network`` on its own blocks and draw the chip's variations."""
+        self._network = network
+        gen = torch.Generator().manual_seed(self.options.chip_seed)
+        n = self.options.block
+        for i, layer in enumerate(network.layers):
+            if not isinstance(layer, Linear):
+                continue
+            self._layers[id(layer)] = i
+            for local, shape in _core_shapes(layer):
+                r, k, m, s = shape
+                tiling = Tiling(m * s, r * k, n)
+                name = f"{i}.{local}"
+                self._regions[name] = Region(name, shape, tiling, ChipState(tiling.blocks, n, self.noise, gen))
+        if self.options.calibrate:
+            self.calibrate()
+
+    def calibrate(self) -> dict:
+        """Estimate every shifter's phase bias from forward measurements of each block and cancel it;
+        returns the report of :func:`calibration.calibrate_biases` (queries are also counted)."""
+        report = calibration.calibrate_biases(list(self._regions.values()), self.layout, self.noise,
+                                              self._read_gen, self._read_out)
+        self.count("calibration_queries", report["queries"])
+        return report
+
+    def param_space(self, network) -> ParamSpace:
+        if self.options.params == "weights":
+            return network.space
+        phases = self.options.block ** 2
+        shapes = []
+        for e in network.space.entries:
+            region = self._region(e.name)
+            shapes.append((e.name, (region.tiling.blocks, phases) if region else e.shape))
+        return ParamSpace(shapes)
+
+    def encode(self, theta: torch.Tensor) -> torch.Tensor:
+        """Float weights (d,) -> phases (phases mode; fixes every block's gain and output signs)."""
+        if self.options.params == "weights":
+            return theta
+        space = self._bound().space
+        tensors = space.unflatten(theta)
+        for name, region in self._regions.items():
+            phases, region.gains, region.signs = encode_blocks(region.tiling.split(
+                core_matrix(_as_core(name, tensors[name]))), self.layout)
+            tensors[name] = phases.to(theta.dtype)
+        return self.param_space(self._network).flatten(tensors)
+
+    def decode(self, theta: torch.Tensor) -> torch.Tensor:
+        """Phases -> the float weights they stand for on an ideal chip (identity in weights mode)."""
+        if self.options.params == "weights":
+            return theta
+        tensors = self.param_space(self._bound()).unflatten(theta)
+        for name, region in self._regions.items():
+            blocks = realise(tensors[name], region.gains, region.signs, self.layout, Noise())
+            core = matrix_core(region.tiling.join(blocks), region.core_shape)
+            tensors[name] = _from_core(name, core).to(theta.dtype)
+        return self._network.space.flatten(tensors)
+
+    def project_(self, theta: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Phases mode: keep attenuator phases in [0, pi] (mesh phases are periodic)."""
+        if self.options.params == "weights":
+            return
+        n = self.options.block
+        m = n * (n - 1) // 2
+        for e in self.param_space(self._network).entries:
+            if self._region(e.name):
+                view = theta[e.slice].view(e.shape)
+                view[:, m:m + n].clamp_(0.0, math.pi)
+
+    def advance(self, steps: int = 1) -> None:
+        """Simulated time passes (optimizer steps): the phases drift."""
+        for region in self._regions.values():
+            region.state.advance(self.noise, steps, self._drift_gen)
+
+    def check_perturbation(self, mu: float) -> str | None:
+        step = self.noise.dac_step
+        if self.options.params == "phases" and step is not None and mu < step / 2:
+            return (f"mu={mu} rad is below half the phase DAC step {step:.4g} rad ({self.noise.dac_bits} bits): "
+                    f"most perturbations round away; use mu >= {step:.3g}")
+        return None
+
+    # --- execution ---------------------------------------------------------------------------------
+    def linear(self, layer, params, x, queries):
+        i = self._layers.get(id(layer))
+        if i is None:
+            raise RuntimeError("the photonic backend is not bound to this network: call backend.bind(network) first")
+        cores = [self._program(f"{i}.{local}", params[local]) for local, _ in _core_shapes(layer)]
+        weight = to_dense(cores)
+        weight = (weight.real if weight.is_complex() else weight).to(self.dtype)
+        y = torch.matmul(x.to(self.dtype), weight.transpose(-1, -2))
+        q = math.prod(y.shape[:-2])
+        rows = x.shape[-2]
+        y = self._read_out(y)
+        if layer.bias:
+            b = params["bias"].to(self.dtype)
+            y = y + (b.unsqueeze(-2) if b.dim() > 1 else b)
+        shifters = sum(self._regions[f"{i}.{local}"].tiling.blocks for local, _ in _core_shapes(layer)) * self.layout.n ** 2
+        seconds = rows / self.options.symbol_rate_hz
+        self.count("phase_writes", shifters * q)
+        self.count("modulator_symbols", q * rows * layer.in_features)
+        self.count("detections", q * rows * layer.out_features)
+        self.count("laser_on_ns", round(1e9 * q * seconds))
+        self.count("shifter_hold_ns", round(1e9 * q * seconds * shifters))
+        flops = layer.tt.direct_flops(rows, q) if isinstance(layer, TTLinear) else q * rows * layer.dense_params
+        self.count("macs_optical", flops)
+        self.count("linear_calls")
+        self.count("rows", q * rows)
+        return y
+
+    def _program(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The core (..., r, n, m, r') the chip realises for one parameter tensor (weights or phases)."""
+        region = self._regions[name]
+        tensor = _shared(tensor, 2 if self.options.params == "phases" else _param_dims(name))
+        if self.options.params == "weights":
+            phases, gains, signs = encode_blocks(region.tiling.split(core_matrix(_as_core(name, tensor))), self.layout)
+        else:
+            phases, gains, signs = tensor, region.gains, region.signs
+            if gains is None:
+                raise RuntimeError("params: phases needs the start weights programmed first: call backend.encode(theta)")
+        blocks = realise(phases, gains, signs, self.layout, self.noise, region.state)
+        return matrix_core(region.tiling.join(blocks), region.core_shape)
+
+    def _read_out(self, y: torch.Tensor) -> torch.Tensor:
+        """Photodetection and ADC of outputs (..., B, out); the full scale is each query's largest |y|."""
+        nz = self.noise
+        if not (nz.shot_noise or nz.thermal_noise or nz.adc_bits):
+            return y
+        fs = y.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+        if nz.shot_noise or nz.thermal_noise:
+            std = torch.sqrt((nz.thermal_noise * fs) ** 2 + nz.shot_noise ** 2 * fs * y.abs())
+            y = y + std * torch.randn(y.shape, generator=self._read_gen, dtype=y.dtype)
+        if nz.adc_bits:
+            step = 2 * fs / (2 ** nz.adc_bits - 1)
+            y = (torch.round(y / step) * step).clamp(-fs, fs)
+        return y
+
+    # --- reporting ---------------------------------------------------------------------------------
+    def mzi_counts(self) -> dict[str, int]:
+        """MZIs of every weight tensor's blocks (n^2 per block), and the total."""
+        per = {name: r.tiling.blocks * self.layout.n ** 2 for name, r in self._regions.items()}
+        return {**per, "total": sum(per.values())}
+
+    def _region(self, name: str) -> Region | None:
+        return self._regions.get(name)
+
+    def _bound(self):
+        if self._network is None:
+            raise RuntimeError("the photonic backend is not bound to a network: call backend.bind(network) first")
+        return self._network
+
+
+def _core_shapes(layer) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """(local tensor name, core shape) of every weight tensor of a linear layer; a dense weight is one core."""
+    if isinstance(layer, TTLinear):
+        return list(zip(layer.core_names, layer.tt.core_shapes))
+    return [("weight", (1, layer.in_features, layer.out_features, 1))]
+
+
+def _param_dims(name: str) -> int:
+    return 2 if name.endswith(".weight") else 4
+
+
+def _as_core(name: str, t: torch.Tensor) -> torch.Tensor:
+    return dense_as_core(t) if name.endswith("weight") else t
+
+
+def _from_core(name: str, core: torch.Tensor) -> torch.Tensor:
+    return core[..., 0, :, :, 0].transpose(-1, -2) if name.endswith("weight") else core
+
+
+def _shared(t: torch.Tensor, dims: int) -> torch.Tensor:
+    """Drop a leading query axis made by expand (stride 0): program once for all queries."""
+    return t[0] if t.dim() > dims and t.stride(0) == 0 else t
+
+
+def _check(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"backend.{key}: {value!r} is not allowed; use one of {', '.join(allowed)}")
