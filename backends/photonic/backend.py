@@ -228,7 +228,7 @@ class PhotonicBackend(Backend):
             std = torch.sqrt((nz.thermal_noise * fs) ** 2 + nz.shot_noise ** 2 * fs * y.abs())
             y = y + std * torch.randn(y.shape, generator=self._read_gen, dtype=y.dtype)
         if nz.adc_bits:
-            step = 2 * fs / (2 ** nz.adc_bits - 1)
+            step = fs / (2 ** (nz.adc_bits - 1) - 1)
             y = (torch.round(y / step) * step).clamp(-fs, fs)
         return y
 

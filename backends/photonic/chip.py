@@ -126,11 +126,8 @@ class ChipState:
 
 
 def commanded(phases: torch.Tensor, n: int, noise: Noise) -> torch.Tensor:
-    """What the DACs set: mesh phases wrapped into [0, 2 pi), attenuator phases clamped to [0, pi], then
-    rounded to the DAC grid."""
-    m = n * (n - 1) // 2
+    """What the DACs set: phases wrapped into [0, 2 pi) (the DAC range), rounded to the DAC grid."""
     wrapped = torch.remainder(phases, 2 * math.pi)
-    wrapped[..., m:m + n] = phases[..., m:m + n].clamp(0.0, math.pi)
     step = noise.dac_step
     return wrapped if step is None else torch.round(wrapped / step) * step
 

@@ -1,0 +1,299 @@
+"""The photonic backend: MZI-mesh decompositions, the chip's non-idealities, both training modes."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwsim.backends import create_backend
+from hwsim.backends.photonic.chip import (ChipState, Tiling, actual_phases, commanded, core_matrix, encode_blocks,
+                                          imbalanced_mzi, matrix_core, neighbours, realise)
+from hwsim.backends.photonic.mesh import clements_decompose, clements_reconstruct, layout, mzi_transfer
+from hwsim.backends.photonic.noise import Noise, build_noise
+from hwsim.build import build_backend, build_network
+from hwsim.config import BackendConfig, ConfigError, load_config
+from hwsim.model import Activation, Linear, Network, TTLinear
+from hwsim.objective import BatchObjective
+from hwsim.tt import TTShape
+from hwsim.zo import RGE
+
+F64 = torch.float64
+
+
+def haar_unitary(n, batch, gen, real):
+    """Haar-random unitaries (complex) or orthogonal matrices (real), (batch, n, n)."""
+    if real:
+        a = torch.randn(batch, n, n, generator=gen, dtype=F64)
+    else:
+        a = torch.complex(torch.randn(batch, n, n, generator=gen, dtype=F64), torch.randn(batch, n, n, generator=gen, dtype=F64))
+    q, r = torch.linalg.qr(a)
+    d = torch.diagonal(r, dim1=-2, dim2=-1)
+    return q * (d / d.abs())[..., None, :]
+
+
+@pytest.mark.parametrize("name", ["clements", "reck"])
+@pytest.mark.parametrize("real", [True, False])
+@pytest.mark.parametrize("n", range(2, 17))
+def test_decomposition_round_trip(name, real, n):
+    gen = torch.Generator().manual_seed(n)
+    u = haar_unitary(n, 3, gen, real)
+    phases = clements_decompose(u, name)
+    if real:
+        theta, signs = phases
+        back = clements_reconstruct(theta, signs, name=name)
+        assert set(signs.unique().tolist()) <= {-1.0, 1.0}
+    else:
+        theta, phi, alpha = phases
+        back = clements_reconstruct(theta, alpha, phi, name=name)
+    assert theta.shape == (3, n * (n - 1) // 2)
+    assert (back - u).abs().max() < 1e-10
+
+
+def test_layouts():
+    for n in (2, 5, 8):
+        lay = layout(n)
+        assert lay.size == n * (n - 1) // 2 and lay.depth == (n if n > 2 else 1)
+        assert all(m % 2 == c % 2 for m, c in zip(lay.modes, lay.columns))      # rectangular: alternating columns
+        assert layout(n, "reck").depth == max(1, 2 * n - 3)
+    with pytest.raises(ValueError, match="clements, reck"):
+        layout(4, "triangle")
+
+
+def test_decompose_rejects_non_unitary():
+    with pytest.raises(ValueError, match="not orthogonal"):
+        clements_decompose(torch.randn(4, 4, dtype=F64))
+
+
+def test_mzi_convention():
+    theta, phi = torch.tensor(0.3, dtype=F64), torch.tensor(1.1, dtype=F64)
+    t = mzi_transfer(theta, phi)
+    c, s, e = math.cos(0.3), math.sin(0.3), complex(math.cos(1.1), math.sin(1.1))
+    assert torch.allclose(t, torch.tensor([[e * c, -s], [e * s, c]], dtype=torch.complex128))
+    assert torch.allclose(mzi_transfer(theta), torch.tensor([[c, -s], [s, c]], dtype=F64))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 20), st.integers(1, 20), st.integers(0, 2 ** 31))
+def test_blocks_round_trip(rows, cols, seed):
+    """Any matrix, tiled into 8x8 blocks and encoded to phases, comes back on an ideal chip."""
+    gen = torch.Generator().manual_seed(seed)
+    mat = torch.randn(rows, cols, generator=gen, dtype=F64)
+    tiling = Tiling(rows, cols, 8)
+    assert torch.equal(tiling.join(tiling.split(mat)), mat)
+    lay = layout(8)
+    phases, gains, signs = encode_blocks(tiling.split(mat), lay)
+    assert phases.shape == (tiling.blocks, 64)
+    back = tiling.join(realise(phases, gains, signs, lay, Noise()))
+    assert (back - mat).abs().max() < 1e-10
+
+
+def test_core_matrix_inverse():
+    core = torch.randn(2, 3, 4, 5, dtype=F64)
+    mat = core_matrix(core)
+    assert mat.shape == (4 * 5, 2 * 3)
+    assert torch.equal(matrix_core(mat, (2, 3, 4, 5)), core)
+
+
+# --- non-idealities, one at a time -------------------------------------------------------------------
+def _state(noise, blocks=3, seed=0):
+    return ChipState(blocks, 8, noise, torch.Generator().manual_seed(seed))
+
+
+def _phases(blocks=3, seed=1):
+    p = torch.rand(blocks, 64, generator=torch.Generator().manual_seed(seed), dtype=F64) * math.pi
+    return p
+
+
+def test_every_noise_source_off_is_exact():
+    noise = Noise()
+    p = _phases()
+    assert torch.equal(actual_phases(p, 8, "clements", noise, _state(noise)), p)
+
+
+def test_dac_quantization():
+    noise = Noise(dac_bits=8)
+    p = _phases()
+    q = commanded(p, 8, noise)
+    step = 2 * math.pi / 255
+    assert torch.allclose(q / step, torch.round(q / step), atol=1e-9)
+    assert (q - p).abs().max() <= step / 2 + 1e-12
+
+
+def test_gamma_spread_and_crosstalk():
+    p = _phases()
+    g = Noise(gamma_spread=0.01)
+    st_g = _state(g)
+    assert torch.allclose(actual_phases(p, 8, "clements", g, st_g), p * st_g.gamma)
+    assert 0.005 < float((st_g.gamma - 1).std()) < 0.015
+    x = Noise(crosstalk=0.005)
+    adj = neighbours(8, "clements")
+    assert torch.equal(adj, adj.T) and adj.sum() > 0
+    assert torch.allclose(actual_phases(p, 8, "clements", x, _state(x)), p + 0.005 * p @ adj)
+
+
+def test_phase_error_scales_output_error():
+    """A phase bias of rms sigma moves a block's outputs proportionally to sigma (small sigma)."""
+    lay = layout(8)
+    p = _phases()
+    ones, signs = torch.ones(3, dtype=F64), torch.ones(3, 16, dtype=F64)
+    ideal = realise(p, ones, signs, lay, Noise())
+    errs = []
+    for sigma in (1e-3, 2e-3, 4e-3):
+        noise = Noise(phase_bias=sigma)
+        errs.append(float((realise(p, ones, signs, lay, noise, _state(noise)) - ideal).pow(2).mean().sqrt()))
+    assert errs[1] / errs[0] == pytest.approx(2, rel=0.02) and errs[2] / errs[1] == pytest.approx(2, rel=0.02)
+
+
+def test_insertion_loss_applies_to_power():
+    """Identity blocks: each mode's power drops by loss_dB per MZI on its path (Clements edges pass fewer)."""
+    lay = layout(8)
+    p = torch.zeros(1, 64, dtype=F64)                                  # all rotations 0, attenuators open
+    ones, signs = torch.ones(1, dtype=F64), torch.ones(1, 16, dtype=F64)
+    block = realise(p, ones, signs, lay, Noise(insertion_loss_db=0.2))[0]
+    passed = torch.tensor([sum(1 for m in lay.modes if j in (m, m + 1)) for j in range(8)], dtype=F64)
+    expected_power = 10 ** (-0.2 * (2 * passed + 1) / 10)
+    assert torch.allclose(torch.diagonal(block) ** 2, expected_power, atol=1e-12)
+    assert torch.allclose(block, torch.diag(torch.diagonal(block)))
+
+
+def test_splitter_imbalance_limits_extinction():
+    """An MZI with coupler errors e1, e2 is unitary, equals R(theta) at e = 0, and can no longer switch
+    fully: min |cross| = |sin(e1 + e2)|, min |bar| = |sin(e1 - e2)|."""
+    theta = torch.linspace(0, math.pi, 20001, dtype=F64)
+    assert torch.allclose(imbalanced_mzi(theta, torch.zeros(len(theta), 2, dtype=F64)), mzi_transfer(theta).to(torch.complex128))
+    eps = torch.tensor([0.02, 0.005], dtype=F64).expand(len(theta), 2)
+    t = imbalanced_mzi(theta, eps)
+    eye = torch.eye(2, dtype=torch.complex128)
+    assert torch.allclose(t @ t.mH, eye.expand_as(t), atol=1e-12)
+    assert float(t[:, 1, 0].abs().min()) == pytest.approx(math.sin(0.025), rel=1e-4)
+    assert float(t[:, 0, 0].abs().min()) == pytest.approx(math.sin(0.015), rel=1e-4)
+
+
+def test_drift_is_a_random_walk():
+    noise = Noise(drift=0.02)
+    state = _state(noise, blocks=200)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        state.advance(noise, 250, gen)
+    assert float(state.drift.std()) == pytest.approx(0.02, rel=0.05)       # 0.02 rad rms per 1,000 steps
+
+
+# --- the backend --------------------------------------------------------------------------------------
+def tt_net():
+    return Network([TTLinear(16, 12, True, TTShape.build(16, 12, 3, (4, 4), (3, 4))), Activation("relu"),
+                    Linear(12, 5)])
+
+
+def _backend(net, **options):
+    backend = create_backend("photonic", dtype="float64", **options)
+    backend.bind(net)
+    return backend
+
+
+@pytest.mark.parametrize("params", ["weights", "phases"])
+def test_ideal_chip_equals_ideal_backend(params):
+    net = tt_net()
+    theta = net.init_params(torch.Generator().manual_seed(0))
+    x = torch.randn(7, 16, dtype=F64)
+    ideal = create_backend("ideal", dtype="float64")
+    want = net.forward(ideal, net.space.unflatten(theta), x)
+    chip = _backend(net, params=params)
+    phases = chip.encode(theta)
+    got = net.forward(chip, chip.param_space(net).unflatten(phases), x)
+    assert (got - want).abs().max() < 1e-10
+    assert (chip.decode(phases) - theta).abs().max() < 1e-10
+    if params == "phases":
+        blocks = {e.name: e.shape for e in chip.param_space(net).entries}
+        assert blocks["0.core0"] == (Tiling(4 * 3, 1 * 4, 8).blocks, 64) and blocks["0.bias"] == (12,)
+    counts = chip.counters()
+    assert counts["detections"] == 7 * (12 + 5) and counts["modulator_symbols"] == 7 * (16 + 12)
+
+
+def test_read_out_noise_and_adc():
+    net = Network([Linear(16, 64, bias=False)])
+    theta = net.init_params(torch.Generator().manual_seed(0))
+    x = torch.randn(50, 16, dtype=F64)
+    clean = net.forward(_backend(net), net.space.unflatten(theta), x)
+    fs = float(clean.abs().max())
+    noisy = net.forward(_backend(net, noise={"thermal_noise": 0.01}), net.space.unflatten(theta), x)
+    assert float((noisy - clean).std()) == pytest.approx(0.01 * fs, rel=0.05)
+    adc = net.forward(_backend(net, noise={"adc_bits": 6}), net.space.unflatten(theta), x)
+    step = fs / 31
+    assert torch.allclose(adc / step, torch.round(adc / step), atol=1e-9)
+    assert (adc - clean).abs().max() <= step / 2 + 1e-12
+
+
+def test_same_chip_seed_same_numbers():
+    net = tt_net()
+    theta = net.init_params(torch.Generator().manual_seed(0))
+    x = torch.randn(5, 16, dtype=F64)
+    run = lambda seed: net.forward(_backend(net, noise="typical", chip_seed=seed), net.space.unflatten(theta), x)  # noqa: E731
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+def test_phase_domain_zo_step_lowers_the_loss():
+    """In-situ training: RGE over the phases (the host never decodes a weight) on a noisy chip."""
+    net = tt_net()
+    chip = _backend(net, params="phases", noise={"preset": "typical", "phase_bias": 0.0})
+    gen = torch.Generator().manual_seed(0)
+    phases = chip.encode(net.init_params(gen))
+    x, y = torch.randn(64, 16, dtype=F64), torch.randint(0, 5, (64,), generator=gen)
+    objective = BatchObjective(net, chip, x, y)
+    rge = RGE(chip.param_space(net), num_queries=20, mu=0.05)
+    loss0 = float(objective.losses(phases, phases.new_zeros(1, phases.numel()))[0])
+    opt_phases = torch.nn.Parameter(phases.clone())
+    opt = torch.optim.Adam([opt_phases], lr=0.02)
+    for _ in range(30):
+        opt_phases.grad = rge.estimate(objective, opt_phases.detach(), gen).grad
+        opt.step()
+        chip.project_(opt_phases.data)
+        chip.advance()
+    m = 8 * 7 // 2
+    s_phases = chip.param_space(net).unflatten(opt_phases.detach())["0.core0"][:, m:m + 8]
+    assert s_phases.min() >= 0 and s_phases.max() <= math.pi
+    assert float(objective.losses(opt_phases.detach(), phases.new_zeros(1, phases.numel()))[0]) < 0.9 * loss0
+
+
+def test_calibration_cancels_small_biases():
+    net = tt_net()
+    theta = net.init_params(torch.Generator().manual_seed(0))
+    x = torch.randn(20, 16, dtype=F64)
+    want = net.forward(_backend(net), net.space.unflatten(theta), x)
+    err = {}
+    for calibrate in (False, True):
+        chip = _backend(net, noise={"phase_bias": 0.2}, calibrate=calibrate)
+        err[calibrate] = float((net.forward(chip, net.space.unflatten(theta), x) - want).abs().max())
+    report = chip.calibrate()
+    assert report["rms_after"] < 1e-3 * report["rms_before"]
+    assert chip.counters()["calibration_queries"] > 0
+    assert err[True] < 1e-3 * err[False]
+
+
+def test_perturbation_below_dac_step_warns():
+    chip = create_backend("photonic", params="phases", noise="typical")
+    assert "DAC step" in chip.check_perturbation(0.001)
+    assert chip.check_perturbation(0.05) is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("backend.noise=loud", "backend.noise.preset: 'loud' is not allowed"),
+    ("backend.noise={preset: typical, hum: 1}", "unknown key 'hum'"),
+    ("backend.noise={dac_bits: 1}", "backend.noise.dac_bits: 1 is not allowed"),
+    ("backend.noise={drift: -1}", "backend.noise.drift: -1 is not allowed"),
+    ("backend.params=voltages", "backend.params: 'voltages' is not allowed"),
+    ("backend.mesh=star", "backend.mesh: 'star' is not allowed"),
+])
+def test_bad_options_name_the_key(override, message):
+    cfg = load_config("mnist_tt_zo", ["backend.name=photonic", override])
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("[", r"\[")):
+        build_backend(cfg.backend, build_network(cfg.model))
+
+
+def test_noise_presets():
+    assert build_noise("ideal") == Noise()
+    typical = build_noise("typical")
+    assert typical.dac_bits == 8 and typical.gamma_spread == 0.002 and typical.crosstalk == 0.005
+    assert build_noise({"preset": "typical", "phase_bias": 0.0}).phase_bias == 0.0
+    assert BackendConfig("photonic", {}).name == "photonic"
