@@ -22,7 +22,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_zo_step.py
 	$(BIN)/python benchmarks/bench_tt_linear.py
-	$(BIN)/python benchmarks/bench_fixed_step.py
+	$(BIN)/python benchmarks/bench_backend_step.py --chip fixed
+	$(BIN)/python benchmarks/bench_backend_step.py --chip photonic
 	$(BIN)/python benchmarks/bench_rtl.py
 
 clean:

@@ -37,7 +37,7 @@ def save(name: str, payload: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     write_json(path, {"machine": machine(), **payload})
-    print(json.dumps(payload, indent=2))
+    print(json.dumps({k: v for k, v in payload.items() if k != "rows"}, indent=2))
     print(f"wrote {path}")
     return path
 

@@ -35,8 +35,8 @@ CHIPS = {
     "pessimistic_fab": ["backend.noise={preset: pessimistic, phase_bias: 0.0}"],
     "drift": ["backend.noise={preset: typical, phase_bias: 0.0, drift: 0.5}"],
 }
-INSITU = ["backend.params=phases", "estimator.rge.mu=0.05", "optimizer.lr=0.002",
-          "optimizer.schedule={name: cosine, min_lr: 0.0001}", f"train.init={TRAINED}"]
+INSITU = ["backend.params=phases", "estimator.rge.mu=0.05", "optimizer.lr=0.0003",
+          "optimizer.schedule={name: cosine, min_lr: 0.00001}", f"train.init={TRAINED}"]
 
 
 def overrides(chip: str, steps: int) -> list[str]:

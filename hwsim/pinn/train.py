@@ -88,7 +88,7 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True,
         out_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(out_dir / "config.yaml", cfg.to_dict())
     baseline = errors(problem, problem.base(test_x), test_x)["rel_l2"]
-    log(f"hwsim pinn: {problem.name} in {problem.dim} dimensions, {network.trainable_params:,} trainable parameters "
+    log(f"hwsim pinn: {problem.name} in {problem.dim} dimensions, {backend.param_space(network).size:,} trainable parameters "
         f"({network.dense_params:,} dense), backend {backend.name}, estimator {cfg.estimator.name}, derivatives "
         f"{method} ({per_point} evaluations per point), {cfg.train.steps} steps of {cfg.pde.points} points; "
         f"untrained (N = 0) rel. L2 {100 * baseline:.2f} %\n" + network.describe())

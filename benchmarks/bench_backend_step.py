@@ -1,11 +1,12 @@
-"""The fixed backend's emulator against the ideal backend on the same work (MNIST TT model 784-256-10).
+"""A simulated chip against the ideal backend on the same work (MNIST TT model 784-256-10).
 
 Times, interleaved in one run: one ZO step of the default config (per-tensor RGE, N=10, batch 256) and
-one evaluation forward of 2,000 test images, on the ideal backend (float32) and on the fixed backend
-(8 bits, master float and master integer). Uses real MNIST rows and the trained ideal model when a
-params.pt is given (else the initial parameters). Writes benchmarks/results/fixed_step.json.
+one evaluation forward of 2,000 test images, on the ideal backend (float32) and on the backends of
+``--chip``: fixed (8 bits, master float and master integer) or photonic (typical noise; host-trained
+weights, decomposed at every forward, and in-situ phases). Uses real MNIST rows and the trained ideal
+model when a params.pt is given (else the initial parameters). Writes benchmarks/results/<chip>_step.json.
 
-    python benchmarks/bench_fixed_step.py [--params runs/mnist_tt_zo/params.pt] [--repeats 7]
+    python benchmarks/bench_backend_step.py --chip fixed|photonic [--params runs/mnist_tt_zo/params.pt] [--repeats 7]
 """
 from __future__ import annotations
 
@@ -21,13 +22,18 @@ from hwsim.config import load_config
 from hwsim.data import load_dataset
 from hwsim.objective import BatchObjective
 
-BACKENDS = {"ideal": [], "fixed_float8": ["backend.name=fixed", "backend.bits=8"],
-            "fixed_integer8": ["backend.name=fixed", "backend.bits=8", "backend.master=integer",
-                               "estimator.rge.mu=1"]}
+CHIPS = {
+    "fixed": {"fixed_float8": ["backend.name=fixed", "backend.bits=8"],
+              "fixed_integer8": ["backend.name=fixed", "backend.bits=8", "backend.master=integer", "estimator.rge.mu=1"]},
+    "photonic": {"photonic_weights": ["backend.name=photonic", "backend.noise=typical"],
+                 "photonic_phases": ["backend.name=photonic", "backend.noise=typical", "backend.params=phases",
+                                     "estimator.rge.mu=0.05"]},
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chip", choices=sorted(CHIPS), required=True)
     ap.add_argument("--params", help="params.pt of a trained mnist_tt_zo run")
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
@@ -35,7 +41,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data.train.y), generator=g)[:256]
     setups = {}
-    for name, overrides in BACKENDS.items():
+    for name, overrides in {"ideal": [], **CHIPS[args.chip]}.items():
         cfg = load_config("mnist_tt_zo", overrides)
         net = build_network(cfg.model)
         backend = build_backend(cfg.backend, net)
@@ -44,8 +50,8 @@ def main() -> None:
         x = torch.from_numpy(data.train.x[idx]).to(backend.data_dtype)
         y = torch.from_numpy(data.train.y[idx])
         xe = torch.from_numpy(data.test.x[:2000]).to(backend.data_dtype)
-        est = build_estimator(cfg.estimator, net.space, backend)
-        tensors = net.space.unflatten(theta)
+        est = build_estimator(cfg.estimator, backend.param_space(net), backend)
+        tensors = backend.param_space(net).unflatten(theta)
         setups[name] = {
             "step": lambda est=est, net=net, b=backend, x=x, y=y, t=theta: est.estimate(
                 BatchObjective(net, b, x, y), t, torch.Generator().manual_seed(1)),
@@ -66,7 +72,7 @@ def main() -> None:
               "seconds": median,
               "ratio_vs_ideal": {name: {k: round(v / median["ideal"][k], 2) for k, v in kinds.items()}
                                  for name, kinds in median.items() if name != "ideal"}}
-    save("fixed_step", result)
+    save(f"{args.chip}_step", result)
 
 
 if __name__ == "__main__":
