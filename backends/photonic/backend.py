@@ -14,7 +14,7 @@ ADC act on the layer output; biases are added electronically.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
