@@ -127,7 +127,7 @@ class PhotonicBackend(Backend):
         phases = self.options.block ** 2
         shapes = []
         for e in network.space.entries:
-            region = self._region(e.name)
+            region = self._regions.get(e.name)
             shapes.append((e.name, (region.tiling.blocks, phases) if region else e.shape))
         return ParamSpace(shapes)
 
@@ -161,7 +161,7 @@ class PhotonicBackend(Backend):
         n = self.options.block
         m = n * (n - 1) // 2
         for e in self.param_space(self._network).entries:
-            if self._region(e.name):
+            if self._regions.get(e.name):
                 view = theta[e.slice].view(e.shape)
                 view[:, m:m + n].clamp_(0.0, math.pi)
 
@@ -237,9 +237,6 @@ class PhotonicBackend(Backend):
         """MZIs of every weight tensor's blocks (n^2 per block), and the total."""
         per = {name: r.tiling.blocks * self.layout.n ** 2 for name, r in self._regions.items()}
         return {**per, "total": sum(per.values())}
-
-    def _region(self, name: str) -> Region | None:
-        return self._regions.get(name)
 
     def _bound(self):
         if self._network is None:

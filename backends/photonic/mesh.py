@@ -133,13 +133,14 @@ def mesh_matrix(lay: Layout, transfers: torch.Tensor, screen: torch.Tensor | Non
     return x if screen is None else screen.to(dtype)[..., :, None] * x
 
 
+def _column_groups(lay: Layout) -> tuple:
+    return _cached_groups(lay.n, lay.name)
+
+
 @lru_cache(maxsize=None)
-def _column_groups_cached(n: int, name: str) -> tuple:
+def _cached_groups(n: int, name: str) -> tuple:
+    """Layout.column_groups of the named layout, built once."""
     return tuple(layout(n, name).column_groups())
-
-
-def _column_groups(lay: Layout):
-    return _column_groups_cached(lay.n, lay.name)
 
 
 def clements_reconstruct(theta: torch.Tensor, screen: torch.Tensor, phi: torch.Tensor | None = None,

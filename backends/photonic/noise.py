@@ -54,11 +54,6 @@ class Noise:
         """Phase step of the DAC (rad), None when continuous."""
         return None if self.dac_bits is None else 2 * math.pi / (2 ** self.dac_bits - 1)
 
-    @property
-    def frozen(self) -> bool:
-        """Whether any per-chip random variation is on (needs a chip seed)."""
-        return bool(self.gamma_spread or self.phase_bias or self.splitter_imbalance)
-
 
 # PAPER.md section 6 gives DAC, gamma, V_pi, crosstalk, bias and drift; the loss, imbalance, detector and
 # ADC figures of "typical" are our assumptions of common silicon-photonics values (docs/photonic.md).
