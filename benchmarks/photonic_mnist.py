@@ -1,15 +1,18 @@
-"""The photonic deployment table of docs/results.md: the ideal-trained MNIST TT model (runs/mnist_tt_zo,
-`make run`) deployed on a simulated photonic chip under each noise preset, then trained in situ in the
-phase domain (BP-free: ZO perturbs the MZI phases, the host never sees a weight) on that chip.
+"""The photonic deployment table and plot of docs/results.md: the ideal-trained MNIST TT model
+(runs/mnist_tt_zo, `make run`) deployed on a simulated photonic chip, then trained in situ in the phase
+domain (BP-free: ZO perturbs the MZI phases, the host never sees a weight) on that chip.
 
     python benchmarks/photonic_mnist.py [--rows ...] [--steps 1000] [--collect]
 
 Rows: deploy_<chip> (test accuracy of the programmed weights, no training), insitu_<chip> (phase-domain
-RGE from the deployed phases, ``--steps`` steps; its deploy accuracy after the same drift is in
-"deployed_after_drift"). Chips: ideal, typical, typical_cal (biases calibrated from forward measurements
-first), typical_fab (typical with the fabrication bias already removed), pessimistic_fab, drift (typical_fab
-with a fast drift of 0.5 rad rms per 1,000 steps). Writes runs/photonic_mnist/<row>/ and
-benchmarks/results/photonic_mnist.json; resumable like hjb_table.py.
+RGE from the deployed phases for ``--steps`` steps; "deployed_curve" holds the untrained deployment's
+accuracy on the same chip as it drifts over the same steps). Every chip is gain-calibrated
+(``calibrate: gain``) so the layer outputs keep their scale despite the insertion loss. Chips: ideal,
+typical (PAPER.md's values: 1 rad fabrication bias, drift 0.02 rad), typical_fab (typical without the
+fabrication bias and drift: static errors only), pessimistic_fab (likewise), drift (typical_fab with a drift
+of 0.1 rad rms per 1,000 steps). Writes runs/photonic_mnist/<row>/, benchmarks/results/photonic_mnist.json
+and docs/img/photonic_mnist.png; resumable like hjb_table.py (rows may run in parallel processes: then
+finish with ``--collect``).
 """
 from __future__ import annotations
 
@@ -17,86 +20,136 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
+import matplotlib
 
-from common import RESULTS, finished_run, save
-from hwsim.build import build_backend, build_network
-from hwsim.config import load_config
-from hwsim.data import load_dataset
-from hwsim.report import markdown_table
-from hwsim.train import accuracy, train
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from common import RESULTS, finished_run, save  # noqa: E402
+from hwsim.build import build_backend, build_network  # noqa: E402
+from hwsim.config import load_config  # noqa: E402
+from hwsim.data import load_dataset  # noqa: E402
+from hwsim.report import markdown_table, save_figure  # noqa: E402
+from hwsim.train import accuracy, train  # noqa: E402
 
 TRAINED = "runs/mnist_tt_zo"          # `make run`
 CHIPS = {
-    "ideal": ["backend.noise=ideal"],
-    "typical": ["backend.noise=typical"],
-    "typical_cal": ["backend.noise=typical", "backend.calibrate=true"],
-    "typical_fab": ["backend.noise={preset: typical, phase_bias: 0.0}"],
-    "pessimistic_fab": ["backend.noise={preset: pessimistic, phase_bias: 0.0}"],
-    "drift": ["backend.noise={preset: typical, phase_bias: 0.0, drift: 0.5}"],
+    "ideal": "ideal",
+    "typical": "typical",
+    "typical_fab": "{preset: typical, phase_bias: 0.0, drift: 0.0}",
+    "pessimistic_fab": "{preset: pessimistic, phase_bias: 0.0, drift: 0.0}",
+    "drift": "{preset: typical, phase_bias: 0.0, drift: 0.1}",
 }
-INSITU = ["backend.params=phases", "estimator.rge.mu=0.05", "optimizer.lr=0.0003",
-          "optimizer.schedule={name: cosine, min_lr: 0.00001}", f"train.init={TRAINED}"]
+INSITU_CHIPS = [c for c in CHIPS if c != "ideal"]
+INSITU = ["backend.params=phases", "backend.calibrate=gain", "estimator.rge.mu=0.05", "optimizer.lr=0.002",
+          "optimizer.schedule={name: cosine, min_lr: 0.0001}", f"train.init={TRAINED}"]
+DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 
 
 def overrides(chip: str, steps: int) -> list[str]:
-    return (["backend.name=photonic"] + CHIPS[chip] + INSITU
+    return (["backend.name=photonic", f"backend.noise={CHIPS[chip]}"] + INSITU
             + [f"train.steps={steps}", f"train.eval_every={max(1, steps // 10)}"])
 
 
 @torch.no_grad()
-def deployed(chip: str, steps: int, drift_steps: int = 0) -> dict:
-    """Test accuracy of the trained weights programmed onto the chip (after ``drift_steps`` of drift)."""
+def deployed(chip: str, steps: int, checkpoints=(0,)) -> list[list]:
+    """[step, test accuracy] of the trained weights programmed onto the chip, at each checkpoint step of
+    drift (the chip advances one step at a time, so it drifts exactly as during in-situ training)."""
     cfg = load_config("mnist_tt_zo", overrides(chip, steps))
     data = load_dataset(cfg.data.name, cfg.data.path, cfg.data.val_size)
     network = build_network(cfg.model)
     backend = build_backend(cfg.backend, network)
     theta = backend.encode(backend.to_backend(torch.load(Path(TRAINED) / "params.pt")["theta"]))
-    backend.advance(drift_steps)
-    x = torch.from_numpy(data.test.x).to(backend.dtype)
-    acc = accuracy(network, backend, theta, x, torch.from_numpy(data.test.y), 1000)
-    return {"test_accuracy": acc, "counters": backend.counters()}
+    x, y = torch.from_numpy(data.test.x).to(backend.dtype), torch.from_numpy(data.test.y)
+    curve, done = [], 0
+    for step in checkpoints:
+        for _ in range(step - done):
+            backend.advance()
+        done = step
+        curve.append([step, accuracy(network, backend, theta, x, y, 1000)])
+    return curve
 
 
 def main() -> None:
-    rows = [f"{kind}_{chip}" for kind in ("deploy", "insitu") for chip in CHIPS]
+    rows = [f"deploy_{c}" for c in CHIPS] + [f"insitu_{c}" for c in INSITU_CHIPS]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", nargs="+", choices=rows, default=rows)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--out", default="runs/photonic_mnist")
-    ap.add_argument("--collect", action="store_true")
+    ap.add_argument("--collect", action="store_true", help="only gather finished rows, train nothing")
     args = ap.parse_args()
     if not (Path(TRAINED) / "params.pt").is_file():
         raise SystemExit(f"{TRAINED}/params.pt is missing: run `make run` first")
     path = RESULTS / "photonic_mnist.json"
-    previous = {r["row"]: r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
-    results = dict(previous)
+    stored_rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    previous = {r["row"]: r for r in stored_rows if r["row"] in rows}
+    results = {}
     for name in args.rows:
         kind, chip = name.split("_", 1)
         ov = overrides(chip, args.steps)
+        stored = previous.get(name) if previous.get(name, {}).get("overrides") == ov else None
         if kind == "deploy":
-            if name in previous and args.collect:
-                continue
-            metrics = previous[name]["metrics"] if name in previous and previous[name]["overrides"] == ov else None
-            metrics = metrics or deployed(chip, args.steps)
+            metrics = stored["metrics"] if stored else None
+            if metrics is None and not args.collect:
+                metrics = {"test_accuracy": deployed(chip, args.steps)[0][1]}
         else:
             out = Path(args.out) / name
-            metrics = finished_run("mnist_tt_zo", ov, out, previous.get(name))
-            if metrics is None and args.collect:
-                continue
-            if metrics is None:
+            metrics = finished_run("mnist_tt_zo", ov, out, stored)
+            if metrics is None and not args.collect:
                 metrics = train(load_config("mnist_tt_zo", ov), out, progress=False,
                                 log=lambda s: print(f"{name}: {s.splitlines()[0]}", flush=True))
-                metrics["deployed_after_drift"] = deployed(chip, args.steps, args.steps)["test_accuracy"]
+            if metrics is not None and "deployed_curve" not in metrics:
+                metrics["deployed_curve"] = deployed(chip, args.steps, range(0, args.steps + 1, max(1, args.steps // 10)))
+        if metrics is None:
+            continue
         print(f"{name}: {100 * metrics['test_accuracy']:.2f} %", flush=True)
         results[name] = {"row": name, "overrides": ov, "config": load_config("mnist_tt_zo", ov).to_dict(),
                          "metrics": metrics}
-        save("photonic_mnist", {"command": "python benchmarks/photonic_mnist.py", "rows": list(results.values())})
-    table = [{"row": r["row"], "acc": 100 * r["metrics"]["test_accuracy"],
-              "drifted": 100 * r["metrics"]["deployed_after_drift"] if "deployed_after_drift" in r["metrics"] else "",
-              "wall": r["metrics"].get("wall_s", "")} for r in results.values()]
-    print(markdown_table(table, [("row", "row"), ("acc", "test acc %"), ("drifted", "deployed, same drift %"),
-                                 ("wall", "wall s")]))
+        save("photonic_mnist", {"command": "python benchmarks/photonic_mnist.py",
+                                "rows": list({**previous, **results}.values())})
+    report(results, Path(args.out))
+
+
+def report(results: dict, out: Path) -> None:
+    """The markdown table (printed) and docs/img/photonic_mnist.png: (a) deployed and (b) trained in situ
+    per chip, (c) test accuracy while the chip drifts, with and without in-situ training."""
+    table = []
+    for chip in CHIPS:
+        dep, ins = results.get(f"deploy_{chip}"), results.get(f"insitu_{chip}")
+        table.append({"chip": chip, "deployed": 100 * dep["metrics"]["test_accuracy"] if dep else "",
+                      "insitu": 100 * ins["metrics"]["test_accuracy"] if ins else "",
+                      "drifted": 100 * ins["metrics"]["deployed_curve"][-1][1] if ins else "",
+                      "wall": ins["metrics"]["wall_s"] if ins else ""})
+    print(markdown_table(table, [("chip", "chip"), ("deployed", "(a) deployed %"),
+                                 ("insitu", "(b) after in-situ training %"),
+                                 ("drifted", "deployed, after the same drift %"), ("wall", "in-situ wall s")]))
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
+    xs = range(len(table))
+    bars.bar([x - 0.2 for x in xs], [r["deployed"] or 0 for r in table], 0.4, label="(a) deployed")
+    bars.bar([x + 0.2 for x in xs], [r["insitu"] or 0 for r in table], 0.4, label="(b) + in-situ training")
+    bars.set_xticks(list(xs), [r["chip"] for r in table], fontsize=8)
+    bars.set_ylabel("test accuracy (%)")
+    bars.legend(fontsize=8)
+    for chip in ("drift", "typical"):
+        row = results.get(f"insitu_{chip}")
+        if row is None:
+            continue
+        records = [json.loads(line) for line in (out / f"insitu_{chip}" / "metrics.jsonl").read_text().splitlines()]
+        line, = curves.plot([0] + [r["step"] for r in records],
+                            [100 * row["metrics"]["deployed_curve"][0][1]] + [100 * r["test_accuracy"] for r in records],
+                            marker="o", ms=3, label=f"{chip}: in-situ training")
+        curves.plot(*zip(*[(s, 100 * a) for s, a in row["metrics"]["deployed_curve"]]), ls="--",
+                    color=line.get_color(), label=f"{chip}: deployed, untrained")
+    curves.set_xlabel("optimizer steps (simulated time)")
+    curves.set_ylabel("test accuracy (%)")
+    curves.legend(fontsize=8)
+    for ax in (bars, curves):
+        ax.grid(alpha=0.3)
+    fig.suptitle("MNIST TT 784-256-10 on a simulated photonic chip (phase-domain BP-free training)")
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, DOCS_IMG / "photonic_mnist.png")
+
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ import torch
 from hwsim.backends.base import Backend, Capabilities
 from hwsim.backends.fixed.layer import dense_as_core
 from hwsim.backends.photonic import calibration
-from hwsim.backends.photonic.chip import (ChipState, Tiling, core_matrix, encode_blocks, matrix_core, realise)
+from hwsim.backends.photonic.chip import (ChipState, Tiling, commanded, core_matrix, encode_blocks, matrix_core, realise)
 from hwsim.backends.photonic.mesh import LAYOUTS, layout
 from hwsim.backends.photonic.noise import Noise, build_noise
 from hwsim.model import Linear, TTLinear
@@ -30,6 +30,7 @@ from hwsim.params import ParamSpace
 from hwsim.tt import to_dense
 
 PARAMS = ("weights", "phases")
+CALIBRATE = (False, "gain", True)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -55,8 +56,9 @@ class PhotonicBackend(Backend):
     class Options:
         """params: weights | phases; noise: a preset (ideal | typical | pessimistic) or a mapping
         {preset, <noise key>: value} (backends/photonic/noise.py); block: mesh size n; mesh: clements |
-        reck; chip_seed: draws the chip's frozen variations; calibrate: measure and cancel the phase
-        biases before use; dtype: float32 | float64 of the layer GEMM; symbol_rate_hz: modulator rate
+        reck; chip_seed: draws the chip's frozen variations; calibrate: false | gain (measure every block's
+        loss and cancel it with its electronic gain) | true (measure and cancel the phase biases and the loss)
+        before use; dtype: float32 | float64 of the layer GEMM; symbol_rate_hz: modulator rate
         (time counters)."""
 
         params: str = "weights"
@@ -64,7 +66,7 @@ class PhotonicBackend(Backend):
         block: int = 8
         mesh: str = "clements"
         chip_seed: int = 0
-        calibrate: bool = False
+        calibrate: bool | str = False
         dtype: str = "float32"
         symbol_rate_hz: float = 1e10
 
@@ -74,8 +76,9 @@ class PhotonicBackend(Backend):
             _check("dtype", self.dtype, tuple(DTYPES))
             if not isinstance(self.block, int) or not 2 <= self.block <= 64:
                 raise ValueError(f"backend.block: {self.block!r} is not allowed; use an integer mesh size in 2..64")
-            if not isinstance(self.calibrate, bool):
-                raise ValueError(f"backend.calibrate: {self.calibrate!r} is not allowed; use true or false")
+            if self.calibrate not in CALIBRATE or not isinstance(self.calibrate, (bool, str)):
+                raise ValueError(f"backend.calibrate: {self.calibrate!r} is not allowed; use false, gain (block "
+                                 f"gains only) or true (phase biases and gains)")
             if not self.symbol_rate_hz > 0:
                 raise ValueError(f"backend.symbol_rate_hz: {self.symbol_rate_hz!r} is not allowed; use a rate > 0")
             self.noise = build_noise(self.noise)
@@ -111,13 +114,14 @@ class PhotonicBackend(Backend):
                 name = f"{i}.{local}"
                 self._regions[name] = Region(name, shape, tiling, ChipState(tiling.blocks, n, self.noise, gen))
         if self.options.calibrate:
-            self.calibrate()
+            self.calibrate(self.options.calibrate)
 
-    def calibrate(self) -> dict:
-        """Estimate every shifter's phase bias from forward measurements of each block and cancel it;
-        returns the report of :func:`calibration.calibrate_biases` (queries are also counted)."""
-        report = calibration.calibrate_biases(list(self._regions.values()), self.layout, self.noise,
-                                              self._read_gen, self._read_out)
+    def calibrate(self, what: bool | str = True) -> dict:
+        """From forward measurements of each block, cancel every block's loss (``what="gain"``) or every
+        shifter's phase bias and the loss (True); returns the report of :func:`calibration.calibrate_gains`
+        or :func:`calibration.calibrate_biases` (queries are also counted)."""
+        routine = calibration.calibrate_gains if what == "gain" else calibration.calibrate_biases
+        report = routine(list(self._regions.values()), self.layout, self.noise, self._read_gen, self._read_out)
         self.count("calibration_queries", report["queries"])
         return report
 
@@ -132,7 +136,9 @@ class PhotonicBackend(Backend):
         return ParamSpace(shapes)
 
     def encode(self, theta: torch.Tensor) -> torch.Tensor:
-        """Float weights (d,) -> phases (phases mode; fixes every block's gain and output signs)."""
+        """Float weights (d,) -> phases (phases mode; fixes every block's gain and output signs). The phases
+        are the DAC settings programmed (wrapped, on the DAC grid), so that training starts in the middle of
+        a DAC level, not on a rounding edge where the smallest step flips the level."""
         if self.options.params == "weights":
             return theta
         space = self._bound().space
@@ -140,7 +146,7 @@ class PhotonicBackend(Backend):
         for name, region in self._regions.items():
             phases, region.gains, region.signs = encode_blocks(region.tiling.split(
                 core_matrix(_as_core(name, tensors[name]))), self.layout)
-            tensors[name] = phases.to(theta.dtype)
+            tensors[name] = commanded(phases, self.options.block, self.noise).to(theta.dtype)
         return self.param_space(self._network).flatten(tensors)
 
     def decode(self, theta: torch.Tensor) -> torch.Tensor:

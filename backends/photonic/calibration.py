@@ -1,11 +1,16 @@
-"""Phase-bias calibration from forward measurements only.
+"""Calibration of the chip from forward measurements only.
 
 Every block is measured at a few random phase settings by sending the n unit vectors through it (n
-queries per setting, all blocks of the chip in parallel) and reading the detectors. The host then fits,
-per block, the phase offsets b (n^2) and an amplitude scale c that make its ideal model
-c * block(commanded phases + b) match the measurements (Levenberg-Marquardt, finite-difference
-Jacobian on the host model). Afterwards every command is sent as phase - b and every gain divided by c,
-so fabrication bias, and on average the gamma spread, crosstalk and loss, are cancelled.
+queries per setting, all blocks of the chip in parallel) and reading the detectors.
+
+- :func:`calibrate_gains` (``calibrate: gain``) compares the measured power with the host model's and sets
+  every block's electronic gain to cancel the block's loss (insertion loss, on average also gamma spread
+  and crosstalk). Phase biases hardly matter: a block's Frobenius norm ||U S V|| = ||S|| does not depend on
+  the mesh phases, and cos^2 of a uniformly random attenuator phase has mean 1/2 whatever its bias.
+- :func:`calibrate_biases` (``calibrate: true``) fits, per block, the phase offsets b (n^2) and an
+  amplitude scale c that make its ideal model c * block(commanded phases + b) match the measurements
+  (Levenberg-Marquardt, finite-difference Jacobian on the host model). Afterwards every command is sent as
+  phase - b and every gain divided by c, so fabrication bias is cancelled as well as the loss.
 """
 from __future__ import annotations
 
@@ -23,26 +28,31 @@ STARTS = 2            # Levenberg-Marquardt runs per block (one from 0, one rand
 STEP = 1e-6           # finite-difference step of the Jacobian (rad)
 
 
+def calibrate_gains(regions, lay: Layout, noise: Noise, generator: torch.Generator, read_out) -> dict:
+    """Set every block's gain correction (chip.Region.state.gain) in place; returns {"queries": probe
+    vectors sent, "loss_db": the mean measured block loss in dB on power}."""
+    queries, losses = 0, []
+    for region in regions:
+        target, measured = _measure(region.state, lay, noise, generator, read_out)
+        ones = torch.ones(target.shape[1], dtype=torch.float64)
+        model = optics(target, ones, _signs(target, lay), lay, Noise())
+        ratio = (measured.pow(2).sum((0, 2, 3)) / model.pow(2).sum((0, 2, 3))).sqrt()
+        region.state.gain.copy_(1.0 / ratio)
+        queries += SETTINGS * lay.n
+        losses.append(-20 * torch.log10(ratio))
+    return {"queries": queries, "loss_db": float(torch.cat(losses).mean()) if losses else 0.0}
+
+
 def calibrate_biases(regions, lay: Layout, noise: Noise, generator: torch.Generator, read_out) -> dict:
     """Calibrate every region (chip.Region) in place; returns {"queries": probe vectors sent,
     "rms_before"/"rms_after": rms of the bias error (rad) before and after, per the simulator's truth}."""
     queries, before, after = 0, [], []
     for region in regions:
         state = region.state
-        blocks, p = state.bias.shape
-        n = lay.n
-        settings = torch.rand(SETTINGS, blocks, p, generator=generator, dtype=torch.float64) * 2 * math.pi
-        settings[..., n * (n - 1) // 2: n * (n - 1) // 2 + n] /= 2                   # attenuators in [0, pi]
-        ones, signs = torch.ones(blocks, dtype=torch.float64), torch.ones(blocks, 2 * n, dtype=torch.float64)
-        state.correction.zero_()
-        state.gain.fill_(1.0)
-        chip = realise(settings, ones, signs, lay, noise, state)                      # (S, blocks, n, n)
-        chip = chip.real if chip.is_complex() else chip
-        # column j of a block is its response to the unit vector e_j: read out like any layer output
-        measured = read_out(chip.transpose(-1, -2)).transpose(-1, -2)
-        queries += SETTINGS * n
-        target = commanded(settings, n, noise)
-        b, c = _fit(target, measured, ones, signs, lay, generator)
+        target, measured = _measure(state, lay, noise, generator, read_out)
+        ones = torch.ones(target.shape[1], dtype=torch.float64)
+        b, c = _fit(target, measured, ones, _signs(target, lay), lay, generator)
+        queries += SETTINGS * lay.n
         truth = state.bias + state.drift
         before.append(truth)
         after.append(_wrap(truth - b))
@@ -50,6 +60,29 @@ def calibrate_biases(regions, lay: Layout, noise: Noise, generator: torch.Genera
         state.gain.copy_(1.0 / c)
     rms = lambda ts: float(torch.cat([t.flatten() for t in ts]).pow(2).mean().sqrt()) if ts else 0.0  # noqa: E731
     return {"queries": queries, "rms_before": rms(before), "rms_after": rms(after)}
+
+
+def _measure(state, lay: Layout, noise: Noise, generator: torch.Generator, read_out):
+    """Clear ``state``'s corrections, command SETTINGS random phase settings on all its blocks and read
+    each block's response to the n unit vectors. Returns (the phases commanded (S, blocks, n^2), the
+    measured matrices (S, blocks, n, n))."""
+    blocks, p = state.bias.shape
+    n = lay.n
+    settings = torch.rand(SETTINGS, blocks, p, generator=generator, dtype=torch.float64) * 2 * math.pi
+    settings[..., n * (n - 1) // 2: n * (n - 1) // 2 + n] /= 2                   # attenuators in [0, pi]
+    state.correction.zero_()
+    state.gain.fill_(1.0)
+    ones = torch.ones(blocks, dtype=torch.float64)
+    chip = realise(settings, ones, _signs(settings, lay), lay, noise, state)       # (S, blocks, n, n)
+    chip = chip.real if chip.is_complex() else chip
+    # column j of a block is its response to the unit vector e_j: read out like any layer output
+    measured = read_out(chip.transpose(-1, -2)).transpose(-1, -2)
+    return commanded(settings, n, noise), measured
+
+
+def _signs(settings: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """All-positive output screens (blocks, 2n) for settings (S, blocks, n^2)."""
+    return torch.ones(settings.shape[1], 2 * lay.n, dtype=torch.float64)
 
 
 def _fit(phases: torch.Tensor, measured: torch.Tensor, gains, signs, lay: Layout, generator: torch.Generator):

@@ -126,10 +126,15 @@ class ChipState:
 
 
 def commanded(phases: torch.Tensor, n: int, noise: Noise) -> torch.Tensor:
-    """What the DACs set: phases wrapped into [0, 2 pi) (the DAC range), rounded to the DAC grid."""
-    wrapped = torch.remainder(phases, 2 * math.pi)
+    """What the DACs set: phases wrapped into [-pi, pi] (push-pull shifters heat one arm or the other, so a
+    phase is signed and 0 means no heating; |phase| < pi is kept exactly) and rounded to the DAC grid of
+    2^bits - 1 levels k * step, |k| <= 2^(bits-1) - 1."""
+    wrapped = phases - 2 * math.pi * torch.round(phases / (2 * math.pi))
     step = noise.dac_step
-    return wrapped if step is None else torch.round(wrapped / step) * step
+    if step is None:
+        return wrapped
+    top = 2 ** (noise.dac_bits - 1) - 1
+    return torch.round(wrapped / step).clamp(-top, top) * step
 
 
 def actual_phases(phases: torch.Tensor, n: int, name: str, noise: Noise, state: ChipState | None) -> torch.Tensor:

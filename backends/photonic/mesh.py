@@ -181,7 +181,7 @@ def clements_decompose(u: torch.Tensor, name: str = "clements"):
         if side == "right":
             a, b = x[..., row, m], x[..., row, m + 1]
             if real:
-                th = torch.atan2(a, b)
+                th = _half_atan2(a, b)
             else:
                 th, phi[..., k] = torch.atan2(a.abs(), b.abs()), torch.angle(a) - torch.angle(b)
             t = mzi_transfer(th, None if real else phi[..., k])
@@ -191,7 +191,7 @@ def clements_decompose(u: torch.Tensor, name: str = "clements"):
         else:
             a, b = x[..., m, col], x[..., m + 1, col]
             if real:
-                th = torch.atan2(-b, a)
+                th = _half_atan2(-b, a)
             else:
                 th, phi[..., k] = torch.atan2(b.abs(), a.abs()), torch.angle(b) - torch.angle(a) + math.pi
             t = mzi_transfer(th, None if real else phi[..., k])
@@ -218,6 +218,14 @@ def clements_decompose(u: torch.Tensor, name: str = "clements"):
     if real:
         return theta, d
     return theta, _wrap(phi[..., idx]), _wrap(alpha)
+
+
+def _half_atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The angle in [-pi/2, pi/2] with tan = y / x: either solution nulls the element, and this one keeps
+    real meshes' phases far from the +-pi wrap of the DACs (the other differs by pi: a -1 on two modes,
+    which the remaining nulling steps and the output signs absorb)."""
+    s = torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+    return torch.atan2(y * s, x * s)
 
 
 def _wrap(p: torch.Tensor) -> torch.Tensor:

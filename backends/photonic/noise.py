@@ -1,9 +1,9 @@
 """Non-idealities of the photonic chip, each configurable and off unless a preset or key turns it on.
 
 Phase path of every shifter (commanded phase -> phase the light sees):
-  wrap into [0, 2 pi) -> phase DAC (``dac_bits``,
-  step 2 pi / (2^bits - 1), PAPER.md section 6) -> heater law phase = gamma V^2 with a per-shifter gamma
-  spread (frozen per chip) -> thermal crosstalk (a fraction of each neighbour's heater phase) -> fabrication
+  wrap into [-pi, pi] (push-pull: a signed phase, 0 = no heating) -> phase DAC (``dac_bits``,
+  step 2 pi / (2^bits - 1), PAPER.md section 6) -> heater law |phase| = gamma V^2 with a per-shifter gamma
+  spread (frozen per chip) -> thermal crosstalk (a fraction of each neighbour's phase) -> fabrication
   bias U[-b, b] (frozen) -> drift (a random walk, ``drift`` rad rms per 1,000 optimizer steps).
 Optics: MZI insertion loss (dB on power, so amplitude 10^(-dB/20) per MZI passed) and beam-splitter
 imbalance (each coupler's splitting angle pi/4 + N(0, sigma^2), frozen). Read-out: photodetector thermal
