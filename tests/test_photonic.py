@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from hwsim.backends import create_backend
 from hwsim.backends.photonic.chip import (ChipState, Tiling, actual_phases, commanded, core_matrix, encode_blocks,
-                                          imbalanced_mzi, matrix_core, neighbours, realise)
+                                          imbalance_coefficients, imbalanced_mzi, matrix_core, neighbours, realise)
 from hwsim.backends.photonic.mesh import clements_decompose, clements_reconstruct, layout, mzi_transfer
 from hwsim.backends.photonic.noise import Noise, build_noise
 from hwsim.build import build_backend, build_network
@@ -162,13 +162,30 @@ def test_splitter_imbalance_limits_extinction():
     """An MZI with coupler errors e1, e2 is unitary, equals R(theta) at e = 0, and can no longer switch
     fully: min |cross| = |sin(e1 + e2)|, min |bar| = |sin(e1 - e2)|."""
     theta = torch.linspace(0, math.pi, 20001, dtype=F64)
-    assert torch.allclose(imbalanced_mzi(theta, torch.zeros(len(theta), 2, dtype=F64)), mzi_transfer(theta).to(torch.complex128))
+    balanced = imbalance_coefficients(torch.zeros(len(theta), 2, dtype=F64))
+    assert torch.allclose(imbalanced_mzi(theta, balanced), mzi_transfer(theta).to(torch.complex128))
     eps = torch.tensor([0.02, 0.005], dtype=F64).expand(len(theta), 2)
-    t = imbalanced_mzi(theta, eps)
+    t = imbalanced_mzi(theta, imbalance_coefficients(eps))
     eye = torch.eye(2, dtype=torch.complex128)
     assert torch.allclose(t @ t.mH, eye.expand_as(t), atol=1e-12)
     assert float(t[:, 1, 0].abs().min()) == pytest.approx(math.sin(0.025), rel=1e-4)
     assert float(t[:, 0, 0].abs().min()) == pytest.approx(math.sin(0.015), rel=1e-4)
+
+
+def test_imbalanced_mzi_is_the_coupler_product():
+    """The closed form a e^{i theta} + b e^{-i theta} is frame . B(pi/4 + e2) . P(theta) . B(pi/4 + e1)."""
+    gen = torch.Generator().manual_seed(0)
+    theta = 3 * torch.randn(50, generator=gen, dtype=F64)
+    eps = 0.1 * torch.randn(50, 2, generator=gen, dtype=F64)
+
+    def coupler(a):
+        c, s = torch.cos(a) + 0j, 1j * torch.sin(a)
+        return torch.stack([torch.stack([c, s], -1), torch.stack([s, c], -1)], -2)
+    e = torch.exp(1j * theta)
+    shifter = torch.diag_embed(torch.stack([e, e.conj()], -1))
+    frame = torch.tensor([[0, -1j], [-1j, 0]], dtype=torch.complex128)
+    want = frame @ coupler(math.pi / 4 + eps[:, 1]) @ shifter @ coupler(math.pi / 4 + eps[:, 0])
+    assert torch.allclose(imbalanced_mzi(theta, imbalance_coefficients(eps)), want, atol=1e-14)
 
 
 def test_drift_is_a_random_walk():

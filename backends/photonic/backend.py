@@ -188,8 +188,9 @@ class PhotonicBackend(Backend):
         i = self._layers.get(id(layer))
         if i is None:
             raise RuntimeError("the photonic backend is not bound to this network: call backend.bind(network) first")
-        cores = [self._program(f"{i}.{local}", params[local]) for local, _ in _core_shapes(layer)]
-        weight = to_dense(cores)
+        locals_ = [local for local, _ in _core_shapes(layer)]
+        regions = [self._regions[f"{i}.{local}"] for local in locals_]
+        weight = to_dense(self._program(regions, [params[local] for local in locals_]))
         weight = (weight.real if weight.is_complex() else weight).to(self.dtype)
         y = torch.matmul(x.to(self.dtype), weight.transpose(-1, -2))
         q = math.prod(y.shape[:-2])
@@ -198,7 +199,7 @@ class PhotonicBackend(Backend):
         if layer.bias:
             b = params["bias"].to(self.dtype)
             y = y + (b.unsqueeze(-2) if b.dim() > 1 else b)
-        shifters = sum(self._regions[f"{i}.{local}"].tiling.blocks for local, _ in _core_shapes(layer)) * self.layout.n ** 2
+        shifters = sum(r.tiling.blocks for r in regions) * self.layout.n ** 2
         seconds = rows / self.options.symbol_rate_hz
         self.count("phase_writes", shifters * q)
         self.count("modulator_symbols", q * rows * layer.in_features)
@@ -211,31 +212,47 @@ class PhotonicBackend(Backend):
         self.count("rows", q * rows)
         return y
 
-    def _program(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """The core (..., r, n, m, r') the chip realises for one parameter tensor (weights or phases)."""
-        region = self._regions[name]
-        tensor = _shared(tensor, 2 if self.options.params == "phases" else _param_dims(name))
-        if self.options.params == "weights":
-            phases, gains, signs = encode_blocks(region.tiling.split(core_matrix(_as_core(name, tensor))), self.layout)
-        else:
-            phases, gains, signs = tensor, region.gains, region.signs
-            if gains is None:
-                raise RuntimeError("params: phases needs the start weights programmed first: call backend.encode(theta)")
-        blocks = realise(phases, gains, signs, self.layout, self.noise, region.state)
-        return matrix_core(region.tiling.join(blocks), region.core_shape)
+    def _program(self, regions: list[Region], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The cores (..., r, n, m, r') the chip realises for a layer's parameter tensors (weights or
+        phases). Tensors with the same leading (query) axes are realised together, in one call."""
+        phases_mode = self.options.params == "phases"
+        groups: dict[tuple, list[int]] = {}
+        for k, (region, tensor) in enumerate(zip(regions, tensors)):
+            dims = 2 if phases_mode else _param_dims(region.name)
+            tensors[k] = tensor = _shared(tensor, dims)
+            groups.setdefault(tuple(tensor.shape[:tensor.dim() - dims]), []).append(k)
+        cores: list[torch.Tensor | None] = [None] * len(regions)
+        for group in groups.values():
+            members = [regions[k] for k in group]
+            if phases_mode:
+                if any(r.gains is None for r in members):
+                    raise RuntimeError("params: phases needs the start weights programmed first: call backend.encode(theta)")
+                phases = torch.cat([tensors[k] for k in group], -2)
+                gains = torch.cat([r.gains for r in members])
+                signs = torch.cat([r.signs for r in members])
+            else:
+                phases, gains, signs = encode_blocks(torch.cat([r.tiling.split(core_matrix(_as_core(r.name, tensors[k])))
+                                                                for k, r in zip(group, members)], -3), self.layout)
+            state = members[0].state if len(members) == 1 else ChipState.concat([r.state for r in members])
+            blocks = realise(phases, gains, signs, self.layout, self.noise, state)
+            for k, r, part in zip(group, members, blocks.split([r.tiling.blocks for r in members], -3)):
+                cores[k] = matrix_core(r.tiling.join(part), r.core_shape)
+        return cores
 
     def _read_out(self, y: torch.Tensor) -> torch.Tensor:
         """Photodetection and ADC of outputs (..., B, out); the full scale is each query's largest |y|."""
         nz = self.noise
         if not (nz.shot_noise or nz.thermal_noise or nz.adc_bits):
             return y
-        fs = y.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
-        if nz.shot_noise or nz.thermal_noise:
-            std = torch.sqrt((nz.thermal_noise * fs) ** 2 + nz.shot_noise ** 2 * fs * y.abs())
-            y = y + std * torch.randn(y.shape, generator=self._read_gen, dtype=y.dtype)
+        magnitude = y.abs()
+        fs = magnitude.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+        if nz.shot_noise or nz.thermal_noise:        # std = sqrt((thermal fs)^2 + shot^2 fs |y|), in place
+            std = magnitude.mul_(nz.shot_noise ** 2 * fs).add_((nz.thermal_noise * fs) ** 2).sqrt_()
+            y = y + std.mul_(torch.randn(y.shape, generator=self._read_gen, dtype=y.dtype))
         if nz.adc_bits:
-            step = fs / (2 ** (nz.adc_bits - 1) - 1)
-            y = (torch.round(y / step) * step).clamp(-fs, fs)
+            top = 2 ** (nz.adc_bits - 1) - 1
+            step = fs / top
+            y = y.div(step).round_().clamp_(-top, top).mul_(step)
         return y
 
     # --- reporting ---------------------------------------------------------------------------------

@@ -115,9 +115,19 @@ class ChipState:
         self.gamma = 1.0 + noise.gamma_spread * torch.randn(blocks, p, generator=generator, **f64)
         self.bias = noise.phase_bias * (2 * torch.rand(blocks, p, generator=generator, **f64) - 1)
         self.coupler = noise.splitter_imbalance * torch.randn(blocks, p, 2, generator=generator, **f64)
+        self.mzi = imbalance_coefficients(self.coupler)      # every MZI's (a, b), (blocks, p, 2, 2) each
         self.drift = torch.zeros(blocks, p, **f64)
         self.correction = torch.zeros(blocks, p, **f64)      # calibrated bias, subtracted from commands
         self.gain = torch.ones(blocks, **f64)                # calibrated gain factor of every block
+
+    @classmethod
+    def concat(cls, states: list["ChipState"]) -> "ChipState":
+        """The blocks of ``states`` as one state (copies, for reading: realise them in one call)."""
+        merged = cls.__new__(cls)
+        for name in ("gamma", "bias", "coupler", "drift", "correction", "gain"):
+            setattr(merged, name, torch.cat([getattr(s, name) for s in states]))
+        merged.mzi = tuple(torch.cat(parts) for parts in zip(*(s.mzi for s in states)))
+        return merged
 
     def advance(self, noise: Noise, steps: int, generator: torch.Generator) -> None:
         if noise.drift and steps:
@@ -150,18 +160,24 @@ def actual_phases(phases: torch.Tensor, n: int, name: str, noise: Noise, state: 
     return heater + state.bias + state.drift
 
 
-def imbalanced_mzi(theta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """The complex 2x2 (..., 2, 2) of an MZI of two couplers with splitting angles pi/4 + eps[..., 0|1]
-    around a push-pull shifter diag(e^{i theta}, e^{-i theta}), in the frame in which the ideal MZI is the
-    rotation R(theta): frame . B(pi/4) P(theta) B(pi/4) = R(theta), frame = -i diag(1, -1) R(-pi/2)."""
-    def coupler(a):
-        c, s = torch.cos(a).to(torch.complex128), 1j * torch.sin(a).to(torch.complex128)
-        return torch.stack([torch.stack([c, s], -1), torch.stack([s, c], -1)], -2)
-    e = torch.exp(1j * theta.to(torch.float64))
-    zero = torch.zeros_like(e)
-    shifter = torch.stack([torch.stack([e, zero], -1), torch.stack([zero, e.conj()], -1)], -2)
-    frame = torch.tensor([[0, -1j], [-1j, 0]], dtype=torch.complex128)     # -i Z R(-pi/2)
-    return frame @ coupler(math.pi / 4 + eps[..., 1]) @ shifter @ coupler(math.pi / 4 + eps[..., 0])
+def imbalance_coefficients(eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An MZI of two couplers with splitting angles pi/4 + eps[..., 0|1] around a push-pull shifter
+    diag(e^{i theta}, e^{-i theta}), in the frame in which the ideal MZI is the rotation R(theta)
+    (frame . B(pi/4) P(theta) B(pi/4) = R(theta), frame = -i diag(1, -1) R(-pi/2)), is
+    a e^{i theta} + b e^{-i theta}; returns the complex (a, b), each (..., 2, 2)."""
+    c1, s1 = torch.cos(math.pi / 4 + eps[..., 0]), torch.sin(math.pi / 4 + eps[..., 0])
+    c2, s2 = torch.cos(math.pi / 4 + eps[..., 1]), torch.sin(math.pi / 4 + eps[..., 1])
+    pair = lambda p, q, r, t: torch.stack([torch.stack([p, q], -1), torch.stack([r, t], -1)], -2)  # noqa: E731
+    a = pair(s2 * c1 + 0j, 1j * s1 * s2, -1j * c1 * c2, c2 * s1 + 0j)
+    b = pair(c2 * s1 + 0j, -1j * c1 * c2, 1j * s1 * s2, s2 * c1 + 0j)
+    return a, b
+
+
+def imbalanced_mzi(theta: torch.Tensor, coefficients: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The complex 2x2 (..., 2, 2) of imbalanced MZIs at phases theta (...), coefficients from
+    :func:`imbalance_coefficients`."""
+    e = torch.exp(1j * theta.to(torch.float64))[..., None, None]
+    return coefficients[0] * e + coefficients[1] * e.conj()
 
 
 def realise(phases: torch.Tensor, gains: torch.Tensor, signs: torch.Tensor, lay: Layout, noise: Noise,
@@ -183,10 +199,9 @@ def optics(act: torch.Tensor, gains: torch.Tensor, signs: torch.Tensor, lay: Lay
     theta_u, phi_s, theta_v = split_phases(act, n)
     amp = 10.0 ** (-noise.insertion_loss_db / 20.0)
     if noise.splitter_imbalance and state is not None:
-        cu, cs, cv = split_phases(state.coupler.transpose(-1, -2), n)        # (blocks, 2, .) each
-        t_u = imbalanced_mzi(theta_u, cu.transpose(-1, -2))
-        t_v = imbalanced_mzi(theta_v, cv.transpose(-1, -2))
-        s = imbalanced_mzi(phi_s, cs.transpose(-1, -2))[..., 0, 0]
+        t = imbalanced_mzi(act, state.mzi)                                    # (..., blocks, n^2, 2, 2)
+        m = n * (n - 1) // 2
+        t_u, s, t_v = t[..., :m, :, :], t[..., m:m + n, 0, 0], t[..., m + n:, :, :]
     else:
         t_u, t_v, s = mzi_transfer(theta_u), mzi_transfer(theta_v), torch.cos(phi_s)
     if amp != 1.0:

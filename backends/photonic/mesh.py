@@ -45,14 +45,6 @@ class Layout:
     def depth(self) -> int:
         return max(self.columns, default=-1) + 1
 
-    def column_groups(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per column: (positions k of its MZIs, their upper modes), as long tensors."""
-        out = []
-        for c in range(self.depth):
-            ks = [k for k, col in enumerate(self.columns) if col == c]
-            out.append((torch.tensor(ks), torch.tensor([self.modes[k] for k in ks])))
-        return out
-
 
 def _nulling_sequence(n: int, name: str) -> list[tuple[str, int, int, int]]:
     """The data-independent order in which a decomposition nulls entries: (side, mode, row, col);
@@ -117,30 +109,35 @@ def mesh_matrix(lay: Layout, transfers: torch.Tensor, screen: torch.Tensor | Non
     """The mesh's matrix D . T_M ... T_1 from per-MZI 2x2 transfers (..., M, 2, 2) in layout order and
     an optional output screen (..., n) (phases e^{i alpha} or signs). Returns (..., n, n).
 
-    One vectorised update per column: the MZIs of a column touch disjoint mode pairs."""
+    The MZIs of a column touch disjoint mode pairs, so each column is one n x n matrix (2x2 blocks, 1 on
+    idle modes), scattered in one indexed write; the column matrices are multiplied as a balanced tree."""
     lead = transfers.shape[:-3]
     dtype = transfers.dtype if screen is None else torch.promote_types(transfers.dtype, screen.dtype)
-    x = torch.eye(lay.n, dtype=dtype, device=transfers.device).expand(*lead, lay.n, lay.n)
-    for ks, ms in _column_groups(lay):
-        ks, ms = ks.to(transfers.device), ms.to(transfers.device)
-        t = transfers[..., ks, :, :].to(dtype)                       # (..., J, 2, 2)
-        top, bottom = x[..., ms, :], x[..., ms + 1, :]                # (..., J, n)
-        new_top = t[..., 0, 0, None] * top + t[..., 0, 1, None] * bottom
-        new_bottom = t[..., 1, 0, None] * top + t[..., 1, 1, None] * bottom
-        x = x.clone()
-        x[..., ms, :] = new_top
-        x[..., ms + 1, :] = new_bottom
+    pos, idle = _column_positions(lay.n, lay.name)
+    n, depth = lay.n, lay.depth
+    flat = torch.zeros(*lead, depth * n * n, dtype=dtype, device=transfers.device)
+    flat[..., idle.to(flat.device)] = 1
+    flat[..., pos.to(flat.device)] = transfers.to(dtype).flatten(-3)
+    x = flat.view(*lead, depth, n, n)
+    while x.shape[-3] > 1:                          # later columns act after (left of) earlier ones
+        odd = x[..., -1:, :, :] if x.shape[-3] % 2 else None
+        x = x[..., 1::2, :, :] @ x[..., 0:x.shape[-3] - 1:2, :, :]
+        x = x if odd is None else torch.cat([x, odd], -3)
+    x = x[..., 0, :, :]
     return x if screen is None else screen.to(dtype)[..., :, None] * x
 
 
-def _column_groups(lay: Layout) -> tuple:
-    return _cached_groups(lay.n, lay.name)
-
-
 @lru_cache(maxsize=None)
-def _cached_groups(n: int, name: str) -> tuple:
-    """Layout.column_groups of the named layout, built once."""
-    return tuple(layout(n, name).column_groups())
+def _column_positions(n: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices into (depth, n, n) column matrices: where MZI k's 2x2 entries go (M*4, in the order
+    of a (M, 2, 2) transfer tensor), and the diagonal entries of the modes no MZI of a column touches."""
+    lay = layout(n, name)
+    pos, busy = [], set()
+    for m, c in zip(lay.modes, lay.columns):
+        pos += [(c * n + r) * n + col for r in (m, m + 1) for col in (m, m + 1)]
+        busy |= {(c, m), (c, m + 1)}
+    idle = [(c * n + m) * n + m for c in range(lay.depth) for m in range(n) if (c, m) not in busy]
+    return torch.tensor(pos), torch.tensor(idle, dtype=torch.long)
 
 
 def clements_reconstruct(theta: torch.Tensor, screen: torch.Tensor, phi: torch.Tensor | None = None,
