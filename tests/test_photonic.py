@@ -228,6 +228,26 @@ def test_ideal_chip_equals_ideal_backend(params):
     assert counts["detections"] == 7 * (12 + 5) and counts["modulator_symbols"] == 7 * (16 + 12)
 
 
+@pytest.mark.parametrize("params", ["weights", "phases"])
+def test_a_layer_realised_together_equals_core_by_core(params):
+    """One realise call for all cores of a layer (the fast path) computes what each core's blocks do alone,
+    on a chip with every phase-path and optical non-ideality, also when only one core carries queries."""
+    net = tt_net()
+    theta = net.init_params(torch.Generator().manual_seed(0))
+    chip = _backend(net, params=params, noise={"preset": "typical", "phase_bias": 0.3, "drift": 0.5})
+    chip.advance(100)
+    tensors = chip.param_space(net).unflatten(chip.encode(theta))
+    names = ["0.core0", "0.core1"]
+    regions = [chip._regions[n] for n in names]
+    queried = tensors["0.core1"].expand(3, *tensors["0.core1"].shape) + 0.01 * torch.randn(
+        3, *tensors["0.core1"].shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    for pair in ([tensors["0.core0"], tensors["0.core1"]], [tensors["0.core0"], queried]):
+        together = chip._program(regions, list(pair))
+        alone = [chip._program([r], [t])[0] for r, t in zip(regions, pair)]
+        for a, b in zip(together, alone):
+            assert torch.equal(a, b)
+
+
 def test_read_out_noise_and_adc():
     net = Network([Linear(16, 64, bias=False)])
     theta = net.init_params(torch.Generator().manual_seed(0))
