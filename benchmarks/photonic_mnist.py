@@ -8,9 +8,9 @@ Rows: deploy_<chip> (test accuracy of the programmed weights, no training), insi
 RGE from the deployed phases for ``--steps`` steps; "deployed_curve" holds the untrained deployment's
 accuracy on the same chip as it drifts over the same steps). Every chip is gain-calibrated
 (``calibrate: gain``) so the layer outputs keep their scale despite the insertion loss. Chips: ideal,
-typical (PAPER.md's values: 1 rad fabrication bias, drift 0.02 rad), typical_fab (typical without the
-fabrication bias and drift: static errors only), pessimistic_fab (likewise), drift (typical_fab with a drift
-of 0.1 rad rms per 1,000 steps). Writes runs/photonic_mnist/<row>/, benchmarks/results/photonic_mnist.json
+typical (PAPER.md's values: 1 rad fabrication bias, drift 0.02 rad), pessimistic (likewise, drift 0.1 rad),
+typical_fab / pessimistic_fab (without the fabrication bias and the drift: static errors only), drift
+(typical_fab with a drift of 0.1 rad rms per 1,000 steps). Writes runs/photonic_mnist/<row>/, benchmarks/results/photonic_mnist.json
 and docs/img/photonic_mnist.png; resumable like hjb_table.py (rows may run in parallel processes: then
 finish with ``--collect``).
 """
@@ -37,6 +37,7 @@ TRAINED = "runs/mnist_tt_zo"          # `make run`
 CHIPS = {
     "ideal": "ideal",
     "typical": "typical",
+    "pessimistic": "pessimistic",
     "typical_fab": "{preset: typical, phase_bias: 0.0, drift: 0.0}",
     "pessimistic_fab": "{preset: pessimistic, phase_bias: 0.0, drift: 0.0}",
     "drift": "{preset: typical, phase_bias: 0.0, drift: 0.1}",
@@ -113,7 +114,8 @@ def main() -> None:
 
 def report(results: dict, out: Path) -> None:
     """The markdown table (printed) and docs/img/photonic_mnist.png: (a) deployed and (b) trained in situ
-    per chip, (c) test accuracy while the chip drifts, with and without in-situ training."""
+    per chip; (c) test accuracy over the steps of in-situ training, and of the untrained deployment on the
+    same (drifting) chip."""
     table = []
     for chip in CHIPS:
         dep, ins = results.get(f"deploy_{chip}"), results.get(f"insitu_{chip}")
@@ -131,7 +133,7 @@ def report(results: dict, out: Path) -> None:
     bars.set_xticks(list(xs), [r["chip"] for r in table], fontsize=8)
     bars.set_ylabel("test accuracy (%)")
     bars.legend(fontsize=8)
-    for chip in ("drift", "typical"):
+    for chip in INSITU_CHIPS:
         row = results.get(f"insitu_{chip}")
         if row is None:
             continue
@@ -140,7 +142,7 @@ def report(results: dict, out: Path) -> None:
                             [100 * row["metrics"]["deployed_curve"][0][1]] + [100 * r["test_accuracy"] for r in records],
                             marker="o", ms=3, label=f"{chip}: in-situ training")
         curves.plot(*zip(*[(s, 100 * a) for s, a in row["metrics"]["deployed_curve"]]), ls="--",
-                    color=line.get_color(), label=f"{chip}: deployed, untrained")
+                    color=line.get_color(), label=f"{chip}: deployed, untrained (drifting)")
     curves.set_xlabel("optimizer steps (simulated time)")
     curves.set_ylabel("test accuracy (%)")
     curves.legend(fontsize=8)
