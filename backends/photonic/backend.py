@@ -190,8 +190,10 @@ class PhotonicBackend(Backend):
             raise RuntimeError("the photonic backend is not bound to this network: call backend.bind(network) first")
         locals_ = [local for local, _ in _core_shapes(layer)]
         regions = [self._regions[f"{i}.{local}"] for local in locals_]
-        weight = to_dense(self._program(regions, [params[local] for local in locals_]))
-        weight = (weight.real if weight.is_complex() else weight).to(self.dtype)
+        cores = self._program(regions, [params[local] for local in locals_])      # float64 / complex128
+        precision = self.dtype if not cores[0].is_complex() else self.dtype.to_complex()
+        weight = to_dense([c.to(precision) for c in cores])                          # W in the GEMM's precision
+        weight = weight.real if weight.is_complex() else weight     # coherent detection reads the real part
         y = torch.matmul(x.to(self.dtype), weight.transpose(-1, -2))
         q = math.prod(y.shape[:-2])
         rows = x.shape[-2]
