@@ -218,11 +218,11 @@ class PhotonicBackend(Backend):
         """The cores (..., r, n, m, r') the chip realises for a layer's parameter tensors (weights or
         phases). Tensors with the same leading (query) axes are realised together, in one call."""
         phases_mode = self.options.params == "phases"
+        dims = [2 if phases_mode else _param_dims(r.name) for r in regions]
+        tensors = [_shared(t, d) for t, d in zip(tensors, dims)]
         groups: dict[tuple, list[int]] = {}
-        for k, (region, tensor) in enumerate(zip(regions, tensors)):
-            dims = 2 if phases_mode else _param_dims(region.name)
-            tensors[k] = tensor = _shared(tensor, dims)
-            groups.setdefault(tuple(tensor.shape[:tensor.dim() - dims]), []).append(k)
+        for k, (tensor, d) in enumerate(zip(tensors, dims)):
+            groups.setdefault(tuple(tensor.shape[:tensor.dim() - d]), []).append(k)
         cores: list[torch.Tensor | None] = [None] * len(regions)
         for group in groups.values():
             members = [regions[k] for k in group]
