@@ -77,8 +77,7 @@ def encode_blocks(blocks: torch.Tensor, lay: Layout) -> tuple[torch.Tensor, torc
     gain = s[..., 0]
     cos_s = s / gain.clamp_min(1e-300)[..., None]
     phi_s = torch.arccos(cos_s.clamp(-1.0, 1.0))
-    theta_u, sign_u = clements_decompose(u, lay.name)
-    theta_v, sign_v = clements_decompose(vh, lay.name)
+    (theta_u, theta_v), (sign_u, sign_v) = clements_decompose(torch.stack([u, vh]), lay.name)   # one pass
     return torch.cat([theta_u, phi_s, theta_v], -1), gain, torch.cat([sign_u, sign_v], -1)
 
 
