@@ -101,7 +101,8 @@ def main() -> None:
                 metrics = train(load_config("mnist_tt_zo", ov), out, progress=False,
                                 log=lambda s: print(f"{name}: {s.splitlines()[0]}", flush=True))
             if metrics is not None and "deployed_curve" not in metrics:
-                metrics["deployed_curve"] = deployed(chip, args.steps, range(0, args.steps + 1, max(1, args.steps // 10)))
+                metrics["deployed_curve"] = (stored["metrics"]["deployed_curve"] if stored else deployed(
+                    chip, args.steps, range(0, args.steps + 1, max(1, args.steps // 10))))
         if metrics is None:
             continue
         print(f"{name}: {100 * metrics['test_accuracy']:.2f} %", flush=True)
@@ -126,13 +127,16 @@ def report(results: dict, out: Path) -> None:
     print(markdown_table(table, [("chip", "chip"), ("deployed", "(a) deployed %"),
                                  ("insitu", "(b) after in-situ training %"),
                                  ("drifted", "deployed, after the same drift %"), ("wall", "in-situ wall s")]))
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(14, 4.8))
     xs = range(len(table))
-    bars.bar([x - 0.2 for x in xs], [r["deployed"] or 0 for r in table], 0.4, label="(a) deployed")
-    bars.bar([x + 0.2 for x in xs], [r["insitu"] or 0 for r in table], 0.4, label="(b) + in-situ training")
+    for offset, key, label in ((-0.27, "deployed", "(a) deployed"),
+                               (0.0, "drifted", "deployed, untrained, after the same drift"),
+                               (0.27, "insitu", "(b) after in-situ training")):
+        bars.bar([x + offset for x in xs], [r[key] or 0 for r in table], 0.27, label=label)
     bars.set_xticks(list(xs), [r["chip"] for r in table], fontsize=8)
     bars.set_ylabel("test accuracy (%)")
-    bars.legend(fontsize=8)
+    bars.set_ylim(0, 118)
+    bars.legend(fontsize=8, loc="upper center", ncol=2)
     for chip in INSITU_CHIPS:
         row = results.get(f"insitu_{chip}")
         if row is None:
@@ -142,10 +146,10 @@ def report(results: dict, out: Path) -> None:
                             [100 * row["metrics"]["deployed_curve"][0][1]] + [100 * r["test_accuracy"] for r in records],
                             marker="o", ms=3, label=f"{chip}: in-situ training")
         curves.plot(*zip(*[(s, 100 * a) for s, a in row["metrics"]["deployed_curve"]]), ls="--",
-                    color=line.get_color(), label=f"{chip}: deployed, untrained (drifting)")
+                    color=line.get_color(), label=f"{chip}: deployed, untrained")
     curves.set_xlabel("optimizer steps (simulated time)")
     curves.set_ylabel("test accuracy (%)")
-    curves.legend(fontsize=8)
+    curves.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     for ax in (bars, curves):
         ax.grid(alpha=0.3)
     fig.suptitle("MNIST TT 784-256-10 on a simulated photonic chip (phase-domain BP-free training)")
