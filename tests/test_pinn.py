@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 from hwsim.backends import create_backend
 from hwsim.cli import main
 from hwsim.config import ConfigError, PinnConfig, load_config
-from hwsim.model import Activation, Linear, Network
+from hwsim.model import Activation, Linear, Network, TTLinear
 from hwsim.pinn.derivatives import autodiff, finite_differences, stein_grid, stein_mc
 from hwsim.pinn.objective import AutodiffObjective, autodiff_loss, stencil_objective
 from hwsim.pinn.problems import HJB, Heat, build_problem
 from hwsim.pinn.sparse_grid import gauss_hermite_smolyak
+from hwsim.tt import TTShape
 
 
 def _gaussian_moment(powers) -> float:
@@ -171,6 +172,31 @@ def test_stencil_objective_batches_queries_exactly_like_one_at_a_time(gen):
         u = problem.ansatz(objective.loss.points, net.forward(backend, net.space.unflatten(t), objective.x)[..., 0])
         alone = problem.residual(stencil.combine(u)).pow(2).mean()
         torch.testing.assert_close(together[q], alone, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("start", [0, "last"])
+def test_split_first_layer_equals_every_point_through_the_network(gen, start):
+    """The ideal backend's sin(a + c) split of a TT first layer gives the losses of the plain evaluation
+    (the fixed backend, not exactly linear, evaluates every point), with the first layer's tensors
+    perturbed per query or shared by all queries."""
+    problem, backend = HJB(3), create_backend("ideal", dtype="float64")
+    net = Network([TTLinear(4, 8, True, TTShape.build(4, 8, 2, (2, 2), (2, 4))), Activation("sin"),
+                   Linear(8, 8), Activation("sin"), Linear(8, 1)], init_gain=1.0)
+    backend.bind(net)
+    theta = net.init_params(gen)
+    x = problem.sample(5, gen)
+    stencil = stein_grid(problem.inputs, 0.1, 3)
+    first = 0 if start == 0 else net.space.entries[-1].offset
+    deltas = 0.01 * torch.randn(4, net.space.size - first, generator=gen, dtype=torch.float64)
+    split = stencil_objective(net, backend, problem, stencil, x, chunk_elements=1000)
+    plain = stencil_objective(net, backend, problem, stencil, x, chunk_elements=1000)
+    plain.split_rows = None
+    assert split.split_rows is not None
+    torch.testing.assert_close(split.losses(theta, deltas, first), plain.losses(theta, deltas, first),
+                               rtol=1e-12, atol=1e-15)
+    fixed = create_backend("fixed", bits=16)
+    fixed.bind(net)
+    assert stencil_objective(net, fixed, problem, stencil, x, chunk_elements=1000).split_rows is None
 
 
 def test_autodiff_objective_keeps_every_query_its_own_input_gradient(gen):
