@@ -75,8 +75,8 @@ class StencilObjective(BatchObjective):
         b, k = self.sizes
         pre = self.network.forward(self.backend, tensors, self.split_rows, queries, batched, stop=1)
         a, c = pre[..., :b, :], pre[..., b:b + k, :] - pre[..., b + k:, :]            # (Q?, B | K, H)
-        h = (torch.sin(a)[..., :, None, :] * torch.cos(c)[..., None, :, :]
-             + torch.cos(a)[..., :, None, :] * torch.sin(c)[..., None, :, :])          # (Q?, B, K, H)
+        h = torch.sin(a)[..., :, None, :] * torch.cos(c)[..., None, :, :]            # (Q?, B, K, H)
+        h.addcmul_(torch.cos(a)[..., :, None, :], torch.sin(c)[..., None, :, :])
         self.backend.count("activation_sin", 2 * (a.numel() + c.numel()))
         h = h.reshape(*h.shape[:-3], b * k, h.shape[-1])
         return self.loss(self.network.forward(self.backend, tensors, h, queries, batched, start=2))
