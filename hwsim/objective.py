@@ -49,6 +49,10 @@ class BatchObjective:
         self.queries += len(deltas)
         return torch.cat(out) if out else deltas.new_zeros(0)
 
+    def loss_at(self, theta: torch.Tensor) -> torch.Tensor:
+        """The loss (scalar) at theta (d,), differentiable in theta when it requires grad (FO training)."""
+        return self._forward(self.space.unflatten(theta), None, set())
+
     def coordinate_losses(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor:
         """Losses (J,) at theta + h * e_j for every coordinate j in idx (J,).
 

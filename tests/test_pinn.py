@@ -13,7 +13,7 @@ from hwsim.cli import main
 from hwsim.config import ConfigError, PinnConfig, load_config
 from hwsim.model import Activation, Linear, Network, TTLinear
 from hwsim.pinn.derivatives import autodiff, finite_differences, stein_grid, stein_mc
-from hwsim.pinn.objective import AutodiffObjective, autodiff_loss, stencil_objective
+from hwsim.pinn.objective import BLOCK_SHARE, AutodiffObjective, StencilLoss, autodiff_loss, stencil_objective
 from hwsim.pinn.problems import HJB, Heat, build_problem
 from hwsim.pinn.sparse_grid import gauss_hermite_smolyak
 from hwsim.tt import TTShape
@@ -175,10 +175,12 @@ def test_stencil_objective_batches_queries_exactly_like_one_at_a_time(gen):
 
 
 @pytest.mark.parametrize("start", [0, "last"])
-def test_split_first_layer_equals_every_point_through_the_network(gen, start):
-    """The ideal backend's sin(a + c) split of a TT first layer gives the losses of the plain evaluation
-    (the fixed backend, not exactly linear, evaluates every point), with the first layer's tensors
-    perturbed per query or shared by all queries."""
+@pytest.mark.parametrize("block", [1, 2, 5])
+def test_split_and_blocked_losses_equal_every_point_through_the_network(gen, start, block):
+    """The ideal backend's sin(a + c) split of a TT first layer, on blocks of points (2 does not divide
+    B = 5), gives the losses of all stencil points through the network at once, with the first layer's
+    tensors perturbed per query or shared; so does the plain blocked evaluation (what the fixed backend,
+    not exactly linear, runs); and the FO loss and its gradient equal the unblocked ones."""
     problem, backend = HJB(3), create_backend("ideal", dtype="float64")
     net = Network([TTLinear(4, 8, True, TTShape.build(4, 8, 2, (2, 2), (2, 4))), Activation("sin"),
                    Linear(8, 8), Activation("sin"), Linear(8, 1)], init_gain=1.0)
@@ -188,12 +190,23 @@ def test_split_first_layer_equals_every_point_through_the_network(gen, start):
     stencil = stein_grid(problem.inputs, 0.1, 3)
     first = 0 if start == 0 else net.space.entries[-1].offset
     deltas = 0.01 * torch.randn(4, net.space.size - first, generator=gen, dtype=torch.float64)
-    split = stencil_objective(net, backend, problem, stencil, x, chunk_elements=1000)
-    plain = stencil_objective(net, backend, problem, stencil, x, chunk_elements=1000)
+    loss = StencilLoss(problem, stencil, x)
+    want = torch.stack([loss(net.forward(backend, net.space.unflatten(torch.cat([theta[:first], theta[first:] + d])),
+                                         loss.points)) for d in deltas])
+    chunk = BLOCK_SHARE * stencil.size * 8 * block
+    split = stencil_objective(net, backend, problem, stencil, x, chunk_elements=chunk)
+    plain = stencil_objective(net, backend, problem, stencil, x, chunk_elements=chunk)
     plain.split_rows = None
-    assert split.split_rows is not None
-    torch.testing.assert_close(split.losses(theta, deltas, first), plain.losses(theta, deltas, first),
-                               rtol=1e-12, atol=1e-15)
+    assert split.split_rows is not None and split.block == block
+    for objective in (split, plain):
+        torch.testing.assert_close(objective.losses(theta, deltas, first), want, rtol=1e-12, atol=1e-15)
+    at = theta.clone().requires_grad_(True)
+    blocked = split.loss_at(at)
+    grad, = torch.autograd.grad(blocked, at)
+    ref = theta.clone().requires_grad_(True)
+    whole = loss(net.forward(backend, net.space.unflatten(ref), loss.points))
+    torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grad, torch.autograd.grad(whole, ref)[0], rtol=1e-10, atol=1e-13)
     fixed = create_backend("fixed", bits=16)
     fixed.bind(net)
     assert stencil_objective(net, fixed, problem, stencil, x, chunk_elements=1000).split_rows is None

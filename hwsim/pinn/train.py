@@ -104,7 +104,7 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True,
             stencil = make_stencil(cfg.pde.derivatives, problem.inputs, gen)
         optimizer.zero_grad(set_to_none=True)
         if estimator is None:
-            loss = _fo_loss(network, backend, problem, stencil, theta, x)
+            loss = _fo_loss(network, backend, problem, stencil, theta, x, cfg.estimator.chunk_elements)
             loss.backward()
             queries, loss_value = queries + 1, float(loss.detach())
         else:
@@ -162,14 +162,13 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True,
 
 
 def _fo_loss(network, backend, problem: Problem, stencil: Stencil | None, theta: torch.Tensor,
-             x: torch.Tensor) -> torch.Tensor:
+             x: torch.Tensor, chunk_elements: int) -> torch.Tensor:
     """The residual loss at theta with the graph to theta kept (FO baseline)."""
-    tensors = backend.param_space(network).unflatten(theta)
-    net = lambda p: network.forward(backend, tensors, p.to(backend.device, backend.data_dtype))  # noqa: E731
     if stencil is None:
+        tensors = backend.param_space(network).unflatten(theta)
+        net = lambda p: network.forward(backend, tensors, p.to(backend.device, backend.data_dtype))  # noqa: E731
         return autodiff_loss(problem, net, x.to(backend.device, backend.data_dtype))
-    objective = stencil_objective(network, backend, problem, stencil, x, 1)
-    return objective.loss(net(objective.x))
+    return stencil_objective(network, backend, problem, stencil, x, chunk_elements).loss_at(theta)
 
 
 def _plots(out_dir: Path, records: list[dict], network, backend, problem: Problem, theta: torch.Tensor,
