@@ -1,8 +1,8 @@
 """The HJB-20 table of PAPER.md section 5: {autodiff, finite differences, MC Stein, sparse-grid Stein} x
 {FO, ZO} x {dense, TT}, each a `hwsim pinn` run of the CPU-sized configs (21-64-64-1) with only the
 derivative method, the estimator and the layers changed; rel. L2 error, error of the learned part,
-forward evaluations and wall time. Writes runs/hjb_table/<row>/, benchmarks/results/hjb_table.json and
-prints a markdown table.
+forward evaluations, wall time and the spread of the error over the last quarter of the steps.
+Writes runs/hjb_table/<row>/, benchmarks/results/hjb_table.json and prints a markdown table.
 
     python benchmarks/hjb_table.py [--rows zo_tt_sg fo_tt_sg ...] [--set train.steps=600] [--collect]
 
@@ -34,6 +34,17 @@ def all_rows() -> dict[str, tuple[str, list[str]]]:
             for est in ("fo", "zo") for model in ("tt", "dense") for m, method in METHODS.items()}
 
 
+def late_rel_l2(jsonl: Path) -> dict | None:
+    """min, mean and max of rel. L2 over the evaluations of the last quarter of a run's steps (its
+    metrics.jsonl; None if absent): how much the final figure depends on where the run stopped."""
+    if not jsonl.is_file():
+        return None
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    last = records[-1]["step"]
+    late = [r["rel_l2"] for r in records if r["step"] > 0.75 * last]
+    return {"min": min(late), "mean": sum(late) / len(late), "max": max(late)}
+
+
 def main() -> None:
     rows = all_rows()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -55,15 +66,20 @@ def main() -> None:
         if metrics is None:
             metrics = pinn(load_config(config, overrides, PinnConfig), out, progress=False,
                            log=lambda s: print(f"{name}: {s.splitlines()[0]}", flush=True))
+        late = late_rel_l2(out / "metrics.jsonl") or (previous.get(name) or {}).get("late_rel_l2")
         results[name] = {"row": name, "config_name": config, "overrides": overrides,
-                         "config": load_config(config, overrides, PinnConfig).to_dict(), "metrics": metrics}
+                         "config": load_config(config, overrides, PinnConfig).to_dict(), "metrics": metrics,
+                         "late_rel_l2": late}
         save("hjb_table", {"command": "python benchmarks/hjb_table.py", "rows": list(results.values())})
     table = [{"row": r["row"], "steps": r["metrics"]["steps"], "rel_l2": f"{100 * r['metrics']['rel_l2']:.3f} %",
               "learned": f"{100 * r['metrics']['rel_l2_learned']:.2f} %",
+              "late": "{mean:.3f} % ({min:.3f}-{max:.3f})".format(**{k: 100 * v for k, v in r["late_rel_l2"].items()})
+              if r.get("late_rel_l2") else "-",
               "evals": f"{r['metrics']['forward_evals']:.3g}", "wall": round(r["metrics"]["wall_s"])}
              for r in sorted(results.values(), key=lambda r: r["row"])]
     print(markdown_table(table, [("row", "row"), ("steps", "steps"), ("rel_l2", "rel. L2"),
-                                 ("learned", "rel. L2 of the learned part"), ("evals", "forward evaluations"),
+                                 ("learned", "rel. L2 of the learned part"),
+                                 ("late", "rel. L2 over the last quarter: mean (min-max)"), ("evals", "forward evaluations"),
                                  ("wall", "wall (s)")]))
 
 
