@@ -4,7 +4,8 @@ For the 20-dim HJB models (paper size 21-512-512-1 TT rank 2, and the CPU-sized 
 100 x 925 grid nodes:
 - one loss evaluation, batched (all 92,500 shifted points in one forward) vs a loop over the 925 grid
   nodes (one forward of 100 points each, the straightforward implementation), and as the ZO objective
-  evaluates it (first linear layer on points and offsets apart, joined by sin(a + c): "split");
+  evaluates it (first linear layer on points and offsets apart, joined by sin(a + c), the rest of the
+  network on blocks of points: "split");
 - one ZO step (RGE N = 10 antithetic = 20 losses, as hjb20_zo_tt_sg) and its peak memory (peak RSS of a
   fresh process doing only that, imports included), against the paper authors' code on this machine: 313 s and 8.7 GB per
   BP-free TT step (measured by the issue author).
