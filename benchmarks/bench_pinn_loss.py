@@ -9,7 +9,9 @@ For the 20-dim HJB models (paper size 21-512-512-1 TT rank 2, and the CPU-sized 
 - one ZO step (RGE N = 10 antithetic = 20 losses, as hjb20_zo_tt_sg) and its peak memory (peak RSS of a
   fresh process doing only that, imports included), against the paper authors' code on this machine: 313 s and 8.7 GB per
   BP-free TT step (measured by the issue author).
-Also the float32 error of the residual and of ZO loss differences at the initial parameters.
+Also the float32 error of the residual and of ZO loss differences at the initial parameters, and how the
+size of the objective's blocks of points changes the time of 4 ZO losses (CPU model, float64, Monte Carlo
+Stein with 2,049 offsets as in the hjb_table MC rows; the default is the chunk_elements / BLOCK_SHARE row).
 Writes benchmarks/results/pinn_loss.json.
 
     python benchmarks/bench_pinn_loss.py [--repeats 3]
@@ -28,8 +30,8 @@ import torch
 from common import save, timeit
 from hwsim.build import build_backend, build_estimator, build_network
 from hwsim.config import PinnConfig, load_config
-from hwsim.pinn.derivatives import stein_grid
-from hwsim.pinn.objective import StencilLoss, stencil_objective
+from hwsim.pinn.derivatives import stein_grid, stein_mc
+from hwsim.pinn.objective import BLOCK_SHARE, StencilLoss, stencil_objective
 from hwsim.pinn.problems import build_problem
 
 REFERENCE = {"step_s": 313.0, "peak_gb": 8.7}          # authors' code, BP-free TT step, this machine
@@ -74,6 +76,23 @@ def loss_times(config: str, dtype: str, repeats: int) -> dict:
     b, loop, sp = timeit(batched, repeats), timeit(node_loop, repeats), timeit(split, repeats)
     return {"batched_s": b, "node_loop_s": loop, "split_s": sp, "speedup": loop / b, "split_speedup": b / sp,
             "rows": len(points)}
+
+
+def block_times(config: str, repeats: int) -> list[dict]:
+    """Seconds for 4 perturbed-query losses by block size (elements P K H of one block's activations)."""
+    cfg, problem, net, backend, theta, x, gen = _setup(config, "float64")
+    stencil = stein_mc(problem.inputs, 1024, gen, cfg.pde.derivatives.sigma)
+    objective = stencil_objective(net, backend, problem, stencil, x, cfg.estimator.chunk_elements)
+    deltas = 0.01 * torch.randn(4, theta.numel(), generator=gen, dtype=theta.dtype)
+    per_point = stencil.size * max(layer.out_features for layer in net.layers if hasattr(layer, "out_features"))
+    default = objective.block
+    rows = []
+    for elements in (2 ** 17, 2 ** 19, 2 ** 21, 2 ** 23, len(x) * per_point):
+        objective.block = max(1, elements // per_point)
+        rows.append({"block_points": objective.block, "block_elements": objective.block * per_point,
+                     "default": objective.block == default,
+                     "seconds": timeit(lambda: objective.losses(theta, deltas), repeats)})
+    return rows
 
 
 def float32_error(config: str) -> dict:
@@ -138,8 +157,13 @@ def main() -> None:
             rows.append(row)
     precision = float32_error(MODELS["cpu 21-64-64-1"])
     print(f"float32 vs float64 at init (cpu model): {precision}", flush=True)
+    blocks = block_times(MODELS["cpu 21-64-64-1"], args.repeats)
+    print("4 MC-Stein losses by block size (cpu model, float64): " + ", ".join(
+        f"{b['block_elements']:,} elements {b['seconds']:.2f} s" + (" (default)" if b["default"] else "") for b in blocks),
+        flush=True)
     save("pinn_loss", {"command": f"python benchmarks/bench_pinn_loss.py --repeats {args.repeats}",
-                       "reference": REFERENCE, "rows": rows, "float32_precision": precision})
+                       "reference": REFERENCE, "rows": rows, "float32_precision": precision,
+                       "block_share": BLOCK_SHARE, "blocks": blocks})
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from hwsim.pinn.problems import Problem
 
 # A block of points' activations (P K H elements) takes 1/BLOCK_SHARE of ``chunk_elements``: several such
 # tensors are live at once (h, the next layer's output, its sine, ...) and small blocks stay in cache.
-# Measured once on the 2-core CPU (3 ZO steps, 21-64-64-1 TT, MC Stein, float64): blocks of 2**19 elements
-# 7.0 s, 2**20 8.4 s, 2**21 8.6 s; no blocks 13.6 s (docs/results.md).
+# On the 2-core CPU blocks of a few points run the losses ~2x faster than the whole batch at once
+# (benchmarks/bench_pinn_loss.py: "blocks" in benchmarks/results/pinn_loss.json, docs/results.md).
 BLOCK_SHARE = 8
 
 
