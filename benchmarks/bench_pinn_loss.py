@@ -84,7 +84,7 @@ def block_times(config: str, repeats: int) -> list[dict]:
     stencil = stein_mc(problem.inputs, 1024, gen, cfg.pde.derivatives.sigma)
     objective = stencil_objective(net, backend, problem, stencil, x, cfg.estimator.chunk_elements)
     deltas = 0.01 * torch.randn(4, theta.numel(), generator=gen, dtype=theta.dtype)
-    per_point = stencil.size * max(layer.out_features for layer in net.layers if hasattr(layer, "out_features"))
+    per_point = stencil.size * objective.widest
     default = objective.block
     rows = []
     for elements in (2 ** 17, 2 ** 19, 2 ** 21, 2 ** 23, len(x) * per_point):

@@ -33,8 +33,8 @@ class BatchObjective:
         self.network, self.backend, self.x, self.y = network, backend, x, y
         self.space = backend.param_space(network)       # what theta holds: the backend's trained parameters
         self.loss = loss or (lambda out: cross_entropy(out, y))
-        widest = max([network.in_features] + [getattr(layer, "out_features", 0) for layer in network.layers])
-        self.chunk = max(1, chunk_elements // (x.shape[0] * widest))
+        self.widest = max([network.in_features] + [getattr(layer, "out_features", 0) for layer in network.layers])
+        self.chunk = max(1, chunk_elements // (x.shape[0] * self.widest))
         self.queries = 0
 
     def losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int = 0) -> torch.Tensor:

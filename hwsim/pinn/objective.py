@@ -75,12 +75,11 @@ class StencilObjective(BatchObjective):
         rows = torch.cat([x.to(torch.float64), offsets, offsets.new_zeros(1, offsets.shape[1])])
         self.split_rows = rows.to(backend.device, backend.data_dtype) if split else None
         self.sizes = (x.shape[0], offsets.shape[0])
-        widest = max([network.in_features] + [getattr(layer, "out_features", 0) for layer in layers])
-        self.block = max(1, chunk_elements // (BLOCK_SHARE * offsets.shape[0] * widest))  # points per block
+        self.block = max(1, chunk_elements // (BLOCK_SHARE * offsets.shape[0] * self.widest))  # points per block
 
     def _forward(self, tensors: dict, queries: int | None, batched: set) -> torch.Tensor:
-        """Losses (Q?,): the network runs on blocks of ``self.block`` points (all K offsets each), so
-        one block's activations stay within ``chunk_elements``; the loss sees all outputs at once."""
+        """Losses (Q?,): the network runs on blocks of ``self.block`` points (all K offsets each), one
+        block's activations within chunk_elements / BLOCK_SHARE; the loss sees all outputs at once."""
         b, k = self.sizes
         trig = None
         if self.split_rows is not None:
@@ -104,6 +103,7 @@ class StencilObjective(BatchObjective):
         h.addcmul_(cos_a[..., lo:hi, None, :], sin_c[..., None, :, :])
         h = h.reshape(*h.shape[:-3], (hi - lo) * k, h.shape[-1])
         return self.network.forward(self.backend, tensors, h, queries, batched, start=2)
+
 
 def stencil_objective(network: Network, backend, problem: Problem, stencil: Stencil, x: torch.Tensor,
                       chunk_elements: int) -> BatchObjective:
