@@ -126,6 +126,16 @@ class Backend(ABC):
         self.count(f"activation_{kind}", x.numel())
         return _ACTIVATIONS[kind](x)
 
+    def state_dict(self) -> dict:
+        """What a checkpoint must hold to continue this backend exactly: its counters and (subclasses) all
+        state that changes while a run goes on (drift, calibration, random generators). State that
+        :meth:`bind` rebuilds from the options (formats, frozen chip variations) is not included."""
+        return {"counters": dict(self._counters)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into a backend built and bound as the saved one was."""
+        self._counters = Counter(state["counters"])
+
     def count(self, key: str, amount: int = 1) -> None:
         self._counters[key] += int(amount)
 

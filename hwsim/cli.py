@@ -1,4 +1,5 @@
-"""Command line: ``hwsim train CONFIG [--out DIR] [--set key=value ...]``, ``hwsim pinn CONFIG [...]``,
+"""Command line: ``hwsim train CONFIG [--out DIR] [--set key=value ...]``, ``hwsim train --resume RUN_DIR``,
+``hwsim pinn CONFIG [...]``,
 ``hwsim eval RUN [--set ...]``,
 ``hwsim compare RUN...``, ``hwsim rtl verify [--sim ...]``, ``hwsim info``."""
 from __future__ import annotations
@@ -10,23 +11,28 @@ from pathlib import Path
 from hwsim import __version__
 
 
-def _train(args) -> int:
-    from hwsim.config import load_config
+def _run(args, kind) -> int:
+    """``hwsim train`` / ``hwsim pinn``: a fresh run, or ``--resume RUN_DIR`` (its saved config, changed
+    by CONFIG / --set only with --allow-changes)."""
+    from hwsim.config import Config, ConfigError, load_config
+    from hwsim.pinn.train import pinn
     from hwsim.train import train
 
-    cfg = load_config(args.config, args.set or [])
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    train(cfg, out, progress=not args.quiet)
-    return 0
-
-
-def _pinn(args) -> int:
-    from hwsim.config import PinnConfig, load_config
-    from hwsim.pinn.train import pinn
-
-    cfg = load_config(args.config, args.set or [], PinnConfig)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    pinn(cfg, out, progress=not args.quiet)
+    if args.resume:
+        if args.out:
+            raise ConfigError("--out: a resumed run continues in its own directory; give only --resume RUN_DIR")
+        out = Path(args.resume)
+        source = args.config or str(out / "config.yaml")
+        if not Path(source).is_file() and not args.config:
+            raise ConfigError(f"--resume {out}: no config.yaml there; give a run directory written by "
+                              f"`hwsim {args.command}`")
+    elif not args.config:
+        raise ConfigError(f"hwsim {args.command}: give a CONFIG (or --resume RUN_DIR)")
+    else:
+        source, out = args.config, Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    cfg = load_config(source, args.set or [], kind)
+    run = train if kind is Config else pinn
+    run(cfg, out, progress=not args.quiet, resume=bool(args.resume), allow_changes=args.allow_changes)
     return 0
 
 
@@ -115,16 +121,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hwsim", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hwsim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, func, what, example in (
-            ("train", _train, "train a model as a config says (BP-free or FO baseline)", "see `hwsim info`"),
-            ("pinn", _pinn, "train a physics-informed network on a PDE (e.g. the 20-dim HJB) BP-free",
+    from hwsim.config import Config, PinnConfig
+    for name, kind, what, example in (
+            ("train", Config, "train a model as a config says (BP-free or FO baseline)", "see `hwsim info`"),
+            ("pinn", PinnConfig, "train a physics-informed network on a PDE (e.g. the 20-dim HJB) BP-free",
              "e.g. hjb20_zo_tt_sg")):
         p = sub.add_parser(name, help=what)
-        p.add_argument("config", help=f"a YAML file or the name of a shipped config ({example})")
+        p.add_argument("config", nargs="?", help=f"a YAML file or the name of a shipped config ({example})")
         p.add_argument("--out", help="run directory (default: runs/<config name>)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=200")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
-        p.set_defaults(func=func)
+        p.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue an interrupted run from its newest checkpoint (same final numbers)")
+        p.add_argument("--allow-changes", action="store_true",
+                       help="with --resume: accept a config that differs from the checkpoint's")
+        p.set_defaults(func=lambda args, kind=kind: _run(args, kind))
     p = sub.add_parser("eval", help="deploy a finished run on a backend (e.g. trained on ideal, run on fixed)")
     p.add_argument("run", help="a run directory written by `hwsim train`")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -155,11 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from hwsim.config import ConfigError
     from hwsim.data import DataError
+    from hwsim.loop import NonFiniteError, RunStopped
     try:
         return args.func(args)
     except (ConfigError, DataError) as e:
         print(f"hwsim: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(e, file=sys.stderr)
+        return e.code
+    except NonFiniteError as e:
+        print(f"hwsim: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hwsim: stopped at once; files written so far are complete (written atomically)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -153,6 +153,21 @@ class OptimizerConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When a run saves its whole state (hwsim.checkpoint): every ``every_steps`` steps and/or when
+    ``every_s`` seconds have passed since the last save, always at the end; the newest ``keep`` stay."""
+
+    every_steps: Optional[int] = None
+    every_s: Optional[float] = 120.0
+    keep: int = 3
+
+    def check(self, p: str) -> None:
+        _positive(f"{p}.every_steps", self.every_steps)
+        _positive(f"{p}.every_s", self.every_s)
+        _positive(f"{p}.keep", self.keep)
+
+
+@dataclass
 class TrainConfig:
     steps: Optional[int] = None
     epochs: Optional[int] = None
@@ -160,6 +175,7 @@ class TrainConfig:
     eval_every: int = 200
     eval_batch_size: int = 2000
     init: Optional[str] = None     # fine-tune: start from a run's params.pt (its decoded float weights)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def check(self, p: str) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -236,6 +252,7 @@ class PinnTrainConfig:
     eval_batch_size: int = 10000
     smoothed_points: int = 1000  # at the end, the error of the smoothed model u_s (Stein methods) on
                                  # the first N test points (N x grid size evaluations; 0 = skip)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def check(self, p: str) -> None:
         for key in ("steps", "eval_every", "eval_batch_size"):

@@ -1,25 +1,24 @@
-"""The host-side training loop: mini-batches, ZO (or FO) gradients, a torch.optim step, evaluation.
+"""Classification runs (``hwsim train``): the task of the one loop (hwsim.loop) for labelled data, and
+deployment of a trained run on any backend (``hwsim eval``).
 
 Writes a run directory: config.yaml (resolved), metrics.jsonl (one line per evaluation), metrics.json
-(final summary), params.pt (trained parameters) and curves.png.
+(final summary), params.pt (trained parameters), checkpoints/ and curves.png.
 """
 from __future__ import annotations
 
-import io
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
-from hwsim.build import (build_backend, build_estimator, build_network, build_optimizer, perturbation_warnings,
-                         steps_per_epoch, total_steps)
+from hwsim.build import build_backend, build_network, steps_per_epoch, total_steps
+from hwsim.checkpoint import CheckpointError, read_params
 from hwsim.config import Config, ConfigError, load_config
 from hwsim.data import load_dataset
-from hwsim.model import Network, cross_entropy
+from hwsim.loop import Task, build_parts, run_loop
+from hwsim.model import Network
 from hwsim.objective import BatchObjective
-from hwsim.report import plot_curves, write_atomic, write_json, write_jsonl, write_yaml
+from hwsim.report import plot_curves
 
 
 @torch.no_grad()
@@ -34,155 +33,114 @@ def accuracy(network: Network, backend, theta: torch.Tensor, x: torch.Tensor, y:
     return correct / max(1, len(y))
 
 
-def save_params(path: Path, network: Network, backend, theta: torch.Tensor) -> None:
-    """params.pt, written atomically: "theta", the float weights the trained parameters stand for, and
-    "tensors", the same by name (CPU, float64; any backend can load them); "backend" and
-    "backend_theta", the parameters as that backend holds them (e.g. integer codes)."""
-    buffer = io.BytesIO()
-    raw = theta.detach().to("cpu", torch.float64)
-    flat = backend.decode(theta.detach()).to("cpu", torch.float64)
-    torch.save({"theta": flat, "tensors": network.space.unflatten(flat), "backend": backend.name,
-                "backend_theta": raw}, buffer)
-    write_atomic(path, buffer.getvalue())
+class Classification(Task):
+    """Mini-batches of a labelled dataset, a new random order every epoch (the last partial batch is
+    dropped); the score is the validation accuracy; test accuracy is reported at every evaluation."""
+
+    command, label = "train", "hwsim"
+
+    def __init__(self, cfg: Config, data, network: Network, backend):
+        self.cfg, self.network, self.backend = cfg, network, backend
+        self.per_epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
+        to_dev = lambda a, labels=False: torch.from_numpy(a).to(  # noqa: E731
+            backend.device, None if labels else backend.data_dtype)
+        self.xtr, self.ytr = to_dev(data.train.x), to_dev(data.train.y, True)
+        self.xva, self.yva = to_dev(data.val.x), to_dev(data.val.y, True)
+        self.xte, self.yte = to_dev(data.test.x), to_dev(data.test.y, True)
+        self.perm: torch.Tensor | None = None         # this epoch's order of the training rows
+
+    def epoch(self, step: int) -> int:
+        return step // self.per_epoch
+
+    def objective(self, step: int, generator: torch.Generator) -> BatchObjective:
+        pos, size = step % self.per_epoch, self.cfg.train.batch_size
+        if pos == 0:
+            self.perm = torch.randperm(len(self.ytr), generator=generator)
+        idx = self.perm[pos * size:(pos + 1) * size].to(self.backend.device)
+        return BatchObjective(self.network, self.backend, self.xtr[idx], self.ytr[idx],
+                              self.cfg.estimator.chunk_elements)
+
+    def query_counts(self, queries: int) -> dict:
+        return {"forward_queries": queries}
+
+    def evaluate(self, step: int, theta: torch.Tensor) -> tuple[dict, float]:
+        size = self.cfg.train.eval_batch_size
+        val = accuracy(self.network, self.backend, theta, self.xva, self.yva, size)
+        test = accuracy(self.network, self.backend, theta, self.xte, self.yte, size)
+        return {"epoch": round(step / self.per_epoch, 4), "val_accuracy": val, "test_accuracy": test}, val
+
+    def postfix(self, record: dict) -> dict:
+        return {"loss": f"{record['train_loss']:.3f}", "test_acc": f"{record['test_accuracy']:.4f}",
+                "queries": f"{record['forward_queries']:.3g}"}
+
+    def summary(self, records: list[dict], theta: torch.Tensor, queries: int) -> dict:
+        final = records[-1]
+        return {"test_accuracy": final["test_accuracy"], "best_test_accuracy": max(r["test_accuracy"] for r in records),
+                "val_accuracy": final["val_accuracy"], "epochs": final["epoch"], "forward_queries": queries}
+
+    def final_line(self, metrics: dict) -> str:
+        return (f"test accuracy {100 * metrics['test_accuracy']:.2f} % (best {100 * metrics['best_test_accuracy']:.2f} %), "
+                f"{metrics['forward_queries']:,} forward queries")
+
+    def plots(self, out_dir: Path, records: list[dict], theta: torch.Tensor, metrics: dict) -> None:
+        plot_curves(records, out_dir / "curves.png",
+                    f"{self.cfg.estimator.name} on {self.backend.name}: {self.network.trainable_params:,} params, "
+                    f"test acc {100 * metrics['test_accuracy']:.2f} %")
+
+    def state_dict(self) -> dict:
+        return {"perm": None if self.perm is None else self.perm.to(torch.int32)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm = None if state["perm"] is None else state["perm"].to(torch.int64)
 
 
-def initial_params(path: str, network) -> torch.Tensor:
-    """The decoded float weights ("theta", (size,)) of a run's params.pt, to fine-tune from."""
-    file = Path(path)
-    if file.is_dir():
-        file = file / "params.pt"
-    if not file.is_file():
-        raise ConfigError(f"train.init: {path!r} is neither a params.pt file nor a run directory with one")
-    theta = torch.load(file, map_location="cpu", weights_only=True)["theta"]
+def initial_params(path: str, network, what: str = "train.init") -> torch.Tensor:
+    """The decoded float weights ("theta", (size,)) of a run (params.pt, else its newest checkpoint) or of a
+    params or checkpoint file, to fine-tune from or deploy; errors start with ``what``."""
+    try:
+        theta, file = read_params(path)
+    except CheckpointError as e:
+        raise ConfigError(f"{what}: {e}") from None
     if theta.shape != (network.space.size,):
-        raise ConfigError(f"train.init: {file} holds {theta.numel()} parameters, the model has {network.space.size}")
+        raise ConfigError(f"{what}: {file} holds {theta.numel()} parameters, the model has {network.space.size}")
     return theta.to(torch.float64)
 
 
-def train(cfg: Config, out_dir: Path | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> dict:
-    """Run one experiment; returns the final metrics (also written to ``out_dir`` when given)."""
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+def train(cfg: Config, out_dir: Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
+          resume: bool = False, allow_changes: bool = False) -> dict:
+    """Run one experiment; returns the final metrics (also written to ``out_dir`` when given). ``resume``:
+    continue the run in ``out_dir`` from its newest checkpoint (hwsim.loop)."""
     d = cfg.data
     data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
     network = build_network(cfg.model)
     if network.in_features != data.train.x.shape[1] or network.out_features != data.num_classes:
         raise ConfigError(f"model.layers: the network maps {network.in_features} -> {network.out_features}, "
                           f"the data needs {data.train.x.shape[1]} -> {data.num_classes}")
-    backend = build_backend(cfg.backend, network)
-    estimator = build_estimator(cfg.estimator, backend.param_space(network), backend)
-    warnings = perturbation_warnings(cfg.estimator, backend) if estimator is not None else []
     per_epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
     n_steps = total_steps(cfg.train.steps, cfg.train.epochs, per_epoch)
-
-    start = initial_params(cfg.train.init, network) if cfg.train.init else network.init_params(gen)
-    theta = torch.nn.Parameter(backend.encode(backend.to_backend(start)))
-    optimizer, scheduler = build_optimizer(cfg.optimizer, [theta], n_steps)
-    to_dev = lambda a, labels=False: torch.from_numpy(a).to(  # noqa: E731
-        backend.device, None if labels else backend.data_dtype)
-    xtr, ytr = to_dev(data.train.x), to_dev(data.train.y, True)
-    xva, yva = to_dev(data.val.x), to_dev(data.val.y, True)
-    xte, yte = to_dev(data.test.x), to_dev(data.test.y, True)
-
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(out_dir / "config.yaml", cfg.to_dict())
-    log(f"hwsim: {backend.param_space(network).size:,} trainable parameters ({network.dense_params:,} dense), "
-        f"backend {backend.name}, estimator {cfg.estimator.name}, {n_steps} steps of batch "
-        f"{cfg.train.batch_size} ({per_epoch} per epoch)\n" + network.describe())
-    for message in warnings:
-        log(f"hwsim: warning: {message}")
-
-    records: list[dict] = []
-    queries, loss_sum, loss_n = 0, 0.0, 0
-    differences, zeros, zero_warned = 0, 0, False
-    bar = tqdm(total=n_steps, disable=not progress, mininterval=1.0, unit="step", dynamic_ncols=True)
-    perm = torch.randperm(len(ytr), generator=gen)
-    for step in range(n_steps):
-        epoch, pos = divmod(step, per_epoch)
-        if pos == 0 and step > 0:
-            perm = torch.randperm(len(ytr), generator=gen)
-        idx = perm[pos * cfg.train.batch_size:(pos + 1) * cfg.train.batch_size].to(backend.device)
-        x, y = xtr[idx], ytr[idx]
-        optimizer.zero_grad(set_to_none=True)
-        if estimator is None:
-            loss = cross_entropy(network.forward(backend, backend.param_space(network).unflatten(theta), x), y)
-            loss.backward()
-            queries, loss_value = queries + 1, float(loss.detach())
-        else:
-            estimator.observe(epoch)
-            est = estimator.estimate(BatchObjective(network, backend, x, y, cfg.estimator.chunk_elements),
-                                     theta.detach(), gen)
-            theta.grad = est.grad
-            queries, loss_value = queries + est.queries, est.loss
-            differences, zeros = differences + est.differences, zeros + est.zero_differences
-        optimizer.step()
-        scheduler.step()
-        backend.project_(theta.data, gen)
-        backend.advance()
-        loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
-        bar.update(1)
-        if (step + 1) % cfg.train.eval_every == 0 or step + 1 == n_steps:
-            val_acc = accuracy(network, backend, theta.detach(), xva, yva, cfg.train.eval_batch_size)
-            test_acc = accuracy(network, backend, theta.detach(), xte, yte, cfg.train.eval_batch_size)
-            if estimator is not None:
-                estimator.observe(epoch, val_acc)
-            records.append({"step": step + 1, "epoch": round((step + 1) / per_epoch, 4),
-                            "train_loss": loss_sum / loss_n, "val_accuracy": val_acc,
-                            "test_accuracy": test_acc, "forward_queries": queries,
-                            "phase": getattr(estimator, "phase", "fo"),
-                            "zero_difference_fraction": round(zeros / differences, 4) if differences else 0.0,
-                            "wall_s": round(time.perf_counter() - t0, 3)})
-            if differences and zeros > differences / 2 and not zero_warned:
-                zero_warned = True
-                message = (f"{100 * zeros / differences:.0f} % of the loss differences since the last evaluation "
-                           f"were exactly zero: the perturbations are too small for backend {backend.name!r}")
-                warnings.append(message)
-                (bar.write if progress else log)(f"hwsim: warning: {message}")
-            loss_sum, loss_n, differences, zeros = 0.0, 0, 0, 0
-            bar.set_postfix(loss=f"{records[-1]['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
-                            queries=f"{queries:.3g}", refresh=False)
-            if out_dir is not None:
-                write_jsonl(out_dir / "metrics.jsonl", records)
-    bar.close()
-
-    final = records[-1]
-    metrics = {
-        "test_accuracy": final["test_accuracy"], "best_test_accuracy": max(r["test_accuracy"] for r in records),
-        "val_accuracy": final["val_accuracy"], "steps": n_steps, "epochs": final["epoch"],
-        "forward_queries": queries, "trainable_params": network.trainable_params,
-        "dense_params": network.dense_params, "wall_s": round(time.perf_counter() - t0, 3),
-        "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed,
-        "counters": backend.counters(), "warnings": warnings,
-    }
-    if out_dir is not None:
-        save_params(out_dir / "params.pt", network, backend, theta.detach())
-        write_json(out_dir / "metrics.json", metrics)
-        plot_curves(records, out_dir / "curves.png",
-                    f"{cfg.estimator.name} on {backend.name}: {network.trainable_params:,} params, "
-                    f"test acc {100 * final['test_accuracy']:.2f} %")
-    log(f"hwsim: test accuracy {100 * metrics['test_accuracy']:.2f} % (best {100 * metrics['best_test_accuracy']:.2f} %), "
-        f"{queries:,} forward queries, {metrics['wall_s']:.1f} s" + (f"; results in {out_dir}" if out_dir else ""))
-    return metrics
+    start = (lambda gen: initial_params(cfg.train.init, network)) if cfg.train.init else network.init_params
+    parts = build_parts(cfg, network, start, n_steps)
+    task = Classification(cfg, data, network, parts.backend)
+    header = (f"hwsim: {parts.backend.param_space(network).size:,} trainable parameters ({network.dense_params:,} "
+              f"dense), backend {parts.backend.name}, estimator {cfg.estimator.name}, {n_steps} steps of batch "
+              f"{cfg.train.batch_size} ({per_epoch} per epoch)\n" + network.describe())
+    return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes)
 
 
 @torch.no_grad()
 def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
-    """Deploy a finished run on a backend: test accuracy of its params.pt ("theta", the float weights)
-    with its config.yaml changed by ``overrides`` (e.g. ``backend.name=fixed``, ``backend.bits=6``)."""
+    """Deploy a run on a backend: test accuracy of its params.pt ("theta", the float weights; a run not
+    finished yet: its newest checkpoint) with its config.yaml changed by ``overrides`` (e.g.
+    ``backend.name=fixed``, ``backend.bits=6``)."""
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "params.pt"):
-        if not (run_dir / name).is_file():
-            raise ConfigError(f"{run_dir} has no {name}: give a run directory written by `hwsim train`")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} has no config.yaml: give a run directory written by `hwsim train`")
     cfg = load_config(str(run_dir / "config.yaml"), list(overrides))
     d = cfg.data
     data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
     network = build_network(cfg.model)
     backend = build_backend(cfg.backend, network)
-    theta = backend.encode(backend.to_backend(torch.load(run_dir / "params.pt")["theta"]))
+    theta = backend.encode(backend.to_backend(initial_params(str(run_dir), network, "eval")))
     x = torch.from_numpy(data.test.x).to(backend.device, backend.data_dtype)
     y = torch.from_numpy(data.test.y).to(backend.device)
     acc = accuracy(network, backend, theta, x, y, cfg.train.eval_batch_size)

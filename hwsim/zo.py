@@ -79,6 +79,13 @@ class RGE:
     def observe(self, epoch: int, val_accuracy: float | None = None) -> None:
         """RGE has no schedule of its own."""
 
+    def state_dict(self) -> dict:
+        """RGE keeps no state between steps (its directions come from the caller's generator)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore."""
+
     def queries_per_step(self) -> int:
         blocks = len(self.space) if self.per_tensor else 1
         return blocks * 2 * self.n if self.form == "antithetic" else blocks * self.n + 1
@@ -129,6 +136,8 @@ class CGE:
     def observe(self, epoch: int, val_accuracy: float | None = None) -> None:
         """CGE has no schedule of its own."""
 
+    state_dict, load_state_dict = RGE.state_dict, RGE.load_state_dict
+
     def queries_per_step(self) -> int:
         d = round(self.space.size * self.subset)
         return d + 1 if self.form == "forward" else 2 * d
@@ -155,7 +164,8 @@ class CGE:
 
 class Hybrid:
     """RGE first, CGE after: switch at epoch ``switch_epoch`` or after ``patience`` evaluations
-    without a new best validation accuracy (whichever is configured; both may be)."""
+    without a new best score (validation accuracy, or minus the PINN's error; whichever is configured;
+    both may be)."""
 
     def __init__(self, rge: RGE, cge: CGE, switch_epoch: int | None = None, patience: int | None = None):
         if switch_epoch is None and patience is None:
@@ -182,6 +192,14 @@ class Hybrid:
                 self.stale += 1
                 if self.stale >= self.patience:
                     self.current = self.cge
+
+    def state_dict(self) -> dict:
+        """The schedule's position: the phase, the best score seen and evaluations since it."""
+        return {"phase": self.phase, "best": self.best, "stale": self.stale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.current = self.cge if state["phase"] == self.cge.phase else self.rge
+        self.best, self.stale = float(state["best"]), int(state["stale"])
 
     def estimate(self, objective: Objective, theta: torch.Tensor, generator: torch.Generator) -> Estimate:
         return self.current.estimate(objective, theta, generator)

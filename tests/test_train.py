@@ -101,7 +101,7 @@ def test_fine_tuning_starts_from_a_previous_run(tmp_path):
                                                           "optimizer.lr=1.0e-12", f"train.init={tmp_path / 'a'}"]),
                   tmp_path / "b", progress=False, log=lambda s: None)
     assert tuned["test_accuracy"] == source["test_accuracy"] > 0.2
-    with pytest.raises(ConfigError, match="train.init: 'nowhere' is neither a params.pt file nor a run directory"):
+    with pytest.raises(ConfigError, match="train.init: nowhere: neither a params.pt or checkpoint file nor a run directory"):
         train(load_config("mnist_tt_zo", short + ["train.init=nowhere"]), None, progress=False, log=lambda s: None)
     with pytest.raises(ConfigError, match=r"train.init: .* holds 1504 parameters, the model has"):
         train(load_config("mnist_tt_zo", short + [f"train.init={tmp_path / 'a'}", "model.layers.0.rank=2"]),

@@ -183,6 +183,27 @@ class PhotonicBackend(Backend):
                     f"most perturbations round away; use mu >= {step:.3g}")
         return None
 
+    def state_dict(self) -> dict:
+        """Counters, the drift and read-noise generators, and per region the drift so far, the calibration
+        (bias corrections, gain factors) and, in phases mode, the gains and output signs fixed by encode."""
+        regions = {name: {"drift": r.state.drift, "correction": r.state.correction, "gain": r.state.gain,
+                          "gains": r.gains, "signs": r.signs} for name, r in self._regions.items()}
+        return {**super().state_dict(), "drift_rng": self._drift_gen.get_state(),
+                "read_rng": self._read_gen.get_state(), "regions": regions}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if set(state["regions"]) != set(self._regions):
+            raise ValueError(f"photonic state: regions {sorted(state['regions'])} do not match the chip's "
+                             f"{sorted(self._regions)}")
+        self._drift_gen.set_state(state["drift_rng"])
+        self._read_gen.set_state(state["read_rng"])
+        for name, saved in state["regions"].items():
+            region = self._regions[name]
+            for key in ("drift", "correction", "gain"):
+                getattr(region.state, key).copy_(saved[key])
+            region.gains, region.signs = saved["gains"], saved["signs"]
+
     # --- execution ---------------------------------------------------------------------------------
     def linear(self, layer, params, x, queries):
         i = self._layers.get(id(layer))

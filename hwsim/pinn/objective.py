@@ -7,7 +7,7 @@ import torch
 
 from hwsim.model import Activation, Linear, Network
 from hwsim.objective import BatchObjective
-from hwsim.pinn.derivatives import Stencil, autodiff
+from hwsim.pinn.derivatives import Stencil, autodiff, finite_differences, stein_grid, stein_mc
 from hwsim.pinn.problems import Problem
 
 
@@ -44,8 +44,8 @@ class AutodiffObjective(BatchObjective):
         super().__init__(network, backend, x, loss=lambda out: out, **kw)
         self.problem = problem
 
-    def _forward(self, tensors: dict, queries: int, batched: set) -> torch.Tensor:
-        x = self.x.detach().expand(queries, *self.x.shape).clone()
+    def _forward(self, tensors: dict, queries: int | None, batched: set) -> torch.Tensor:
+        x = self.x.detach() if queries is None else self.x.detach().expand(queries, *self.x.shape).clone()
         return autodiff_loss(self.problem, lambda p: self.network.forward(self.backend, tensors, p, queries, batched), x)
 
 
@@ -109,3 +109,53 @@ def stencil_objective(network: Network, backend, problem: Problem, stencil: Sten
                       chunk_elements: int) -> BatchObjective:
     """The objective the ZO estimators query: every stencil point of x (B, D) in one batch."""
     return StencilObjective(network, backend, StencilLoss(problem, stencil, x), x, chunk_elements)
+
+
+class StencilMethod:
+    """Derivatives from a stencil (``stein_grid``, ``stein_mc``, ``fd`` of ``pde.derivatives``): the model at
+    X + offset_k, forward only. stein_mc draws its samples when built and again at every :meth:`redraw`."""
+
+    def __init__(self, cfg, dim: int, generator: torch.Generator):
+        self.cfg, self.dim = cfg, dim
+        self.stencil = self._make(generator)
+
+    @property
+    def per_point(self) -> int:
+        """Network evaluations per collocation point."""
+        return self.stencil.size
+
+    def _make(self, generator: torch.Generator) -> Stencil:
+        c = self.cfg
+        if c.method == "stein_grid":
+            return stein_grid(self.dim, c.sigma, c.level)
+        if c.method == "stein_mc":
+            return stein_mc(self.dim, c.samples, generator, c.sigma)
+        return finite_differences(self.dim, c.h)
+
+    def redraw(self, generator: torch.Generator) -> None:
+        """A new step: stein_mc draws fresh samples; fixed stencils stay."""
+        if self.cfg.method == "stein_mc":
+            self.stencil = self._make(generator)
+
+    def objective(self, network: Network, backend, problem: Problem, x: torch.Tensor,
+                  chunk_elements: int) -> BatchObjective:
+        return stencil_objective(network, backend, problem, self.stencil, x, chunk_elements)
+
+
+class AutodiffMethod:
+    """Exact derivatives by autograd through the model (the reference; differentiable backends only)."""
+
+    per_point = 1
+
+    def redraw(self, generator: torch.Generator) -> None:
+        """Nothing random."""
+
+    def objective(self, network: Network, backend, problem: Problem, x: torch.Tensor,
+                  chunk_elements: int) -> BatchObjective:
+        return AutodiffObjective(network, backend, problem, x.to(backend.device, backend.data_dtype),
+                                 chunk_elements=chunk_elements)
+
+
+def derivative_method(cfg, dim: int, generator: torch.Generator) -> StencilMethod | AutodiffMethod:
+    """The method of ``pde.derivatives`` for a model of ``dim`` inputs, chosen once for a run."""
+    return AutodiffMethod() if cfg.method == "autodiff" else StencilMethod(cfg, dim, generator)

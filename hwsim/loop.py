@@ -1,0 +1,379 @@
+"""The one host-side training loop of every run (``hwsim train`` and ``hwsim pinn``).
+
+A :class:`Task` supplies what differs between kinds of run (the data or collocation points of a step, the
+evaluation metric, the summary and the plots); :func:`run_loop` owns the rest, once: the estimator (or
+autograd), ``.grad``, the torch.optim step and schedule, the backend's projection and drift, counters,
+warnings, evaluation cadence, hybrid switching on the task's score, progress, and durability:
+
+- checkpoints (hwsim.checkpoint) of the whole state every ``train.checkpoint.every_steps`` steps or
+  ``every_s`` seconds and at the end, atomically, the newest ``keep`` kept;
+- ``resume=True`` continues from the newest checkpoint of ``out_dir``; the final metrics are then the same,
+  bit for bit on CPU, as those of an uninterrupted run (wall time aside);
+- SIGINT / SIGTERM finish the current step, write a checkpoint and raise :class:`RunStopped`; a second
+  signal stops at once (KeyboardInterrupt);
+- a non-finite loss, gradient or parameter raises :class:`NonFiniteError` before anything of that step is
+  saved, so the last checkpoint stays the last good one.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from hwsim import checkpoint
+from hwsim.build import build_backend, build_estimator, build_optimizer, perturbation_warnings
+from hwsim.config import ConfigError, RunConfig
+from hwsim.report import write_atomic, write_json, write_jsonl, write_yaml
+
+FORMAT_VERSION = 1
+HARMLESS = "train.checkpoint."      # config keys a resume may change freely: they do not touch the numbers
+
+
+class RunStopped(Exception):
+    """A run stopped cleanly on a signal after writing a checkpoint; ``code`` is the exit status 128 + signal."""
+
+    def __init__(self, message: str, signum: int, step: int, path: Path | None):
+        super().__init__(message)
+        self.code, self.step, self.path = 128 + signum, step, path
+
+
+class NonFiniteError(RuntimeError):
+    """The loss, the gradient or the parameters became NaN or infinite at a step."""
+
+
+class Task(ABC):
+    """What one kind of run trains on. The loop calls, in this order per step: :meth:`objective` (which
+    draws the step's batch from the run's generator), and every ``eval_every`` steps :meth:`evaluate`."""
+
+    command: str            # the CLI command that runs (and resumes) this kind of run
+    label: str              # prefix of log lines
+
+    @abstractmethod
+    def epoch(self, step: int) -> int:
+        """The epoch of 0-based ``step`` (the hybrid estimator's switch_epoch counts these)."""
+
+    @abstractmethod
+    def objective(self, step: int, generator: torch.Generator):
+        """The objective (hwsim.objective.BatchObjective) of 0-based ``step``: its losses for the ZO
+        estimators, its ``loss_at`` for autograd."""
+
+    @abstractmethod
+    def query_counts(self, queries: int) -> dict:
+        """The record fields that count ``queries`` loss evaluations (forward queries)."""
+
+    @abstractmethod
+    def evaluate(self, step: int, theta: torch.Tensor) -> tuple[dict, float]:
+        """(record fields, score) after ``step`` steps; the hybrid estimator's patience waits for a higher
+        score (validation accuracy, or minus an error)."""
+
+    @abstractmethod
+    def postfix(self, record: dict) -> dict:
+        """What the progress bar shows of a record."""
+
+    @abstractmethod
+    def summary(self, records: list[dict], theta: torch.Tensor, queries: int) -> dict:
+        """The task's part of the final metrics."""
+
+    @abstractmethod
+    def final_line(self, metrics: dict) -> str:
+        """The last log line of a finished run (without the prefix)."""
+
+    def plots(self, out_dir: Path, records: list[dict], theta: torch.Tensor, metrics: dict) -> None:
+        """Figures of a finished run, written into ``out_dir``."""
+
+    def state_dict(self) -> dict:
+        """The task's own state between steps (e.g. the epoch's data order)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+@dataclass
+class Parts:
+    """The objects of a run built from its config, before the loop starts; ``start`` (d,) float weights."""
+
+    cfg: RunConfig
+    network: object
+    backend: object
+    estimator: object
+    generator: torch.Generator
+    start: torch.Tensor
+    steps: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Tally:
+    """The loop's counters: queries so far, and the sums since the last evaluation."""
+
+    queries: int = 0
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    differences: int = 0
+    zeros: int = 0
+    zero_warned: bool = False
+
+
+def build_parts(cfg: RunConfig, network, start: Callable[[torch.Generator], torch.Tensor],
+                steps: int) -> Parts:
+    """Seed the run, bind a backend to ``network`` and build its estimator, then draw the start weights
+    ``start(generator)`` (in this order: the run's generator is shared by everything random after it)."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    backend = build_backend(cfg.backend, network)
+    estimator = build_estimator(cfg.estimator, backend.param_space(network), backend)
+    warnings = perturbation_warnings(cfg.estimator, backend) if estimator is not None else []
+    return Parts(cfg, network, backend, estimator, gen, start(gen), steps, warnings)
+
+
+def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bool = True,
+             log: Callable[[str], None] = print, header: str = "", resume: bool = False,
+             allow_changes: bool = False) -> dict:
+    """Train ``parts`` on ``task``; returns the final metrics (written to ``out_dir`` when given: config.yaml,
+    metrics.jsonl, metrics.json, params.pt, checkpoints/ and the task's plots)."""
+    cfg, backend, network = parts.cfg, parts.backend, parts.network
+    space = backend.param_space(network)
+    theta = torch.nn.Parameter(backend.encode(backend.to_backend(parts.start)))
+    optimizer, scheduler = build_optimizer(cfg.optimizer, [theta], parts.steps)
+    estimator, gen = parts.estimator, parts.generator
+    ck = cfg.train.checkpoint
+    tally, records, warnings = _Tally(), [], list(parts.warnings)
+    step, elapsed = 0, 0.0
+
+    def state() -> dict:
+        raw = theta.detach().to("cpu", torch.float64)
+        flat = backend.decode(theta.detach()).to("cpu", torch.float64)
+        return {"format": FORMAT_VERSION, "command": task.command, "step": step, "config": cfg.to_dict(),
+                "theta": flat, "tensors": network.space.unflatten(flat), "backend": backend.name,
+                "backend_theta": raw, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "estimator": estimator.state_dict() if estimator is not None else {},
+                "rng": {"host": gen.get_state(), "torch": torch.get_rng_state()},
+                "backend_state": backend.state_dict(), "task": task.state_dict(),
+                "tally": vars(tally).copy(), "records": records, "warnings": warnings,
+                "elapsed_s": time.perf_counter() - t0}
+
+    if resume:
+        if out_dir is None:
+            raise ConfigError("resume: needs the run directory (out_dir)")
+        path = checkpoint.latest(out_dir)
+        saved = checkpoint.load(path)
+        _check_resumable(saved, path, task, cfg, allow_changes)
+        with torch.no_grad():
+            theta.copy_(saved["backend_theta"].to(theta))
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if estimator is not None:
+            estimator.load_state_dict(saved["estimator"])
+        gen.set_state(saved["rng"]["host"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        backend.load_state_dict(saved["backend_state"])
+        task.load_state_dict(saved["task"])
+        tally = _Tally(**saved["tally"])
+        records, warnings = list(saved["records"]), list(saved["warnings"])
+        step, elapsed = int(saved["step"]), float(saved["elapsed_s"])
+        log(f"{task.label}: resuming {out_dir} from {path.name} (step {step} of {parts.steps})")
+    t0 = time.perf_counter() - elapsed
+
+    last_path: Path | None = None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if resume:
+            last_path = checkpoint.latest(out_dir)
+            write_jsonl(out_dir / "metrics.jsonl", records)
+        else:
+            last_path = _start_run_dir(out_dir, cfg, state, ck.keep)
+    if header:
+        log(header)
+    for message in parts.warnings if not resume else []:
+        log(f"{task.label}: warning: {message}")
+
+    bar = tqdm(total=parts.steps, initial=step, disable=not progress, mininterval=1.0, unit="step",
+               dynamic_ncols=True)
+    saved_at = time.perf_counter()
+    with _StopSignals(task.label) as stop:
+        while step < parts.steps:
+            epoch = task.epoch(step)
+            objective = task.objective(step, gen)
+            optimizer.zero_grad(set_to_none=True)
+            if estimator is None:
+                loss = objective.loss_at(theta)
+                loss.backward()
+                queries, loss_value, differences, zeros = 1, float(loss.detach()), 0, 0
+            else:
+                estimator.observe(epoch)
+                est = estimator.estimate(objective, theta.detach(), gen)
+                theta.grad = est.grad.to(theta.dtype)
+                queries, loss_value, differences, zeros = est.queries, est.loss, est.differences, est.zero_differences
+            _guard(step, space, loss_value, theta.grad, "the gradient estimate", last_path)
+            optimizer.step()
+            scheduler.step()
+            backend.project_(theta.data, gen)
+            backend.advance()
+            _guard(step, space, loss_value, theta.data, "the parameters after the optimizer step", last_path)
+            step += 1
+            tally.queries += queries
+            tally.loss_sum, tally.loss_n = tally.loss_sum + loss_value, tally.loss_n + 1
+            tally.differences, tally.zeros = tally.differences + differences, tally.zeros + zeros
+            bar.update(1)
+
+            if step % cfg.train.eval_every == 0 or step == parts.steps:
+                fields, score = task.evaluate(step, theta.detach())
+                if estimator is not None:
+                    estimator.observe(epoch, score)
+                d, z = tally.differences, tally.zeros
+                records.append({"step": step, "train_loss": tally.loss_sum / tally.loss_n, **fields,
+                                **task.query_counts(tally.queries), "phase": getattr(estimator, "phase", "fo"),
+                                "zero_difference_fraction": round(z / d, 4) if d else 0.0,
+                                "wall_s": round(time.perf_counter() - t0, 3)})
+                if d and z > d / 2 and not tally.zero_warned:
+                    tally.zero_warned = True
+                    message = (f"{100 * z / d:.0f} % of the loss differences since the last evaluation were "
+                               f"exactly zero: the perturbations are too small for backend {backend.name!r}")
+                    warnings.append(message)
+                    (bar.write if progress else log)(f"{task.label}: warning: {message}")
+                tally.loss_sum, tally.loss_n, tally.differences, tally.zeros = 0.0, 0, 0, 0
+                bar.set_postfix(**task.postfix(records[-1]), refresh=False)
+                if out_dir is not None:
+                    write_jsonl(out_dir / "metrics.jsonl", records)
+
+            due = (step == parts.steps or stop.signum is not None
+                   or (ck.every_steps is not None and step % ck.every_steps == 0)
+                   or (ck.every_s is not None and time.perf_counter() - saved_at >= ck.every_s))
+            if out_dir is not None and due:
+                last_path = _save(out_dir, step, state(), ck.keep)
+                saved_at = time.perf_counter()
+            if stop.signum is not None and step < parts.steps:
+                bar.close()
+                name = signal.Signals(stop.signum).name
+                where = (f"checkpoint {last_path}; resume with: hwsim {task.command} --resume {out_dir}"
+                         if out_dir is not None else "no run directory, nothing saved")
+                raise RunStopped(f"{task.label}: stopped by {name} after step {step} of {parts.steps}; {where}",
+                                 stop.signum, step, last_path)
+    bar.close()
+
+    final = theta.detach()
+    metrics = {**task.summary(records, final, tally.queries), "steps": parts.steps,
+               "trainable_params": network.trainable_params, "dense_params": network.dense_params,
+               "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed}
+    metrics.update(wall_s=round(time.perf_counter() - t0, 3), counters=backend.counters(), warnings=warnings)
+    if out_dir is not None:
+        write_atomic(out_dir / "params.pt", checkpoint.params_bytes(state()))
+        write_json(out_dir / "metrics.json", metrics)
+        task.plots(out_dir, records, final, metrics)
+    log(f"{task.label}: {task.final_line(metrics)}, {metrics['wall_s']:.1f} s"
+        + (f"; results in {out_dir}" if out_dir is not None else ""))
+    return metrics
+
+
+def _guard(step: int, space, loss: float, values: torch.Tensor, what: str, last: Path | None) -> None:
+    """NonFiniteError naming the step and what went non-finite (the loss, or a tensor of ``values``)."""
+    if math.isfinite(loss) and bool(torch.isfinite(values).all()):
+        return
+    if not math.isfinite(loss):
+        found = f"the loss is {loss}"
+    else:
+        bad = ~torch.isfinite(values)
+        names = [e.name for e in space.entries if bool(bad[e.slice].any())]
+        found = f"{what} has {int(bad.sum())} non-finite entries (in {', '.join(names)})"
+    keep = f"the last good checkpoint is {last}" if last is not None else "nothing was saved (no run directory)"
+    raise NonFiniteError(f"step {step + 1}: {found}; the run is stopped and {keep} (a smaller optimizer.lr "
+                         f"or estimator mu may help)")
+
+
+def _start_run_dir(out_dir: Path, cfg: RunConfig, state: Callable[[], dict], keep: int) -> Path:
+    """Create ``out_dir`` (and its parents) and write config.yaml and the step-0 checkpoint, so that an
+    out dir that cannot be written fails here, before the first step; a failure leaves nothing behind."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: is a file, not a directory")
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        data = checkpoint.encode(state())
+        free = shutil.disk_usage(out_dir).free
+        if free < 4 * len(data) * (keep + 1):
+            raise OSError(28, f"only {free:,} bytes free, a checkpoint takes {len(data):,}")
+        write_yaml(out_dir / "config.yaml", cfg.to_dict())
+        path = checkpoint.checkpoint_path(out_dir, 0)
+        path.parent.mkdir(exist_ok=True)
+        write_atomic(path, data)
+    except OSError as e:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise ConfigError(f"--out {out_dir}: cannot write the run directory ({e.strerror or e})") from None
+    stale = [p for p in checkpoint.list_checkpoints(out_dir) if p != path]     # an earlier run's
+    for old in stale + [out_dir / name for name in ("params.pt", "metrics.json", "metrics.jsonl")]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _save(out_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """Write the checkpoint of ``step``, then delete all but the newest ``keep``."""
+    path = checkpoint.checkpoint_path(out_dir, step)
+    checkpoint.save(path, state)
+    for old in checkpoint.list_checkpoints(out_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _check_resumable(saved: dict, path: Path, task: Task, cfg: RunConfig, allow_changes: bool) -> None:
+    if saved.get("format") != FORMAT_VERSION:
+        raise checkpoint.CheckpointError(f"checkpoint {path}: format {saved.get('format')!r}, this hwsim reads "
+                                         f"{FORMAT_VERSION}")
+    if saved.get("command") != task.command:
+        raise ConfigError(f"--resume: {path} is a checkpoint of `hwsim {saved.get('command')}`, "
+                          f"not `hwsim {task.command}`")
+    changed = [c for c in config_changes(saved["config"], cfg.to_dict()) if not c[0].startswith(HARMLESS)]
+    if changed and not allow_changes:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:5])
+        raise ConfigError(f"--resume: the config differs from the checkpoint's in {len(changed)} key(s): {shown} "
+                          f"(resume without changes, or allow them with --allow-changes)")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) of every leaf where two config dicts differ."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b, where = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, where + ".")
+        elif a != b:
+            out.append((where, a, b))
+    return out
+
+
+class _StopSignals:
+    """While active (main thread only): the first SIGINT / SIGTERM sets ``signum`` so the loop stops after
+    the current step; a second one raises KeyboardInterrupt at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, label: str):
+        self.label, self.signum, self._old = label, None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{self.label}: {signal.Signals(signum).name}: finishing this step, then writing a checkpoint "
+              f"(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
