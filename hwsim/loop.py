@@ -285,7 +285,7 @@ def _guard(step: int, space, loss: float, values: torch.Tensor, what: str, last:
     else:
         bad = ~torch.isfinite(values)
         names = [e.name for e in space.entries if bool(bad[e.slice].any())]
-        found = f"{what} has {int(bad.sum())} non-finite entries (in {', '.join(names)})"
+        found = f"{int(bad.sum())} non-finite entries in {what} (tensors {', '.join(names)})"
     keep = f"the last good checkpoint is {last}" if last is not None else "nothing was saved (no run directory)"
     raise NonFiniteError(f"step {step + 1}: {found}; the run is stopped and {keep} (a smaller optimizer.lr "
                          f"or estimator mu may help)")
