@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from hwsim.config import ConfigError
     from hwsim.data import DataError
-    from hwsim.loop import NonFiniteError, RunStopped
+    from hwsim.loop import RunFailed, RunStopped
     try:
         return args.func(args)
     except (ConfigError, DataError) as e:
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as e:
         print(e, file=sys.stderr)
         return e.code
-    except NonFiniteError as e:
+    except RunFailed as e:
         print(f"hwsim: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

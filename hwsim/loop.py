@@ -47,7 +47,11 @@ class RunStopped(Exception):
         self.code, self.step, self.path = 128 + signum, step, path
 
 
-class NonFiniteError(RuntimeError):
+class RunFailed(RuntimeError):
+    """A run cannot go on (the message says why and names the last good checkpoint)."""
+
+
+class NonFiniteError(RunFailed):
     """The loss, the gradient or the parameters became NaN or infinite at a step."""
 
 
@@ -245,13 +249,13 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
                 tally.loss_sum, tally.loss_n, tally.differences, tally.zeros = 0.0, 0, 0, 0
                 bar.set_postfix(**task.postfix(records[-1]), refresh=False)
                 if out_dir is not None:
-                    write_jsonl(out_dir / "metrics.jsonl", records)
+                    _writing(lambda: write_jsonl(out_dir / "metrics.jsonl", records), out_dir, last_path)
 
             due = (step == parts.steps or stop.signum is not None
                    or (ck.every_steps is not None and step % ck.every_steps == 0)
                    or (ck.every_s is not None and time.perf_counter() - saved_at >= ck.every_s))
             if out_dir is not None and due:
-                last_path = _save(out_dir, step, state(), ck.keep)
+                last_path = _writing(lambda: _save(out_dir, step, state(), ck.keep), out_dir, last_path)
                 saved_at = time.perf_counter()
             if stop.signum is not None and step < parts.steps:
                 bar.close()
@@ -315,6 +319,16 @@ def _start_run_dir(out_dir: Path, cfg: RunConfig, state: Callable[[], dict], kee
     for old in stale + [out_dir / name for name in ("params.pt", "metrics.json", "metrics.jsonl")]:
         old.unlink(missing_ok=True)
     return path
+
+
+def _writing(write: Callable, out_dir: Path, last: Path | None):
+    """``write()``, with a full disk or a vanished run directory turned into RunFailed naming the last
+    good checkpoint."""
+    try:
+        return write()
+    except OSError as e:
+        raise RunFailed(f"--out {out_dir}: cannot write {e.filename or 'a file'} ({e.strerror or e}); the run is "
+                        f"stopped and the last good checkpoint is {last}") from None
 
 
 def _save(out_dir: Path, step: int, state: dict, keep: int) -> Path:

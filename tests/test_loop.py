@@ -179,6 +179,20 @@ def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert state["step"] == step and state["command"] == "pinn"
 
 
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    """The first SIGINT asks for a clean stop after the step (about 1 s here), the second ends it mid-step."""
+    run = tmp_path / "run"
+    child = _child(["pinn", "hjb20_zo_tt_sg", "--quiet", "--out", str(run), "--set", "train.steps=50"], tmp_path)
+    _wait_for_checkpoint(run, child, 0)
+    time.sleep(0.5)
+    child.send_signal(signal.SIGINT)
+    assert "SIGINT: finishing this step" in child.stderr.readline() + child.stderr.readline()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and "hwsim: stopped at once" in err and "Traceback" not in err
+    assert checkpoint.latest(run).name == "step-00000000.pt"          # the step was not finished
+
+
 def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     """Fault injection: the objective returns NaN losses from the 6th step on."""
     calls = {"steps": 0}
@@ -272,20 +286,48 @@ def test_out_dirs_that_cannot_be_written_fail_before_training(tmp_path, capsys):
     assert (deep / "metrics.json").is_file()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tiny tmpfs")
-def test_a_full_disk_is_reported_before_training(tmp_path, capsys):
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True).returncode:
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+@pytest.mark.parametrize("options, reason", [("size=64k", "only"), ("ro,size=1m", "Read-only file system")])
+def test_a_full_or_read_only_disk_is_reported_before_training(tmp_path, capsys, options, reason):
+    """A real 64 KiB tmpfs (too small for the checkpoints) and a read-only one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], capture_output=True).returncode:
         pytest.skip("tmpfs cannot be mounted here")
     try:
-        assert main(["train", "mnist_tt_zo", "--quiet", "--out", str(small / "run")]
+        assert main(["train", "mnist_tt_zo", "--quiet", "--out", str(disk / "run")]
                     + sum((["--set", s] for s in TRAIN), [])) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"hwsim: error: --out {small / 'run'}: cannot write the run directory")
-        assert list(small.iterdir()) == []                 # nothing half-written left behind
+        assert err.startswith(f"hwsim: error: --out {disk / 'run'}: cannot ") and reason in err
+        assert err.count("\n") == 1 and list(disk.iterdir()) == []     # nothing half-written left behind
     finally:
-        subprocess.run(["umount", str(small)])
+        subprocess.run(["umount", str(disk)])
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+def test_a_disk_that_fills_up_mid_run_stops_it_with_one_line(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("tmpfs cannot be mounted here")
+    try:
+        run = disk / "run"
+        child = _child(["train", "mnist_tt_zo", "--quiet", "--out", str(run)]
+                       + sum((["--set", s] for s in SLOW_STEPS + ["train.checkpoint.every_steps=1"]), []), tmp_path)
+        _wait_for_checkpoint(run, child, 1)
+        with open(disk / "filler", "wb") as f:          # the disk fills up while the run goes on
+            with pytest.raises(OSError):
+                while True:
+                    f.write(bytes(1 << 16))
+                    f.flush()
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 1 and err.count("\n") == 1, err
+        assert err.startswith(f"hwsim: error: --out {run}: cannot write ") and "No space left on device" in err
+        last = checkpoint.latest(run)
+        assert f"the last good checkpoint is {last}" in err
+        assert checkpoint.load(last)["step"] >= 1                          # whole, and resumable
+    finally:
+        subprocess.run(["umount", str(disk)])
 
 
 def test_checkpoints_are_kept_rotated_and_deploy_like_params(tmp_path):
