@@ -136,8 +136,19 @@ class Backend(ABC):
         """Restore :meth:`state_dict` into a backend built and bound as the saved one was."""
         self._counters = Counter(state["counters"])
 
-    def count(self, key: str, amount: int = 1) -> None:
-        self._counters[key] += int(amount)
+    def count(self, key: str, amount: int | float = 1) -> None:
+        """Add ``amount`` to counter ``key`` (ints stay exact; a float amount makes a float counter)."""
+        self._counters[key] += amount if isinstance(amount, float) else int(amount)
+
+    def count_traffic(self, params: dict[str, torch.Tensor], queries: int | None, weight_bits: int,
+                      rows: int, in_features: int, in_bits: int, out_features: int, out_bits: int) -> None:
+        """Memory traffic of one linear call in bits: ``weight_read_bits`` (every distinct weight tensor read
+        once: a tensor shared by all queries once, not per query), ``act_read_bits`` (the input rows) and
+        ``act_write_bits`` (the output rows), each at its width."""
+        weights = sum(t.numel() // t.shape[0] if queries and t.stride(0) == 0 else t.numel() for t in params.values())
+        self.count("weight_read_bits", weights * weight_bits)
+        self.count("act_read_bits", rows * in_features * in_bits)
+        self.count("act_write_bits", rows * out_features * out_bits)
 
     def counters(self) -> dict[str, int]:
         """What was executed since the last reset (MACs, calls, rows, ...)."""

@@ -63,6 +63,47 @@ def _compare(args) -> int:
     return 0
 
 
+def _energy(args) -> int:
+    """``hwsim energy RUN``: the run's energy and latency from its counters, every term with --explain."""
+    import json
+
+    from hwsim.build import build_backend, build_network
+    from hwsim.config import Config, ConfigError, PinnConfig, load_config, read_raw
+    from hwsim.energy.model import estimate
+    from hwsim.energy.report import explain, subtract
+    from hwsim.energy.table import load_table
+
+    run = Path(args.run)
+    for name in ("config.yaml", "metrics.json"):
+        if not (run / name).is_file():
+            raise ConfigError(f"{run} has no {name}: give the directory of a finished `hwsim train` or `hwsim pinn` run")
+    source = str(run / "config.yaml")
+    cfg = load_config(source, args.set or [], PinnConfig if "pde" in read_raw(source) else Config)
+    try:
+        metrics = json.loads((run / "metrics.json").read_text())
+        counters, evaluation = metrics["counters"], metrics.get("counters_evaluation", {})
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"{run / 'metrics.json'}: not the metrics of a run ({e})") from None
+    network = build_network(cfg.model)
+    backend = build_backend(cfg.backend, network)
+    table = load_table(cfg.energy, args.table or [])
+    d = backend.param_space(network).size
+    train = estimate(backend, subtract(counters, evaluation), table, d)
+    if train is None:
+        raise ConfigError(f"backend {backend.name!r} has no energy model; known: ideal, fixed, rtl, photonic")
+    infer = estimate(backend, metrics.get("counters_inference", {}), table, d)
+    per = max(1, metrics.get("inferences", 0))
+    if args.explain:
+        print(explain(train, table, f"{run}: training, {metrics['steps']} steps on {backend.name}"))
+        print(explain(infer, table, f"{run}: one inference (mean of {per})", per))
+    else:
+        print(f"{run} on {backend.name}: training {train.joules:.4g} J, {train.latency_s:.4g} s on the device "
+              f"({metrics['steps']} steps); per inference {infer.joules / per:.4g} J, {infer.latency_s / per:.4g} s")
+        for name, parts in (("training", train.by_component()), ("per inference", {k: v / per for k, v in infer.by_component().items()})):
+            print(f"  {name}: " + ", ".join(f"{k} {v:.3g} J" for k, v in parts.items()))
+    return 0
+
+
 def _rtl_verify(args) -> int:
     from hwsim.backends.rtl.sim import RtlError
     from hwsim.backends.rtl.verify import builtin_cases, config_cases, verify
@@ -147,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", help="write test accuracy vs forward queries and wall time to this PNG")
     p.add_argument("--markdown", help="also write the table to this file")
     p.set_defaults(func=_compare)
+    p = sub.add_parser("energy", help="energy and latency of a run on its device, from its counters")
+    p.add_argument("run", help="a run directory written by `hwsim train` or `hwsim pinn`")
+    p.add_argument("--explain", action="store_true", help="every term: count x energy per action = J, with sources")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change the config first, e.g. energy.phase_shifter_p_pi=0.1 (a device-table entry)")
+    p.add_argument("--table", action="append", metavar="FILE", help="a YAML file of device-table overrides")
+    p.set_defaults(func=_energy)
     p = sub.add_parser("rtl", help="the Verilog TT core: check it against the fixed-point spec")
     rtl = p.add_subparsers(dest="rtl_command", required=True)
     p = rtl.add_parser("verify", help="random and corner vectors through the RTL core and the fixed emulator, "

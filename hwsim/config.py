@@ -201,11 +201,12 @@ class RunConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    energy: dict = field(default_factory=dict)   # device-table overrides by entry name (hwsim.energy)
 
     def to_dict(self) -> dict:
         raw = dataclasses.asdict(self)
         raw["backend"] = {"name": self.backend.name, **self.backend.options}
-        order = ("seed", "data", "pde", "model", "backend", "estimator", "optimizer", "train")
+        order = ("seed", "data", "pde", "model", "backend", "estimator", "optimizer", "train", "energy")
         return {key: raw[key] for key in order if key in raw}
 
 

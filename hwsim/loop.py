@@ -17,6 +17,7 @@ warnings, evaluation cadence, hybrid switching on the task's score, progress, an
 from __future__ import annotations
 
 import math
+import resource
 import shutil
 import signal
 import sys
@@ -33,10 +34,13 @@ from tqdm import tqdm
 from hwsim import checkpoint
 from hwsim.build import build_backend, build_estimator, build_optimizer, perturbation_warnings
 from hwsim.config import ConfigError, RunConfig
+from hwsim.energy.memory import device_memory
+from hwsim.energy.report import run_figures, subtract
+from hwsim.energy.table import load_table
 from hwsim.report import write_atomic, write_json, write_jsonl, write_yaml
 
 FORMAT_VERSION = 1
-HARMLESS = "train.checkpoint."      # config keys a resume may change freely: they do not touch the numbers
+HARMLESS = ("train.checkpoint.", "energy.")   # config keys a resume may change: they do not touch the numbers
 
 
 class RunStopped(Exception):
@@ -61,6 +65,7 @@ class Task(ABC):
 
     command: str            # the CLI command that runs (and resumes) this kind of run
     label: str              # prefix of log lines
+    rows: int               # input rows of one forward pass of a training step (device memory)
 
     @abstractmethod
     def epoch(self, step: int) -> int:
@@ -127,6 +132,8 @@ class _Tally:
     differences: int = 0
     zeros: int = 0
     zero_warned: bool = False
+    eval_counters: dict = field(default_factory=dict)     # backend counters spent evaluating, all evaluations
+    last_eval: dict = field(default_factory=dict)         # ... in the last one
 
 
 def build_parts(cfg: RunConfig, network, start: Callable[[torch.Generator], torch.Tensor],
@@ -138,6 +145,7 @@ def build_parts(cfg: RunConfig, network, start: Callable[[torch.Generator], torc
     backend = build_backend(cfg.backend, network)
     estimator = build_estimator(cfg.estimator, backend.param_space(network), backend)
     warnings = perturbation_warnings(cfg.estimator, backend) if estimator is not None else []
+    load_table(cfg.energy)                          # a bad energy override fails here, before the run
     return Parts(cfg, network, backend, estimator, gen, start(gen), steps, warnings)
 
 
@@ -232,7 +240,7 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
             bar.update(1)
 
             if step % cfg.train.eval_every == 0 or step == parts.steps:
-                fields, score = task.evaluate(step, theta.detach())
+                fields, score = _counted(tally, backend, lambda: task.evaluate(step, theta.detach()))
                 if estimator is not None:
                     estimator.observe(epoch, score)
                 d, z = tally.differences, tally.zeros
@@ -267,10 +275,20 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
     bar.close()
 
     final = theta.detach()
-    metrics = {**task.summary(records, final, tally.queries), "steps": parts.steps,
+    last_eval = dict(tally.last_eval)
+    summary = _counted(tally, backend, lambda: task.summary(records, final, tally.queries))
+    metrics = {**summary, "steps": parts.steps,
                "trainable_params": network.trainable_params, "dense_params": network.dense_params,
                "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed}
-    metrics.update(wall_s=round(time.perf_counter() - t0, 3), counters=backend.counters(), warnings=warnings)
+    counters = backend.counters()
+    inferences = last_eval.get("rows", 0) // max(1, network.linear_layers)
+    metrics.update(counters=counters, counters_evaluation=tally.eval_counters, counters_inference=last_eval,
+                   inferences=inferences, warnings=warnings)
+    metrics.update(run_figures(backend, load_table(cfg.energy), space.size, subtract(counters, tally.eval_counters),
+                               last_eval, inferences, parts.steps))
+    metrics.update(device_memory(network, backend, cfg.optimizer.name, cfg.optimizer.momentum, task.rows))
+    metrics.update(wall_s=round(time.perf_counter() - t0, 3),
+                   host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if out_dir is not None:
         write_atomic(out_dir / "params.pt", checkpoint.params_bytes(state()))
         write_json(out_dir / "metrics.json", metrics)
@@ -278,6 +296,17 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
     log(f"{task.label}: {task.final_line(metrics)}, {metrics['wall_s']:.1f} s"
         + (f"; results in {out_dir}" if out_dir is not None else ""))
     return metrics
+
+
+def _counted(tally: _Tally, backend, evaluate: Callable):
+    """``evaluate()``, with the backend counters it spends added to the tally's evaluation counters (so
+    that training energy excludes them) and kept as the last evaluation's."""
+    before = backend.counters()
+    result = evaluate()
+    tally.last_eval = subtract(backend.counters(), before)
+    for key, value in tally.last_eval.items():
+        tally.eval_counters[key] = tally.eval_counters.get(key, 0) + value
+    return result
 
 
 def _guard(step: int, space, loss: float, values: torch.Tensor, what: str, last: Path | None) -> None:

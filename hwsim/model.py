@@ -93,6 +93,7 @@ class Network:
                 raise ValueError(f"layer sizes do not chain: {a.out_features} outputs feed {b.in_features} inputs")
         self.in_features, self.out_features = linears[0].in_features, linears[-1].out_features
         self.dense_params = sum(layer.dense_params for layer in linears)
+        self.linear_layers = len(linears)
 
     @property
     def trainable_params(self) -> int:

@@ -48,6 +48,7 @@ class Classification(Task):
         self.xva, self.yva = to_dev(data.val.x), to_dev(data.val.y, True)
         self.xte, self.yte = to_dev(data.test.x), to_dev(data.test.y, True)
         self.perm: torch.Tensor | None = None         # this epoch's order of the training rows
+        self.rows = cfg.train.batch_size
 
     def epoch(self, step: int) -> int:
         return step // self.per_epoch

@@ -242,10 +242,11 @@ def test_a_layer_realised_together_equals_core_by_core(params):
     queried = tensors["0.core1"].expand(3, *tensors["0.core1"].shape) + 0.01 * torch.randn(
         3, *tensors["0.core1"].shape, generator=torch.Generator().manual_seed(1), dtype=F64)
     for pair in ([tensors["0.core0"], tensors["0.core1"]], [tensors["0.core0"], queried]):
-        together = chip._program(regions, list(pair))
-        alone = [chip._program([r], [t])[0] for r, t in zip(regions, pair)]
-        for a, b in zip(together, alone):
-            assert torch.equal(a, b)
+        together, heat = chip._program(regions, list(pair))
+        alone = [chip._program([r], [t]) for r, t in zip(regions, pair)]
+        for a, (b, _) in zip(together, alone):
+            assert torch.equal(a, b[0])
+        assert heat == pytest.approx(sum(h for _, h in alone), rel=1e-12)
 
 
 def test_read_out_noise_and_adc():

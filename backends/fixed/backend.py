@@ -222,7 +222,13 @@ class FixedBackend(Backend):
         rows = x.shape[-2] * math.prod(torch.broadcast_shapes(x.shape[:-2], (queries,) if queries else ()))
         for step, n_macs in zip(steps, macs(shapes, rows)):
             self.count(f"macs_int{step.in_fmt.bits}xint{spec.weight.bits}", n_macs)
-        self.count(f"requantizations_layer{index}", sum(requantized(shapes, rows)))
+        produced = requantized(shapes, rows)
+        self.count(f"requantizations_layer{index}", sum(produced))
+        self.count_traffic(params, queries, spec.weight.bits, rows, layer.in_features, spec.input.bits,
+                           layer.out_features, spec.output.bits)
+        middle = sum(n * f.bits for n, f in zip(produced[:-1], spec.intermediates(len(shapes))))
+        self.count("act_read_bits", middle)          # TT intermediate states: written by one step, read by
+        self.count("act_write_bits", middle)         # the next
         self.count(f"overflows_layer{index}", sum(overflows))
         self.count("linear_calls")
         self.count("rows", rows)

@@ -211,7 +211,7 @@ class PhotonicBackend(Backend):
             raise RuntimeError("the photonic backend is not bound to this network: call backend.bind(network) first")
         locals_ = [local for local, _ in _core_shapes(layer)]
         regions = [self._regions[f"{i}.{local}"] for local in locals_]
-        cores = self._program(regions, [params[local] for local in locals_])      # float64 / complex128
+        cores, heat = self._program(regions, [params[local] for local in locals_])   # float64 / complex128
         precision = self.dtype if not cores[0].is_complex() else self.dtype.to_complex()
         weight = to_dense([c.to(precision) for c in cores])                          # W in the GEMM's precision
         weight = weight.real if weight.is_complex() else weight     # coherent detection reads the real part
@@ -225,19 +225,24 @@ class PhotonicBackend(Backend):
         shifters = sum(r.tiling.blocks for r in regions) * self.layout.n ** 2
         seconds = rows / self.options.symbol_rate_hz
         self.count("phase_writes", shifters * q)
+        self.count("phase_programs", q)
+        self.count("phase_pi", heat * q)                       # sum of |phase| / pi over programmed shifters
+        self.count("phase_pi_ns", heat * q * 1e9 * seconds)    # ... times the time they are held for light
+        self.count(f"laser_on_ns_layer{i}", 1e9 * q * seconds)
         self.count("modulator_symbols", q * rows * layer.in_features)
         self.count("detections", q * rows * layer.out_features)
-        self.count("laser_on_ns", round(1e9 * q * seconds))
-        self.count("shifter_hold_ns", round(1e9 * q * seconds * shifters))
+        self.count("laser_on_ns", 1e9 * q * seconds)
+        self.count("shifter_hold_ns", 1e9 * q * seconds * shifters)
         flops = layer.tt.direct_flops(rows, q) if isinstance(layer, TTLinear) else q * rows * layer.dense_params
         self.count("macs_optical", flops)
         self.count("linear_calls")
         self.count("rows", q * rows)
         return y
 
-    def _program(self, regions: list[Region], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _program(self, regions: list[Region], tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], float]:
         """The cores (..., r, n, m, r') the chip realises for a layer's parameter tensors (weights or
-        phases). Tensors with the same leading (query) axes are realised together, in one call."""
+        phases), and the sum of |commanded phase| / pi over the layer's shifters (the heaters' load, mean
+        over queries). Tensors with the same leading (query) axes are realised together, in one call."""
         phases_mode = self.options.params == "phases"
         dims = [2 if phases_mode else _param_dims(r.name) for r in regions]
         tensors = [_shared(t, d) for t, d in zip(tensors, dims)]
@@ -245,7 +250,8 @@ class PhotonicBackend(Backend):
         for k, (tensor, d) in enumerate(zip(tensors, dims)):
             groups.setdefault(tuple(tensor.shape[:tensor.dim() - d]), []).append(k)
         cores: list[torch.Tensor | None] = [None] * len(regions)
-        for group in groups.values():
+        heat = 0.0
+        for lead, group in groups.items():
             members = [regions[k] for k in group]
             if phases_mode:
                 if any(r.gains is None for r in members):
@@ -256,11 +262,12 @@ class PhotonicBackend(Backend):
             else:
                 phases, gains, signs = encode_blocks(torch.cat([r.tiling.split(core_matrix(_as_core(r.name, tensors[k])))
                                                                 for k, r in zip(group, members)], -3), self.layout)
+            heat += float(commanded(phases, self.options.block, self.noise).abs().sum()) / (math.pi * math.prod(lead))
             state = members[0].state if len(members) == 1 else ChipState.concat([r.state for r in members])
             blocks = realise(phases, gains, signs, self.layout, self.noise, state)
             for k, r, part in zip(group, members, blocks.split([r.tiling.blocks for r in members], -3)):
                 cores[k] = matrix_core(r.tiling.join(part), r.core_shape)
-        return cores
+        return cores, heat
 
     def _read_out(self, y: torch.Tensor) -> torch.Tensor:
         """Photodetection and ADC of outputs (..., B, out); the full scale is each query's largest |y|."""
@@ -283,6 +290,18 @@ class PhotonicBackend(Backend):
         """MZIs of every weight tensor's blocks (n^2 per block), and the total."""
         per = {name: r.tiling.blocks * self.layout.n ** 2 for name, r in self._regions.items()}
         return {**per, "total": sum(per.values())}
+
+    def hardware(self) -> list[dict]:
+        """Per linear layer of the bound network: its index, inputs, outputs, MZIs, and the MZIs light
+        passes in series from input to detector (every core is an SVD block U S V: n + 1 + n MZIs deep on
+        Clements meshes, the cores of a TT layer cascaded)."""
+        n, out = self.options.block, []
+        for layer, i in ((self._bound().layers[i], i) for i in sorted(self._layers.values())):
+            shapes = _core_shapes(layer)
+            mzis = sum(self._regions[f"{i}.{local}"].tiling.blocks for local, _ in shapes) * n * n
+            out.append({"index": i, "inputs": layer.in_features, "outputs": layer.out_features, "mzis": mzis,
+                        "path_mzis": len(shapes) * (2 * n + 1)})
+        return out
 
     def _bound(self):
         if self._network is None:

@@ -55,6 +55,7 @@ class PinnTask(Task):
         self.cfg, self.problem, self.network, self.backend = cfg, problem, network, backend
         self.method, self.test_x = method, test_x
         self.baseline = errors(problem, problem.base(test_x), test_x)["rel_l2"]
+        self.rows = cfg.pde.points * method.per_point
 
     def epoch(self, step: int) -> int:
         return step

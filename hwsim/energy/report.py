@@ -1,0 +1,48 @@
+"""A run's energy, latency and memory figures (metrics.json fields) and the ``--explain`` listing."""
+from __future__ import annotations
+
+from hwsim.energy.model import Estimate, estimate
+from hwsim.energy.table import Table
+
+
+def subtract(total: dict, part: dict) -> dict:
+    """Counters of ``total`` minus ``part`` (keys of numbers)."""
+    return {k: v - part.get(k, 0) for k, v in total.items() if isinstance(v, (int, float))}
+
+
+def run_figures(backend, table: Table, weight_count: int, training: dict, inference: dict, inferences: int,
+                steps: int) -> dict:
+    """metrics.json fields from the counters of the training steps and of one evaluation of
+    ``inferences`` inputs; {} for a backend without a cost model."""
+    train, infer = estimate(backend, training, table, weight_count), estimate(backend, inference, table, weight_count)
+    if train is None:
+        return {}
+    per = max(1, inferences)
+    overrides = sorted(name for name, e in table.entries.items() if e.source == "user")
+    return {"energy_j_training": train.joules, "latency_s_training": train.latency_s,
+            "energy_j_per_step": train.joules / max(1, steps), "latency_s_per_step": train.latency_s / max(1, steps),
+            "energy_j_per_inference": infer.joules / per, "latency_s_per_inference": infer.latency_s / per,
+            "energy_breakdown_training": train.by_component(),
+            "energy_breakdown_per_inference": {k: v / per for k, v in infer.by_component().items()},
+            "energy_table_overrides": overrides}
+
+
+def explain(est: Estimate, table: Table, title: str, scale: float = 1.0) -> str:
+    """Every term: count x energy per action = joules, and the sources of the entries it used; then the
+    latency terms. ``scale`` divides counts (e.g. per inference)."""
+    lines = [f"{title}: {est.joules / scale:.4g} J, {est.latency_s / scale:.4g} s on the device"]
+    used: list[str] = []
+    for t in est.terms:
+        if not t.count:
+            continue
+        lines.append(f"  {t.component:10s} {t.action}: {t.count / scale:.6g} x {t.per:.4g} = {t.joules / scale:.4g} J"
+                     f"  [{', '.join(t.entries)}]" + (f" ({t.note})" if t.note else ""))
+        used += [n for n in t.entries if n not in used]
+    for what, seconds in est.latency:
+        lines.append(f"  latency    {what}: {seconds / scale:.4g} s")
+    lines.append("  entries:")
+    for name in used:
+        e = table.entry(name)
+        band = f" [{e.low:g}..{e.high:g} {e.unit}]" if e.low is not None and e.high is not None else ""
+        lines.append(f"    {name} = {e.given:g} {e.given_unit}{band} ({e.kind}): {e.cite()}")
+    return "\n".join(lines)
