@@ -42,16 +42,25 @@ def _eval(args) -> int:
 
     result = evaluate(Path(args.run), args.set or [])
     over = {k: v for k, v in result["counters"].items() if k.startswith("overflows") and v}
+    energy = (f"; {result['energy_j_per_inference']:.3g} J and {result['latency_s_per_inference']:.3g} s per inference "
+              f"(hwsim energy model)" if "energy_j_per_inference" in result else "")
     print(f"{args.run} on {result['backend']} {result['backend_options']}: test accuracy "
-          f"{100 * result['test_accuracy']:.2f} %" + (f"; overflows {over}" if over else ""))
+          f"{100 * result['test_accuracy']:.2f} %" + (f"; overflows {over}" if over else "") + energy)
     if args.json:
         write_json(Path(args.json), result)
     return 0
 
 
 def _compare(args) -> int:
+    """A compare spec (one model on many hardware rows), or finished run directories side by side."""
+    from hwsim.compare import compare, is_spec, load_spec
     from hwsim.report import compare_runs, write_atomic
 
+    if len(args.runs) == 1 and not Path(args.runs[0]).is_dir() and is_spec(args.runs[0]):
+        spec = load_spec(args.runs[0])
+        out = Path(args.out) if args.out else Path("runs") / f"compare_{Path(args.runs[0]).stem}"
+        report = compare(spec, out, jobs=args.jobs, progress=not args.quiet)
+        return 0 if all("error" not in line for line in report["rows"]) else 1
     try:
         table = compare_runs([Path(d) for d in args.runs], Path(args.plot) if args.plot else None)
     except FileNotFoundError as e:
@@ -153,8 +162,10 @@ def _info(args) -> int:
         print(f"  {sim:10s} {where}")
     names = shipped_configs()
     pinn = [n for n in names if "pde" in read_raw(n)]
-    print("shipped configs (hwsim train): " + ", ".join(n for n in names if n not in pinn))
+    specs = [n for n in names if "rows" in read_raw(n)]
+    print("shipped configs (hwsim train): " + ", ".join(n for n in names if n not in pinn + specs))
     print("shipped configs (hwsim pinn):  " + ", ".join(pinn))
+    print("shipped specs (hwsim compare): " + ", ".join(specs))
     return 0
 
 
@@ -183,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="change its config first, e.g. backend.name=fixed, backend.bits=6")
     p.add_argument("--json", help="also write accuracy and counters to this file")
     p.set_defaults(func=_eval)
-    p = sub.add_parser("compare", help="table (and plot) of finished runs side by side")
-    p.add_argument("runs", nargs="+", help="run directories written by `hwsim train`")
+    p = sub.add_parser("compare", help="one model on many hardware rows (a compare spec), or finished runs side by side")
+    p.add_argument("runs", nargs="+", metavar="SPEC | RUN",
+                   help="a compare spec (YAML file or shipped name, e.g. mnist_backends), or run directories")
+    p.add_argument("--out", help="spec: the report directory (default runs/compare_<spec>)")
+    p.add_argument("--jobs", type=int, default=1, help="spec: evaluations in parallel processes (default 1)")
+    p.add_argument("--quiet", action="store_true", help="spec: no progress bar while training the reference")
     p.add_argument("--plot", help="write test accuracy vs forward queries and wall time to this PNG")
     p.add_argument("--markdown", help="also write the table to this file")
     p.set_defaults(func=_compare)

@@ -15,6 +15,9 @@ from hwsim.build import build_backend, build_network, steps_per_epoch, total_ste
 from hwsim.checkpoint import CheckpointError, read_params
 from hwsim.config import Config, ConfigError, load_config
 from hwsim.data import load_dataset
+from hwsim.energy.model import estimate
+from hwsim.energy.report import subtract
+from hwsim.energy.table import load_table
 from hwsim.loop import Task, build_parts, run_loop
 from hwsim.model import Network
 from hwsim.objective import BatchObjective
@@ -144,6 +147,13 @@ def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
     theta = backend.encode(backend.to_backend(initial_params(str(run_dir), network, "eval")))
     x = torch.from_numpy(data.test.x).to(backend.device, backend.data_dtype)
     y = torch.from_numpy(data.test.y).to(backend.device)
+    before = backend.counters()
     acc = accuracy(network, backend, theta, x, y, cfg.train.eval_batch_size)
-    return {"run": str(run_dir), "test_accuracy": acc, "backend": backend.name,
-            "backend_options": dict(cfg.backend.options), "counters": backend.counters()}
+    spent = subtract(backend.counters(), before)
+    result = {"run": str(run_dir), "test_accuracy": acc, "backend": backend.name,
+              "backend_options": dict(cfg.backend.options), "counters": backend.counters(), "inferences": len(y)}
+    est = estimate(backend, spent, load_table(cfg.energy), backend.param_space(network).size)
+    if est is not None:
+        result.update(energy_j_per_inference=est.joules / len(y), latency_s_per_inference=est.latency_s / len(y),
+                      energy_breakdown_per_inference={k: v / len(y) for k, v in est.by_component().items()})
+    return result

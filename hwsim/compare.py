@@ -1,0 +1,329 @@
+"""``hwsim compare SPEC``: one model, many hardware rows, one report.
+
+A spec (YAML; shipped ones sit with the configs and have a ``rows`` key) names a training config. Its
+model is trained once BP-free on the ideal backend (the *reference*), then every row (a backend with its
+settings) gets: the reference deployed on it (test accuracy, energy and latency per inference), and,
+when ``finetune.steps`` > 0, the reference fine-tuned BP-free on that hardware (accuracy after, training
+energy and device time, forward queries, on-device memory). Noisy rows run ``chips`` chip instances
+(``backend.chip_seed`` 0..N-1): mean, spread and range of accuracy over chips. A row that fails keeps its
+reason; the others finish. Writes compare.json, compare.csv, compare.md and plots into the out dir.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from hwsim.config import Config, ConfigError, from_dict, load_config, read_raw
+from hwsim.report import markdown_table, save_figure, write_atomic, write_json
+
+NOISY = ("photonic",)          # backends whose chips differ by chip_seed
+
+
+@dataclass
+class Finetune:
+    steps: int = 0             # BP-free fine-tuning steps on each row's hardware (0: deploy only)
+    set: list[str] = field(default_factory=list)     # overrides of the fine-tuning runs
+
+    def check(self, p: str) -> None:
+        if self.steps < 0:
+            raise ConfigError(f"{p}.steps: expected a number >= 0, got {self.steps}")
+
+
+@dataclass
+class Row:
+    name: str
+    backend: dict = field(default_factory=lambda: {"name": "ideal"})
+    chips: Optional[int] = None                       # chip instances (noisy backends; default: the spec's)
+    test_limit: Optional[int] = None                  # test images of this row (default: the spec's)
+    finetune: Optional[bool] = None                   # false: deploy only on this row
+    set: list[str] = field(default_factory=list)     # more overrides for this row (deploy and fine-tune)
+
+    def check(self, p: str) -> None:
+        if "name" not in self.backend:
+            raise ConfigError(f"{p}.backend.name: required (ideal, fixed, rtl, photonic, ...)")
+        for key in ("chips", "test_limit"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{p}.{key}: expected a number > 0, got {value}")
+
+
+@dataclass
+class Spec:
+    rows: list[Row]
+    config: str = "mnist_tt_zo"                       # the training config of the model
+    set: list[str] = field(default_factory=list)     # overrides of the reference training
+    reference: Optional[str] = None                   # a finished run to use instead of training one
+    test_limit: Optional[int] = 1000
+    chips: int = 1
+    finetune: Finetune = field(default_factory=Finetune)
+
+    def check(self, p: str) -> None:
+        if not self.rows:
+            raise ConfigError(f"{p}.rows: at least one row is required")
+        names = [r.name for r in self.rows]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{p}.rows: row names must differ; got {names}")
+        if self.chips <= 0:
+            raise ConfigError(f"{p}.chips: expected a number > 0, got {self.chips}")
+
+
+def load_spec(source: str) -> Spec:
+    """A compare spec from a YAML file or a shipped spec's name."""
+    raw = read_raw(source)
+    if "rows" not in raw:
+        raise ConfigError(f"compare spec {source!r}: has no rows; a spec lists the hardware rows to compare")
+    spec = from_dict(Spec, raw, "")
+    load_config(spec.config, spec.set)                 # a bad training config fails here, not after training
+    return spec
+
+
+def is_spec(source: str) -> bool:
+    try:
+        return "rows" in read_raw(source)
+    except ConfigError:
+        return False
+
+
+def _jobs(spec: Spec) -> list[tuple[Row, int | None]]:
+    """(row, chip seed or None) of every evaluation to run."""
+    out = []
+    for row in spec.rows:
+        if row.backend["name"] in NOISY:
+            out += [(row, chip) for chip in range(row.chips or spec.chips)]
+        else:
+            out.append((row, None))
+    return out
+
+
+def _overrides(spec: Spec, row: Row, chip: int | None) -> list[str]:
+    backend = dict(row.backend, **({"chip_seed": chip} if chip is not None else {}))
+    limit = row.test_limit or spec.test_limit
+    return ([f"backend={json.dumps(backend)}"] + ([f"data.test_limit={limit}"] if limit else []) + list(row.set))
+
+
+def run_job(spec: Spec, row: Row, chip: int | None, reference: Path, out_dir: Path) -> dict:
+    """Deploy (and fine-tune) the reference on one row's hardware; a failure is returned as its reason."""
+    from hwsim.train import evaluate, train
+
+    result: dict[str, Any] = {"row": row.name, "chip": chip}
+    t0 = time.perf_counter()
+    try:
+        overrides = _overrides(spec, row, chip)
+        deployed = evaluate(reference, overrides)
+        result.update(deployed_accuracy=deployed["test_accuracy"], inferences=deployed["inferences"],
+                      **{k: v for k, v in deployed.items() if "per_inference" in k})
+        if spec.finetune.steps and row.finetune is not False:
+            cfg = load_config(str(reference / "config.yaml"), overrides + [
+                f"train.init={reference}", f"train.steps={spec.finetune.steps}", "train.epochs=null",
+                f"train.eval_every={spec.finetune.steps}"] + spec.finetune.set + list(row.set))
+            where = out_dir / "rows" / (row.name.replace(" ", "_") + ("" if chip is None else f"_chip{chip}"))
+            m = train(cfg, where, progress=False, log=lambda s: None)
+            result.update(finetuned_accuracy=m["test_accuracy"], forward_queries=m["forward_queries"],
+                          **{k: m[k] for k in ("energy_j_training", "latency_s_training", "device_memory_bytes_zo",
+                                               "device_memory_bytes_bp") if k in m})
+    except Exception as e:  # a failing row is reported in its row; the others go on
+        lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        result["error"] = f"{type(e).__name__}: {lines[0]}"
+        if not isinstance(e, (ConfigError, RuntimeError, OSError, ValueError, KeyError)):
+            result["traceback"] = traceback.format_exc(limit=3)
+    result["wall_s"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def summarize(spec: Spec, results: list[dict]) -> list[dict]:
+    """One line per row: accuracy mean / std / min / max over its chips, the mean of every other figure."""
+    out = []
+    for row in spec.rows:
+        mine = [r for r in results if r["row"] == row.name]
+        ok = [r for r in mine if "error" not in r]
+        line: dict[str, Any] = {"row": row.name, "backend": row.backend["name"], "chips": len(mine),
+                                "failed": len(mine) - len(ok)}
+        if not ok:
+            line["error"] = mine[0].get("error", "no result") if mine else "no result"
+            out.append(line)
+            continue
+        for key in ("deployed_accuracy", "finetuned_accuracy"):
+            values = [r[key] for r in ok if key in r]
+            if values:
+                line[key] = statistics.fmean(values)
+                line[key + "_std"] = statistics.pstdev(values)
+                line[key + "_min"], line[key + "_max"] = min(values), max(values)
+        for key in ("energy_j_per_inference", "latency_s_per_inference", "energy_j_training", "latency_s_training",
+                    "forward_queries", "device_memory_bytes_zo", "device_memory_bytes_bp"):
+            values = [r[key] for r in ok if key in r]
+            if values:
+                line[key] = statistics.fmean(values)
+        parts: dict[str, float] = {}
+        for r in ok:
+            for k, v in r.get("energy_breakdown_per_inference", {}).items():
+                parts[k] = parts.get(k, 0.0) + v / len(ok)
+        line["energy_breakdown_per_inference"] = parts
+        out.append(line)
+    return out
+
+
+COLUMNS = [("row", "hardware"), ("chips", "chips"), ("deployed", "deployed acc. (%)"),
+           ("finetuned", "fine-tuned acc. (%)"), ("energy_j_per_inference", "J / inference"),
+           ("latency_s_per_inference", "s / inference"), ("energy_j_training", "fine-tune J"),
+           ("latency_s_training", "fine-tune s (device)"), ("forward_queries", "forward queries"),
+           ("device_memory_bytes_zo", "memory ZO (B)"), ("device_memory_bytes_bp", "memory BP (B)"),
+           ("error", "failed")]
+
+
+def _accuracy_cell(line: dict, key: str) -> str:
+    if key not in line:
+        return ""
+    mean = 100 * line[key]
+    if line["chips"] - line["failed"] > 1:
+        return f"{mean:.2f} ± {100 * line[key + '_std']:.2f} ({100 * line[key + '_min']:.1f}-{100 * line[key + '_max']:.1f})"
+    return f"{mean:.2f}"
+
+
+def table(lines: list[dict]) -> str:
+    shown = [{**line, "deployed": _accuracy_cell(line, "deployed_accuracy"),
+              "finetuned": _accuracy_cell(line, "finetuned_accuracy"),
+              "forward_queries": int(line["forward_queries"]) if "forward_queries" in line else "",
+              **{k: int(line[k]) for k in ("device_memory_bytes_zo", "device_memory_bytes_bp") if k in line}}
+             for line in lines]
+    return markdown_table(shown, COLUMNS)
+
+
+def _csv(lines: list[dict]) -> str:
+    keys = sorted({k for line in lines for k, v in line.items() if not isinstance(v, dict)})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for line in lines:
+        writer.writerow({k: line.get(k, "") for k in keys})
+    return buffer.getvalue()
+
+
+def plots(lines: list[dict], results: list[dict], out_dir: Path, title: str) -> list[Path]:
+    """accuracy_vs_energy.png, energy_breakdown.png and (with several chips) chips.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    ok = [line for line in lines if "energy_j_per_inference" in line and "deployed_accuracy" in line]
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, line in enumerate(ok):
+        color = f"C{i % 10}"
+        for key, marker, what in (("deployed_accuracy", "o", "deployed"), ("finetuned_accuracy", "^", "fine-tuned")):
+            if key in line:
+                ax.errorbar(line["energy_j_per_inference"], 100 * line[key], yerr=100 * line[key + "_std"],
+                            fmt=marker, color=color, capsize=3, label=f"{line['row']} ({what})")
+    ax.set(xscale="log", xlabel="energy per inference (J, log; hwsim energy model)", ylabel="test accuracy (%)",
+           title=f"{title}: accuracy vs energy (error bars: std over chips)")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    paths.append(out_dir / "accuracy_vs_energy.png")
+    save_figure(fig, paths[-1])
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    components = sorted({c for line in ok for c in line["energy_breakdown_per_inference"]})
+    totals = [sum(line["energy_breakdown_per_inference"].values()) or 1.0 for line in ok]
+    bottom = [0.0] * len(ok)
+    for j, comp in enumerate(components):
+        values = [100 * line["energy_breakdown_per_inference"].get(comp, 0.0) / t for line, t in zip(ok, totals)]
+        ax.bar(range(len(ok)), values, bottom=bottom, label=comp, color=f"C{j}")
+        bottom = [b + v for b, v in zip(bottom, values)]
+    for i, t in enumerate(totals):
+        ax.text(i, 101, f"{t:.2g} J", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(ok)), [line["row"] for line in ok], rotation=20, ha="right", fontsize=8)
+    ax.set(ylim=(0, 112), ylabel="share of the energy per inference (%)",
+           title=f"{title}: energy per inference by component (total above)")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    paths.append(out_dir / "energy_breakdown.png")
+    save_figure(fig, paths[-1])
+
+    chips = [line for line in lines if line["chips"] > 1]
+    if chips:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, line in enumerate(chips):
+            mine = [r for r in results if r["row"] == line["row"] and "error" not in r]
+            for key, marker, offset in (("deployed_accuracy", "o", -0.1), ("finetuned_accuracy", "^", 0.1)):
+                ys = [100 * r[key] for r in mine if key in r]
+                ax.plot([i + offset] * len(ys), ys, marker, color=f"C{i}", alpha=0.7,
+                        label=f"{line['row']} ({key.split('_')[0]})")
+        ax.set_xticks(range(len(chips)), [line["row"] for line in chips], fontsize=8)
+        ax.set(ylabel="test accuracy (%)", title=f"{title}: accuracy of every chip instance")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        paths.append(out_dir / "chips.png")
+        save_figure(fig, paths[-1])
+    return paths
+
+
+def compare(spec: Spec, out_dir: Path, jobs: int = 1, log: Callable[[str], None] = print,
+            progress: bool = True) -> dict:
+    """Run a spec; returns {"rows": per-row summary, "results": per chip} (also written to ``out_dir``)."""
+    from hwsim.train import train
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if spec.reference:
+        reference = Path(spec.reference)
+        if not ((reference / "params.pt").is_file() or (reference / "checkpoints").is_dir()):
+            raise ConfigError(f"reference: {reference} is not a run directory with trained parameters")
+    else:
+        reference = out_dir / "reference"
+        cfg = load_config(spec.config, spec.set)
+        done = reference / "metrics.json"
+        same = done.is_file() and read_raw(str(reference / "config.yaml")) == json.loads(json.dumps(cfg.to_dict()))
+        if same:
+            log(f"hwsim compare: reference {reference} already trained with this config")
+        else:
+            log(f"hwsim compare: training the reference model ({spec.config}) on the ideal backend -> {reference}")
+            train(cfg, reference, progress=progress, log=log)
+    work = _jobs(spec)
+    log(f"hwsim compare: {len(spec.rows)} rows, {len(work)} evaluations ({jobs} at a time)")
+    results: list[dict] = []
+
+    def done_one(k: int, result: dict) -> None:
+        chip = "" if result["chip"] is None else f" chip {result['chip']}"
+        what = result.get("error") or (f"deployed {100 * result['deployed_accuracy']:.2f} %"
+                                       + (f", fine-tuned {100 * result['finetuned_accuracy']:.2f} %"
+                                          if "finetuned_accuracy" in result else ""))
+        log(f"hwsim compare: [{k}/{len(work)}] {result['row']}{chip}: {what} ({result['wall_s']:.0f} s)")
+        results.append(result)
+
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(run_job, spec, row, chip, reference, out_dir) for row, chip in work]
+            for k, future in enumerate(futures, 1):
+                done_one(k, future.result())
+    else:
+        for k, (row, chip) in enumerate(work, 1):
+            log(f"hwsim compare: [{k}/{len(work)}] {row.name}" + ("" if chip is None else f" chip {chip}") + " ...")
+            done_one(k, run_job(spec, row, chip, reference, out_dir))
+    lines = summarize(spec, results)
+    report = {"spec": _as_dict(spec), "reference": str(reference), "rows": lines, "results": results,
+              "wall_s": round(time.perf_counter() - t0, 1)}
+    write_json(out_dir / "compare.json", report)
+    write_atomic(out_dir / "compare.csv", _csv(lines))
+    text = table(lines)
+    write_atomic(out_dir / "compare.md", f"# hwsim compare: {spec.config}\n\nReference: {reference}\n\n{text}\n")
+    figures = plots(lines, results, out_dir, spec.config)
+    log(text)
+    log(f"hwsim compare: {report['wall_s']:.0f} s; table {out_dir / 'compare.md'}, plots "
+        + ", ".join(str(p) for p in figures))
+    return report
+
+
+def _as_dict(spec: Spec) -> dict:
+    from dataclasses import asdict
+    return yaml.safe_load(yaml.safe_dump(asdict(spec)))

@@ -1,0 +1,63 @@
+"""`hwsim compare SPEC`: one model on many hardware rows; failing rows keep their reason, the others finish."""
+import json
+
+import pytest
+
+from hwsim.cli import main
+from hwsim.compare import load_spec
+from hwsim.config import ConfigError
+
+SPEC = """
+config: mnist_tt_zo
+set: [train.steps=20, train.eval_every=20, data.train_limit=1000, data.val_size=200, data.test_limit=200]
+test_limit: 100
+chips: 2
+finetune: {steps: 2, set: [train.batch_size=32, estimator.rge.num_queries=2]}
+rows:
+  - {name: ideal, backend: {name: ideal}}
+  - {name: fixed 8-bit, backend: {name: fixed, bits: 8}, set: [estimator.rge.mu=0.046875]}
+  - {name: photonic, backend: {name: photonic, noise: {preset: typical, phase_bias: 0.0}, block: 4}}
+  - {name: broken, backend: {name: fixed, bits: 99}}
+"""
+
+
+def test_a_spec_compares_rows_and_a_failing_row_does_not_stop_the_others(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "out"
+    assert main(["compare", str(spec), "--out", str(out), "--quiet"]) == 1        # one row failed
+    report = json.loads((out / "compare.json").read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert rows["broken"]["error"].startswith("ConfigError: backend.bits: 99 is not allowed")
+    for name in ("ideal", "fixed 8-bit", "photonic"):
+        r = rows[name]
+        assert "error" not in r and 0 <= r["deployed_accuracy"] <= 1 and 0 <= r["finetuned_accuracy"] <= 1
+        assert r["energy_j_per_inference"] > 0 and r["energy_j_training"] > 0
+        assert r["device_memory_bytes_bp"] > r["device_memory_bytes_zo"] > 0
+    assert rows["photonic"]["chips"] == 2 and rows["ideal"]["chips"] == 1
+    chips = [r for r in report["results"] if r["row"] == "photonic"]
+    assert sorted(r["chip"] for r in chips) == [0, 1]
+    accs = [r["deployed_accuracy"] for r in chips]
+    assert rows["photonic"]["deployed_accuracy_min"] == min(accs)
+    assert rows["photonic"]["deployed_accuracy"] == pytest.approx(sum(accs) / 2)
+    # the ideal row deploys the reference unchanged: its accuracy on the same test images
+    ideal = json.loads((out / "reference" / "metrics.json").read_text())
+    assert ideal["steps"] == 20
+    for name in ("compare.md", "compare.csv", "accuracy_vs_energy.png", "energy_breakdown.png", "chips.png"):
+        assert (out / name).stat().st_size > 0
+    md = (out / "compare.md").read_text()
+    assert "| broken | 1 |" in md and "ConfigError" in md
+    assert "[5/5] broken: ConfigError" in capsys.readouterr().out
+
+
+def test_bad_specs_are_refused_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    for text, message in (("config: mnist_tt_zo\nrows: []\n", "rows: at least one row"),
+                          ("rows: [{name: a}, {name: a}]\n", "row names must differ"),
+                          ("rows: [{name: a, backend: {bits: 8}}]\n", r"rows\[0\].backend.name: required"),
+                          ("rows: [{name: a}]\nset: [train.stepz=3]\n", "train.stepz: unknown key"),
+                          ("rows: [{name: a}]\nchipz: 3\n", "chipz: unknown key")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_spec(str(bad))
+    assert load_spec("mnist_backends").rows[0].name == "ideal fp32"
