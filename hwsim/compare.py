@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
 import statistics
 import time
 import traceback
@@ -213,7 +214,6 @@ def plots(lines: list[dict], results: list[dict], out_dir: Path, title: str) -> 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     ok = [line for line in lines if "energy_j_per_inference" in line and "deployed_accuracy" in line]
     paths = []
@@ -226,7 +226,7 @@ def plots(lines: list[dict], results: list[dict], out_dir: Path, title: str) -> 
                             fmt=marker, color=color, capsize=3, label=f"{line['row']} ({what})")
     ax.set(xscale="log", xlabel="energy per inference (J, log; hwsim energy model)", ylabel="test accuracy (%)",
            title=f"{title}: accuracy vs energy (error bars: std over chips)")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.tick_params(axis="x", which="both", labelsize=7, labelrotation=30)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     paths.append(out_dir / "accuracy_vs_energy.png")
@@ -302,7 +302,7 @@ def compare(spec: Spec, out_dir: Path, jobs: int = 1, log: Callable[[str], None]
         results.append(result)
 
     if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(run_job, spec, row, chip, reference, out_dir) for row, chip in work]
             for k, future in enumerate(futures, 1):
                 done_one(k, future.result())
