@@ -37,7 +37,7 @@ from hwsim.config import ConfigError, RunConfig
 from hwsim.energy.memory import device_memory
 from hwsim.energy.report import run_figures, subtract
 from hwsim.energy.table import load_table
-from hwsim.report import write_atomic, write_json, write_jsonl, write_yaml
+from hwsim.report import plot_energy, write_atomic, write_json, write_jsonl, write_yaml
 
 FORMAT_VERSION = 1
 HARMLESS = ("train.checkpoint.", "energy.")   # config keys a resume may change: they do not touch the numbers
@@ -293,6 +293,8 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
         write_atomic(out_dir / "params.pt", checkpoint.params_bytes(state()))
         write_json(out_dir / "metrics.json", metrics)
         task.plots(out_dir, records, final, metrics)
+        if "energy_j_training" in metrics:
+            plot_energy(metrics, out_dir / "energy.png", f"{task.command} on {backend.name}")
     log(f"{task.label}: {task.final_line(metrics)}, {metrics['wall_s']:.1f} s"
         + (f"; results in {out_dir}" if out_dir is not None else ""))
     return metrics

@@ -68,6 +68,27 @@ def plot_curves(records: Sequence[dict], path: Path, title: str = "") -> None:
     save_figure(fig, path)
 
 
+def plot_energy(metrics: dict, path: Path, title: str = "") -> None:
+    """energy.png: the run's device energy by component, for the training and for one inference, and its
+    device memory BP-free vs back-propagation (hwsim.energy figures of metrics.json)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, total, what in ((axes[0], "energy_breakdown_training", "energy_j_training", "training"),
+                                 (axes[1], "energy_breakdown_per_inference", "energy_j_per_inference", "one inference")):
+        parts = metrics.get(key, {})
+        ax.bar(list(parts), list(parts.values()), color=[f"C{i}" for i in range(len(parts))])
+        ax.set(yscale="log", ylabel="energy (J, log)", title=f"{what}: {metrics.get(total, 0):.3g} J")
+        ax.grid(alpha=0.3, axis="y")
+    memory = [metrics.get("device_memory_bytes_zo", 0), metrics.get("device_memory_bytes_bp", 0)]
+    axes[2].bar(["BP-free (ZO)", "back-propagation"], [m / 2 ** 20 for m in memory], color=["C2", "C3"])
+    axes[2].set(ylabel="device memory to train (MiB)", title="on-device training memory")
+    fig.suptitle(f"{title} (hwsim energy model, docs/energy.md)")
+    save_figure(fig, path)
+
+
 def save_figure(fig, path: Path) -> None:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt

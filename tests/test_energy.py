@@ -123,6 +123,7 @@ def test_a_run_reports_energy_and_hwsim_energy_explains_it(tmp_path, capsys):
     assert metrics["inferences"] == 300 and metrics["energy_j_per_inference"] > 0
     assert metrics["energy_j_training"] == pytest.approx(sum(metrics["energy_breakdown_training"].values()))
     assert metrics["device_memory_bytes_bp"] > metrics["device_memory_bytes_zo"] > 0
+    assert (tmp_path / "energy.png").read_bytes()[:4] == b"\x89PNG"
     # evaluation counters are not training: the MACs of the steps alone are 4 x 81 queries x 64 rows x model MACs
     train_macs = metrics["counters"]["macs_float32"] - metrics["counters_evaluation"]["macs_float32"]
     assert train_macs > 0 and metrics["counters_inference"]["rows"] == 2 * 300
