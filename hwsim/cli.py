@@ -58,7 +58,7 @@ def _compare(args) -> int:
 
     if len(args.runs) == 1 and not Path(args.runs[0]).is_dir() and is_spec(args.runs[0]):
         spec = load_spec(args.runs[0])
-        out = Path(args.out) if args.out else Path("runs") / f"compare_{Path(args.runs[0]).stem}"
+        out = Path(args.out) if args.out else Path("runs") / Path(args.runs[0]).stem
         report = compare(spec, out, jobs=args.jobs, progress=not args.quiet)
         return 0 if all("error" not in line for line in report["rows"]) else 1
     try:
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("compare", help="one model on many hardware rows (a compare spec), or finished runs side by side")
     p.add_argument("runs", nargs="+", metavar="SPEC | RUN",
                    help="a compare spec (YAML file or shipped name, e.g. mnist_backends), or run directories")
-    p.add_argument("--out", help="spec: the report directory (default runs/compare_<spec>)")
+    p.add_argument("--out", help="spec: the report directory (default runs/<spec name>)")
     p.add_argument("--jobs", type=int, default=1, help="spec: evaluations in parallel processes (default 1)")
     p.add_argument("--quiet", action="store_true", help="spec: no progress bar while training the reference")
     p.add_argument("--plot", help="write test accuracy vs forward queries and wall time to this PNG")
