@@ -1,6 +1,8 @@
+import json
 import pytest
 
 from hwsim.build import build_backend, build_network
+from hwsim.compare import load_spec
 from hwsim.config import (Config, ConfigError, PinnConfig, apply_override, from_dict, load_config, read_raw,
                           shipped_configs)
 
@@ -15,6 +17,12 @@ PINN = {"hjb20_fo_ad", "hjb20_fo_sg", "hjb20_zo_dense_sg", "hjb20_zo_tt_sg", "hj
 def test_every_shipped_config_validates_and_builds():
     assert EXPECTED | PINN <= set(shipped_configs())
     for name in shipped_configs():
+        if "rows" in read_raw(name):                     # a compare spec: its rows' backends must build
+            spec = load_spec(name)
+            net = build_network(load_config(spec.config, spec.set).model)
+            for row in spec.rows:
+                build_backend(load_config(spec.config, spec.set + [f"backend={json.dumps(row.backend)}"]).backend, net)
+            continue
         pinn = "pde" in read_raw(name)
         cfg = load_config(name, [], PinnConfig if pinn else Config)
         net = build_network(cfg.model)
