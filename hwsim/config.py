@@ -359,14 +359,22 @@ def apply_override(raw: dict, assignment: str) -> None:
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
             raise ConfigError(f"--set {key}: {last!r} is not an index of that list")
-        node[int(last)] = yaml.safe_load(text)
+        node[int(last)] = _scalar(key, text)
     elif isinstance(node, dict):
-        value = yaml.safe_load(text)
+        value = _scalar(key, text)
         if parts == ["backend", "name"] and node.get("name") != value:
             node.clear()              # another backend: the old one's options do not apply to it
         node[last] = value
     else:
         raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping")
+
+
+def _scalar(key: str, text: str):
+    """The YAML value of ``--set key=text``; a syntax error names the key."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: {text!r} is not a valid YAML value ({getattr(e, 'problem', None) or e})") from None
 
 
 def shipped_configs() -> list[str]:
@@ -378,14 +386,22 @@ def read_raw(source: str) -> dict:
     """Raw mapping from a YAML file path or a shipped config name (e.g. ``mnist_tt_zo``)."""
     path = Path(source)
     if path.is_file():
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config {source!r}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     else:
         shipped = resources.files("hwsim.configs") / f"{source}.yaml"
         if not shipped.is_file():
             raise ConfigError(f"config {source!r}: no such file and no shipped config of that name; "
                               f"shipped: {', '.join(shipped_configs())}")
         text = shipped.read_text()
-    raw = yaml.safe_load(text)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config {source!r}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {source!r}: the YAML must be a mapping of sections")
     return raw

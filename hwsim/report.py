@@ -17,9 +17,10 @@ def _umask() -> int:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder (flushed to disk) and a rename, so
-    that ``path`` holds either its old or its new content, never a part."""
+    """Write ``data`` to ``path`` (creating its parent folders) via a temporary file in the same folder
+    (flushed to disk) and a rename, so that ``path`` holds either its old or its new content, never a part."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

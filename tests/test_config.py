@@ -98,3 +98,25 @@ def test_override_syntax_errors():
         apply_override({}, "train.steps")
     with pytest.raises(ConfigError, match="not an index"):
         apply_override({"a": [1]}, "a.3=2")
+
+
+def test_malformed_yaml_and_set_values_are_one_line_errors(tmp_path, capsys):
+    """Regression: a malformed YAML file ended in a PyYAML traceback with exit 1."""
+    from hwsim.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 0\ntrain: {steps: 3\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hwsim: error: config '{bad}': not valid YAML at line ") and err.count("\n") == 1
+    assert main(["train", "mnist_tt_zo", "--set", "train.steps=[1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hwsim: error: --set train.steps: '[1' is not a valid YAML value") and err.count("\n") == 1
+
+
+def test_files_are_written_under_missing_parents(tmp_path):
+    """Regression: `hwsim rtl verify` crashed writing its JSON where runs/ did not exist yet."""
+    from hwsim.report import write_json
+
+    write_json(tmp_path / "runs" / "deep" / "x.json", {"a": 1})
+    assert (tmp_path / "runs" / "deep" / "x.json").read_text().strip().startswith("{")
