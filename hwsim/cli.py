@@ -30,10 +30,28 @@ def _run(args, kind) -> int:
         raise ConfigError(f"hwsim {args.command}: give a CONFIG (or --resume RUN_DIR)")
     else:
         source, out = args.config, Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+        if not args.force:
+            _refuse_existing_run(out, args.command)
     cfg = load_config(source, args.set or [], kind)
     run = train if kind is Config else pinn
     run(cfg, out, progress=not args.quiet, resume=bool(args.resume), allow_changes=args.allow_changes)
     return 0
+
+
+def _refuse_existing_run(out: Path, command: str) -> None:
+    """A fresh run never replaces another silently: an out dir holding a run is refused with what to do."""
+    from hwsim import checkpoint
+    from hwsim.config import ConfigError
+
+    saved = checkpoint.list_checkpoints(out)
+    if (out / "metrics.json").is_file():
+        what = "a finished run"
+    elif saved:
+        what = f"a run stopped at step {int(saved[-1].stem.split('-')[1])}"
+    else:
+        return
+    raise ConfigError(f"--out {out}: holds {what}; continue it with `hwsim {command} --resume {out}`, "
+                      f"replace it with --force, or choose another --out")
 
 
 def _eval(args) -> int:
@@ -187,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="continue an interrupted run from its newest checkpoint (same final numbers)")
         p.add_argument("--allow-changes", action="store_true",
                        help="with --resume: accept a config that differs from the checkpoint's")
+        p.add_argument("--force", action="store_true",
+                       help="start over in an out dir that holds a run (its files are replaced)")
         p.set_defaults(func=lambda args, kind=kind: _run(args, kind))
     p = sub.add_parser("eval", help="deploy a finished run on a backend (e.g. trained on ideal, run on fixed)")
     p.add_argument("run", help="a run directory written by `hwsim train`")

@@ -339,3 +339,19 @@ def test_checkpoints_are_kept_rotated_and_deploy_like_params(tmp_path):
     assert torch.equal(state["theta"], params["theta"]) and state["step"] == 9
     (tmp_path / "params.pt").unlink()                      # eval and train.init read the checkpoint then
     assert evaluate(tmp_path)["test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_a_fresh_run_does_not_replace_another_silently(tmp_path, capsys):
+    """Regression (a tour line without --out replaced the main run's config): an out dir holding a run is
+    refused with what to do; --force starts over."""
+    args = ["train", "mnist_tt_zo", "--quiet", "--out", str(tmp_path)] + sum((["--set", s] for s in TRAIN), [])
+    assert main(args) == 0
+    before = (tmp_path / "metrics.json").read_text()
+    assert main(args + ["--set", "seed=5"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"hwsim: error: --out {tmp_path}: holds a finished run; continue it with `hwsim train --resume "
+                   f"{tmp_path}`, replace it with --force, or choose another --out\n")
+    assert (tmp_path / "metrics.json").read_text() == before
+    assert main(args + ["--set", "seed=5", "--force"]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["seed"] == 5
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)][-1] == "step-00000009.pt"
