@@ -107,10 +107,9 @@ def save_figure(fig, path: Path) -> None:
             os.unlink(tmp)
 
 
-COMPARE_COLUMNS = [("run", "run"), ("estimator", "estimator"), ("backend", "backend"),
-                   ("test_accuracy_pct", "test acc. (%)"), ("best_test_accuracy_pct", "best (%)"),
-                   ("forward_queries", "forward queries"), ("trainable_params", "trainable params"),
-                   ("steps", "steps"), ("wall_s", "wall (s)")]
+# What a run directory's kind is measured by: (metric, best, query count, header, lower is better)
+RUN_KINDS = {"train": ("test_accuracy", "best_test_accuracy", "forward_queries", "test acc. (%)", False),
+             "pinn": ("rel_l2", "best_rel_l2", "forward_evals", "rel. L2 (%)", True)}
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
@@ -125,30 +124,36 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
 
 
 def compare_runs(run_dirs: Sequence[Path], plot_path: Path | None = None) -> str:
-    """Markdown table of several runs; optionally one plot of test accuracy vs forward queries."""
-    rows, curves = [], []
-    for d in run_dirs:
-        metrics, records = load_run(d)
-        rows.append({**metrics, "run": Path(d).name, "test_accuracy_pct": 100 * metrics["test_accuracy"],
-                     "best_test_accuracy_pct": 100 * metrics["best_test_accuracy"]})
-        curves.append((Path(d).name, records))
+    """Markdown table of finished runs of one kind (``hwsim train``: test accuracy; ``hwsim pinn``: rel. L2
+    error); optionally one plot of that metric against forward queries and against wall time."""
+    from hwsim.config import ConfigError
+
+    loaded = [(Path(d).name, *load_run(d)) for d in run_dirs]
+    kinds = sorted({"pinn" if "rel_l2" in m else "train" for _, m, _ in loaded})
+    if len(kinds) > 1:
+        raise ConfigError("compare: the runs mix `hwsim train` and `hwsim pinn` runs; compare one kind at a time")
+    metric, best, queries, header, lower = RUN_KINDS[kinds[0]]
+    rows = [{**m, "run": name, "metric_pct": 100 * m[metric], "best_pct": 100 * m[best], "queries": m[queries]}
+            for name, m, _ in loaded]
     if plot_path is not None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(1, 2, figsize=(11, 4.5))
-        for name, records in curves:
-            for axis, key in zip(ax, ("forward_queries", "wall_s")):
-                axis.plot([r[key] for r in records], [100 * r["test_accuracy"] for r in records], marker=".", label=name)
-        for axis, label in zip(ax, ("forward queries (log)", "wall time (s, log)")):
-            axis.set_xscale("log")
-            axis.set_xlabel(label)
-            axis.set_ylabel("test accuracy (%)")
+        for name, _, records in loaded:
+            for axis, key in zip(ax, (queries, "wall_s")):
+                axis.plot([r[key] for r in records], [100 * r[metric] for r in records], marker=".", label=name)
+        for axis, label in zip(ax, (f"{queries.replace('_', ' ')} (log)", "wall time (s, log)")):
+            axis.set(xscale="log", xlabel=label, ylabel=header, yscale="log" if lower else "linear")
             axis.grid(alpha=0.3)
         ax[0].legend(fontsize=8)
         save_figure(fig, plot_path)
-    return markdown_table(rows, COMPARE_COLUMNS)
+    columns = [("run", "run"), ("estimator", "estimator"), ("backend", "backend"), ("metric_pct", header),
+               ("best_pct", "best (%)"), ("queries", queries.replace("_", " ")), ("trainable_params", "trainable params"),
+               ("steps", "steps"), ("wall_s", "wall (s)"), ("energy_j_training", "training J (model)"),
+               ("energy_j_per_inference", "J / inference (model)")]
+    return markdown_table(rows, columns)
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:

@@ -262,3 +262,22 @@ def test_pinn_config_errors_are_clear(capsys):
     assert "the network maps 21 -> 1; pde hjb with dim 5 needs 6 -> 1" in capsys.readouterr().err
     assert main(["pinn", "hjb20_fo_ad", "--set", "backend.name=fixed", "--set", "estimator.name=rge", "--quiet"]) == 2
     assert "'autodiff' needs a differentiable backend" in capsys.readouterr().err
+
+
+def test_compare_tables_pinn_runs_and_refuses_mixed_kinds(tmp_path, capsys):
+    """Regression: `hwsim compare` ended in a KeyError on PINN run directories."""
+    for run in ("a", "b"):
+        assert main(["pinn", "hjb20_zo_tt_sg", "--out", str(tmp_path / run), "--quiet"]
+                    + sum((["--set", o] for o in SMALL + ["model.layers.0.in_features=4", "model.layers.0.in_factors=[2, 2]",
+                                                          f"seed={ord(run)}"]), [])) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--plot", str(tmp_path / "c.png")]) == 0
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    table = capsys.readouterr().out
+    assert "| run | estimator | backend | rel. L2 (%) |" in table and f"| a | rge | ideal | {100 * m['rel_l2']:.4g} |" in table
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "metrics.json").write_text(json.dumps({"test_accuracy": 0.5, "best_test_accuracy": 0.5}))
+    (tmp_path / "t" / "metrics.jsonl").write_text("")
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "t")]) == 2
+    assert "mix `hwsim train` and `hwsim pinn` runs" in capsys.readouterr().err
