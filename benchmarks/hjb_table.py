@@ -1,4 +1,4 @@
-"""The HJB-20 table of PAPER.md section 5: {autodiff, finite differences, MC Stein, sparse-grid Stein} x
+"""The HJB-20 table of Zhao et al., arXiv:2308.09858: {autodiff, finite differences, MC Stein, sparse-grid Stein} x
 {FO, ZO} x {dense, TT}, each a `hwsim pinn` run of the CPU-sized configs (21-64-64-1) with only the
 derivative method, the estimator and the layers changed; rel. L2 error, error of the learned part,
 forward evaluations, wall time and the spread of the error over the last quarter of the steps.

@@ -8,7 +8,7 @@ Rows: deploy_<chip> (test accuracy of the programmed weights, no training), insi
 RGE from the deployed phases for ``--steps`` steps; "deployed_curve" holds the untrained deployment's
 accuracy on the same chip as it drifts over the same steps). Every chip is gain-calibrated
 (``calibrate: gain``) so the layer outputs keep their scale despite the insertion loss. Chips: ideal,
-typical (PAPER.md's values: 1 rad fabrication bias, drift 0.02 rad), pessimistic (likewise, drift 0.1 rad),
+typical (the values of Zhao et al., arXiv:2401.00413: 1 rad fabrication bias, drift 0.02 rad), pessimistic (likewise, drift 0.1 rad),
 typical_fab / pessimistic_fab (without the fabrication bias and the drift: static errors only), drift
 (typical_fab with a drift of 0.1 rad rms per 1,000 steps). Writes runs/photonic_mnist/<row>/, benchmarks/results/photonic_mnist.json
 and docs/img/photonic_mnist.png; resumable like hjb_table.py (rows may run in parallel processes: then

@@ -201,7 +201,7 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
     if out_dir is not None:
         out_dir = Path(out_dir)
         if resume:
-            last_path = checkpoint.latest(out_dir)
+            last_path = path
             write_jsonl(out_dir / "metrics.jsonl", records)
         else:
             last_path = _start_run_dir(out_dir, cfg, state, ck.keep)

@@ -136,6 +136,17 @@ class TTShape:
         return queries * rows * total
 
 
+def step_outputs(core_shapes: Sequence[tuple[int, int, int, int]], rows: int) -> list[int]:
+    """Values every core step of the core-by-core contraction produces for ``rows`` input rows (each a sum
+    of r_k * n_k products); the last step's are the layer outputs."""
+    out, done_out, rest_in = [], 1, math.prod(s[1] for s in core_shapes)
+    for (r, n, m, s) in core_shapes:
+        rest_in //= n
+        done_out *= m
+        out.append(rows * done_out * s * rest_in)
+    return out
+
+
 def to_dense(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     """Dense matrix of a TT matrix.
 

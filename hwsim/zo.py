@@ -1,4 +1,4 @@
-"""Zeroth-order gradient estimators: RGE, CGE and the hybrid schedule (PAPER.md section 3).
+"""Zeroth-order gradient estimators: RGE, CGE and the hybrid schedule (Zhao et al., arXiv:2308.09858).
 
 An estimator sees only the flat parameter vector theta (d,) and an *objective* that returns the
 mini-batch losses at many parameter points in one call (all queries of a step use the same batch):

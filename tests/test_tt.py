@@ -26,7 +26,7 @@ def test_factorize_examples():
     ((256, 10, (4, 4, 4, 4), (1, 5, 2, 1)), 4, 480),
 ])
 def test_reference_parameter_counts(shape, rank, params):
-    """PAPER.md section 2: 784-1024-10 rank 6 = 3,962 with biases; 784-256-10 rank 4 = 1,504."""
+    """Zhao et al., arXiv:2308.09858: 784-1024-10 rank 6 = 3,962 with biases; 784-256-10 rank 4 = 1,504."""
     s = TTShape.build(shape[0], shape[1], rank, shape[2], shape[3])
     assert s.num_params == params
     assert s.dense_params == shape[0] * shape[1]

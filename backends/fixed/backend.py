@@ -4,7 +4,7 @@ Two ways to hold the trained parameters (option ``master``):
 - ``float``: the host keeps float parameters and the chip quantizes them at every forward, so a
   perturbation moves a code only when it crosses a rounding boundary (mu should be >= 1 LSB);
 - ``integer``: the parameters *are* the integer codes (theta in LSB units): perturbations of whole
-  LSBs, and after every optimizer step the host rounds and clamps them back (PAPER.md section 7).
+  LSBs, and after every optimizer step the host rounds and clamps them back (the quantized MCU training of arXiv:2411.05873).
 Activations flow between layers as float values that lie exactly on their format's grid.
 """
 from __future__ import annotations

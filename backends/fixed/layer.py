@@ -12,6 +12,7 @@ import torch
 
 from hwsim.backends.fixed.numerics import (Format, _check_modes, accumulator_bits, exact_dtype,
                                            requantize_exact)
+from hwsim.tt import step_outputs as requantized      # every value a core step produces is requantized
 
 BIAS_BITS = 32
 
@@ -200,14 +201,3 @@ def _requantize(y: torch.Tensor, step: Step, spec: LayerSpec) -> tuple[torch.Ten
 def macs(core_shapes: Sequence[tuple[int, int, int, int]], rows: int) -> list[int]:
     """Multiply-accumulates of every core step for ``rows`` input rows."""
     return [v * r * n for v, (r, n, _, _) in zip(requantized(core_shapes, rows), core_shapes)]
-
-
-def requantized(core_shapes: Sequence[tuple[int, int, int, int]], rows: int) -> list[int]:
-    """Values every core step produces (and requantizes) for ``rows`` input rows: each is a sum of
-    r_k * n_k products."""
-    out, done_out, rest_in = [], 1, math.prod(s[1] for s in core_shapes)
-    for (r, n, m, s) in core_shapes:
-        rest_in //= n
-        done_out *= m
-        out.append(rows * done_out * s * rest_in)
-    return out

@@ -1,6 +1,6 @@
 """From weight matrices to photonic blocks and back, and what a block really does on the chip.
 
-A block is an n x n weight W = g U diag(S) V (PAPER.md section 6): U and V real orthogonal meshes of
+A block is an n x n weight W = g U diag(S) V (the tensorized optical NN of Zhao et al., arXiv:2401.00413): U and V real orthogonal meshes of
 n(n-1)/2 MZIs each, S = cos(phi_S) realised by n attenuating MZIs, g one electronic gain. Its n^2 phases
 sit in one vector [theta_U (M), phi_S (n), theta_V (M)], M = n(n-1)/2; every phase drives one MZI, so a
 block holds n^2 MZIs. The output signs of U and V (fixed +-1 screens) and g are set when a weight is

@@ -11,8 +11,8 @@ Counts bytes from the model's shapes and the backend's number formats (docs/ener
 """
 from __future__ import annotations
 
-from hwsim.backends.fixed.layer import requantized
 from hwsim.model import Activation, TTLinear
+from hwsim.tt import step_outputs
 
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2}
 
@@ -42,7 +42,7 @@ def device_memory(network, backend, optimizer: str, momentum: float, rows: int) 
         if isinstance(layer, Activation):
             stored.append(stored[-1])                         # same size as its input
             continue
-        inner = requantized(layer.tt.core_shapes, rows)[:-1] if isinstance(layer, TTLinear) else []
+        inner = step_outputs(layer.tt.core_shapes, rows)[:-1] if isinstance(layer, TTLinear) else []
         stored += inner + [rows * layer.out_features]
         live = max(live, rows * (layer.in_features + layer.out_features) + max(inner, default=0))
     zo = params + opt + 8 + 2 * 4 + live * a_bits / 8

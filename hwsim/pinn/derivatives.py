@@ -5,7 +5,7 @@ all k (points x offsets in one batch), then one matrix product turns the K value
 (value, gradient (D), diagonal second derivatives (D)). Estimators:
 
 - ``stein_grid``: Gaussian smoothing u_s(X) = E[u(X + s z)], z ~ N(0, I), with the expectations of the
-  Stein identities (PAPER.md section 5)
+  Stein identities (Zhao et al., arXiv:2308.09858)
       grad u_s(X)      = E[z (u(X + s z) - u(X - s z))] / (2 s)
       d2u_s/dX_i^2    = E[(z_i^2 - 1)(u(X + s z) + u(X - s z) - 2 u(X))] / (2 s^2)
   computed on a Gauss-Hermite Smolyak grid. The grid is symmetric, so X - s z is already a node: K = the

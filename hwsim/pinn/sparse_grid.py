@@ -8,7 +8,7 @@ exp(-z^2 / 2) / sqrt(2 pi)); the Smolyak combination of level L in ``dim`` dimen
 
 (Smolyak 1963; Gerstner & Griebel 1998), which integrates polynomials of total degree <= 2L - 1
 exactly. Duplicate nodes of the tensor-product terms are merged (their weights added). Level 3 in 21
-dimensions gives the 925-node rule of PAPER.md section 5; level 2 has 2 dim + 1 nodes.
+dimensions gives the 925-node rule of Zhao et al., arXiv:2308.09858; level 2 has 2 dim + 1 nodes.
 """
 from __future__ import annotations
 
