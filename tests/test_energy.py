@@ -134,3 +134,17 @@ def test_a_run_reports_energy_and_hwsim_energy_explains_it(tmp_path, capsys):
     assert main(["energy", str(tmp_path), "--set", "energy.digital_static_power=0"]) == 0
     assert main(["energy", str(tmp_path), "--set", "energy.nope=1"]) == 2
     assert "energy.nope: unknown device-table entry" in capsys.readouterr().err
+
+
+def test_weights_beyond_the_on_chip_sram_are_read_from_dram():
+    net, _ = _small()
+    b = create_backend("ideal", tt_method="direct")
+    b.bind(net)
+    net.forward(b, net.space.unflatten(net.init_params(torch.Generator().manual_seed(0)).float()), torch.rand(3, 784))
+    d = net.space.size
+    small = estimate(b, b.counters(), load_table({"digital_sram_bytes": 4 * d - 1}), d)   # float32 weights: 4 d bytes
+    fits = estimate(b, b.counters(), load_table({"digital_sram_bytes": 4 * d}), d)
+    dram = [t for t in small.terms if "DRAM" in t.action]
+    assert len(dram) == 1 and dram[0].per == pytest.approx(1.95e-9 / 64)
+    assert not any("DRAM" in t.action for t in fits.terms)
+    assert dram[0].count == b.counters()["weight_read_bits"] > 0

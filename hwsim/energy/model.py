@@ -80,20 +80,19 @@ def sram_per_bit(table: Table) -> tuple[float, str]:
     return table[name] / 64, name
 
 
-def _digital_memory(est: Estimate, table: Table, c: dict, weight_bytes: float, factor: float = 1.0,
-                    label: str = "") -> None:
+def _digital_memory(est: Estimate, table: Table, c: dict, weight_bytes: float) -> None:
     """Weight and activation traffic: SRAM per bit; weights from DRAM when the model's weights do not fit
     the on-chip SRAM (``digital_sram_bytes``)."""
     per_bit, tier = sram_per_bit(table)
     if weight_bytes > table["digital_sram_bytes"]:
         est.terms.append(Term("memory", "weight reads from DRAM (bits)", c.get("weight_read_bits", 0),
-                              table["dram_64b"] / 64 * factor, ("dram_64b", "digital_sram_bytes")))
+                              table["dram_64b"] / 64, ("dram_64b", "digital_sram_bytes")))
     else:
-        est.terms.append(Term("memory", f"weight reads from SRAM (bits){label}", c.get("weight_read_bits", 0),
-                              per_bit * factor, (tier, "digital_sram_bytes")))
+        est.terms.append(Term("memory", "weight reads from SRAM (bits)", c.get("weight_read_bits", 0), per_bit,
+                              (tier, "digital_sram_bytes")))
     traffic = c.get("act_read_bits", 0) + c.get("act_write_bits", 0)
-    est.terms.append(Term("memory", f"activation reads + writes, SRAM (bits){label}", traffic, per_bit * factor,
-                          (tier,), "a write charged as a read"))
+    est.terms.append(Term("memory", "activation reads + writes, SRAM (bits)", traffic, per_bit, (tier,),
+                          "a write charged as a read"))
 
 
 def _digital_time(est: Estimate, table: Table, macs: float) -> None:
