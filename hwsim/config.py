@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from hwsim import yaml12
 from hwsim.objective import DEFAULT_CHUNK_ELEMENTS
 
 
@@ -372,7 +373,7 @@ def apply_override(raw: dict, assignment: str) -> None:
 def _scalar(key: str, text: str):
     """The YAML value of ``--set key=text``; a syntax error names the key."""
     try:
-        return yaml.safe_load(text)
+        return yaml12.load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: {text!r} is not a valid YAML value ({getattr(e, 'problem', None) or e})") from None
 
@@ -397,7 +398,7 @@ def read_raw(source: str) -> dict:
                               f"shipped: {', '.join(shipped_configs())}")
         text = shipped.read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml12.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -11,7 +11,7 @@ EXPECTED = {"mnist_tt_zo", "mnist_tt_fo", "mnist_dense_zo", "mnist_dense_fo", "m
 
 
 PINN = {"hjb20_fo_ad", "hjb20_fo_sg", "hjb20_zo_dense_sg", "hjb20_zo_tt_sg", "hjb20_zo_tt_fd", "hjb20_zo_tt_sg_paper",
-        "heat15_zo_tt_sg"}
+        "heat15_zo_tt_sg", "hjb20_photonic_phases", "hjb20_photonic_paper"}
 
 
 def test_every_shipped_config_validates_and_builds():
@@ -112,6 +112,19 @@ def test_malformed_yaml_and_set_values_are_one_line_errors(tmp_path, capsys):
     assert main(["train", "mnist_tt_zo", "--set", "train.steps=[1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hwsim: error: --set train.steps: '[1' is not a valid YAML value") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text, value", [("1e-6", 1e-6), ("-2E+3", -2000.0), ("5e3", 5000.0), (".5e1", 5.0),
+                                         ("1.5e-3", 1.5e-3), ("3", 3), ("e5", "e5"), ("1e", "1e")])
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path, text, value):
+    """Regression: PyYAML (YAML 1.1) read `1e-6` as a string, so `--set energy.phase_shifter_settle=1e-6`
+    and `lr: 1e-4` in a file were refused as "expected a number"."""
+    raw = {"a": 0}
+    apply_override(raw, f"a={text}")
+    assert raw["a"] == value and type(raw["a"]) is type(value)
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 0\noptimizer: {name: adam, lr: 1e-4}\ntrain: {steps: 1}\n")
+    assert load_config(str(path)).optimizer.lr == 1e-4
 
 
 def test_files_are_written_under_missing_parents(tmp_path):

@@ -102,6 +102,38 @@ def test_counters_of_each_backend_equal_analytic_counts():
     assert laser[0].per == pytest.approx(laser_power(TABLE, 18, 16, 8)) and laser[1].count == pytest.approx(5e-10)
 
 
+@pytest.mark.parametrize("params", ["weights", "phases"])
+def test_photonic_programs_once_per_setting_however_the_rows_are_blocked(params):
+    """Regression: the PINN objective streams the stencil points through in blocks of rows; each block
+    used to count a new programming (writes, heater settling) of every layer, so a paper-size step
+    counted 6,000 programmings instead of 63 (21 queries x 3 layers). A setting is programmed once per
+    query and layer whatever the block size; the losses do not depend on it either."""
+    from hwsim.pinn.derivatives import finite_differences
+    from hwsim.pinn.objective import BLOCK_SHARE, stencil_objective
+    from hwsim.pinn.problems import HJB
+    problem = HJB(3)
+    net = Network([Linear(problem.inputs, 8), Activation("sin"), Linear(8, 8), Activation("sin"), Linear(8, 1)],
+                  init_gain=1.0)
+    gen = torch.Generator().manual_seed(0)
+    theta0, x = net.init_params(gen), problem.sample(6, gen)
+    stencil = finite_differences(problem.inputs, 0.1)
+    got = {}
+    for block in (1, 6):
+        b = create_backend("photonic", params=params, block=4, dtype="float64")
+        b.bind(net)
+        theta = b.encode(theta0)
+        deltas = 0.01 * torch.randn(5, theta.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        objective = stencil_objective(net, b, problem, stencil, x, chunk_elements=BLOCK_SHARE * stencil.size * 8 * block)
+        assert objective.block == block
+        got[block] = (objective.losses(theta, deltas), b.counters())
+    (blocked, c1), (whole, c6) = got[1], got[6]
+    torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-15)
+    assert c1["phase_programs"] == c6["phase_programs"] == 5 * 3
+    assert c1["phase_writes"] == c6["phase_writes"] == 5 * b.mzi_counts()["total"]
+    assert c1["phase_pi"] == pytest.approx(c6["phase_pi"], rel=1e-12)
+    assert c1["detections"] == c6["detections"] and c1["laser_on_ns"] == pytest.approx(c6["laser_on_ns"])
+
+
 def test_device_memory_by_hand():
     net = Network([Linear(6, 4, False), Activation("relu"), Linear(4, 3, False)])
     b = create_backend("fixed", bits=8)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from hwsim import yaml12
 from hwsim.config import ConfigError
 
 KINDS = ("measured", "survey", "derived", "assumption")
@@ -110,7 +111,7 @@ def _entry(name: str, spec, where: str) -> Entry:
 
 def _read(text: str, where: str) -> dict:
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml12.load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"device table {where}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
