@@ -9,8 +9,10 @@ party package can add its own: ``[project.entry-points."hwsim.backends"] mychip 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from abc import ABC, abstractmethod
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, ClassVar
@@ -57,6 +59,8 @@ class Backend(ABC):
     def __init__(self, options: "Backend.Options | None" = None):
         self.options = options if options is not None else self.Options()
         self._counters: Counter = Counter()
+        self._keys: tuple[int, torch.Tensor] | None = None      # (stream, query places) inside keyed()
+        self._streams: dict[tuple[int, int], torch.Generator] = {}
 
     @property
     def device(self) -> torch.device:
@@ -126,6 +130,28 @@ class Backend(ABC):
         self.count(f"activation_{kind}", x.numel())
         return _ACTIVATIONS[kind](x)
 
+    @contextmanager
+    def keyed(self, stream: int, queries: torch.Tensor):
+        """Within: the calls evaluate queries whose places in step ``stream`` are ``queries`` (Q,) (the
+        query axis of the calls, in order), and a backend that draws noise per evaluation draws query q's
+        from its own stream (:meth:`noise_stream`), so that it does not depend on which queries are
+        evaluated together, in which process. Exact backends have nothing to draw."""
+        saved = self._keys, self._streams
+        self._keys, self._streams = (stream, queries), {}
+        try:
+            yield
+        finally:
+            self._keys, self._streams = saved
+
+    def noise_stream(self, stream: int, query: int, part: int, seed: int = 0) -> torch.Generator:
+        """The generator of (``stream``, ``query``, ``part``) inside :meth:`keyed`: made on first use from a
+        hash of the four numbers (``seed``: the backend's own, e.g. its chip), then consumed in call order."""
+        gen = self._streams.get((query, part))
+        if gen is None:
+            digest = hashlib.blake2b(f"{seed},{stream},{query},{part}".encode(), digest_size=8).digest()
+            gen = self._streams[(query, part)] = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+        return gen
+
     def state_dict(self) -> dict:
         """What a checkpoint must hold to continue this backend exactly: its counters and (subclasses) all
         state that changes while a run goes on (drift, calibration, random generators). State that
@@ -149,6 +175,21 @@ class Backend(ABC):
         self.count("weight_read_bits", weights * weight_bits)
         self.count("act_read_bits", rows * in_features * in_bits)
         self.count("act_write_bits", rows * out_features * out_bits)
+
+    @contextmanager
+    def counted_apart(self):
+        """Within: events are counted in a fresh Counter (yielded) and not in the backend's own; give them
+        back with :meth:`add_counts` (hwsim.distributed adds every rank's share this way)."""
+        saved, self._counters = self._counters, Counter()
+        try:
+            yield self._counters
+        finally:
+            self._counters = saved
+
+    def add_counts(self, counts: dict) -> None:
+        """Add event counts (name -> amount) to the backend's counters."""
+        for key, amount in counts.items():
+            self.count(key, amount)
 
     def counters(self) -> dict[str, int]:
         """What was executed since the last reset (MACs, calls, rows, ...)."""

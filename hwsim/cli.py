@@ -15,9 +15,13 @@ def _run(args, kind) -> int:
     """``hwsim train`` / ``hwsim pinn``: a fresh run, or ``--resume RUN_DIR`` (its saved config, changed
     by CONFIG / --set only with --allow-changes)."""
     from hwsim.config import Config, ConfigError, load_config
+    from hwsim.distributed import from_environment
     from hwsim.pinn.train import pinn
     from hwsim.train import train
 
+    if args.nproc is not None:
+        return _torchrun(args.nproc, args.argv)
+    ranks = from_environment()
     if args.resume:
         if args.out:
             raise ConfigError("--out: a resumed run continues in its own directory; give only --resume RUN_DIR")
@@ -32,10 +36,27 @@ def _run(args, kind) -> int:
         source, out = args.config, Path(args.out) if args.out else Path("runs") / Path(args.config).stem
         if not args.force:
             _refuse_existing_run(out, args.command)
+        ranks.all_gather(None)           # every rank looked before rank 0 starts writing
     cfg = load_config(source, args.set or [], kind)
     run = train if kind is Config else pinn
-    run(cfg, out, progress=not args.quiet, resume=bool(args.resume), allow_changes=args.allow_changes)
+    run(cfg, out, progress=not args.quiet, resume=bool(args.resume), allow_changes=args.allow_changes, ranks=ranks)
     return 0
+
+
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """``--nproc N``: this command again as N ranks on this machine, launched by torchrun (standalone
+    rendezvous); its exit status (torchrun stops every rank when one fails)."""
+    import subprocess
+
+    from hwsim.config import ConfigError
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc: {nproc} is not allowed; use a number of processes >= 1")
+    rest = [a for i, a in enumerate(argv) if a != "--nproc" and not a.startswith("--nproc=")
+            and not (i > 0 and argv[i - 1] == "--nproc")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "hwsim", *rest]
+    return subprocess.run(cmd).returncode
 
 
 def _refuse_existing_run(out: Path, command: str) -> None:
@@ -207,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="with --resume: accept a config that differs from the checkpoint's")
         p.add_argument("--force", action="store_true",
                        help="start over in an out dir that holds a run (its files are replaced)")
+        p.add_argument("--nproc", type=int, metavar="N",
+                       help="spread every step's queries over N processes on this machine (torchrun; same numbers)")
         p.set_defaults(func=lambda args, kind=kind: _run(args, kind))
     p = sub.add_parser("eval", help="deploy a finished run on a backend (e.g. trained on ideal, run on fixed)")
     p.add_argument("run", help="a run directory written by `hwsim train`")
@@ -247,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("info", help="list backends, datasets, simulators and shipped configs")
     p.set_defaults(func=_info)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from hwsim.config import ConfigError
     from hwsim.data import DataError
+    from hwsim.distributed import RankLost
     from hwsim.loop import RunFailed, RunStopped
     try:
         return args.func(args)
@@ -258,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as e:
         print(e, file=sys.stderr)
         return e.code
-    except RunFailed as e:
+    except (RunFailed, RankLost) as e:
         print(f"hwsim: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -114,6 +114,7 @@ class EstimatorConfig:
     switch_epoch: Optional[int] = None
     patience: Optional[int] = None
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    cache_prefix: bool = False       # noisy backends: reuse the layers before the first perturbed tensor
 
     def check(self, p: str) -> None:
         if self.name == "hybrid" and self.switch_epoch is None and self.patience is None:

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from hwsim import checkpoint
 from hwsim.build import build_backend, build_estimator, build_optimizer, perturbation_warnings
 from hwsim.config import ConfigError, RunConfig
+from hwsim.distributed import Ranks, ShardedObjective
 from hwsim.energy.memory import device_memory
 from hwsim.energy.report import run_figures, subtract
 from hwsim.energy.table import load_table
@@ -151,10 +152,13 @@ def build_parts(cfg: RunConfig, network, start: Callable[[torch.Generator], torc
 
 def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bool = True,
              log: Callable[[str], None] = print, header: str = "", resume: bool = False,
-             allow_changes: bool = False) -> dict:
+             allow_changes: bool = False, ranks: Ranks = Ranks()) -> dict:
     """Train ``parts`` on ``task``; returns the final metrics (written to ``out_dir`` when given: config.yaml,
-    metrics.jsonl, metrics.json, params.pt, checkpoints/ and the task's plots)."""
+    metrics.jsonl, metrics.json, params.pt, checkpoints/ and the task's plots). ``ranks``: the processes
+    sharing every step's queries (hwsim.distributed); only rank 0 writes and logs."""
     cfg, backend, network = parts.cfg, parts.backend, parts.network
+    if not ranks.main:
+        progress, log = False, (lambda line: None)
     space = backend.param_space(network)
     theta = torch.nn.Parameter(backend.encode(backend.to_backend(parts.start)))
     optimizer, scheduler = build_optimizer(cfg.optimizer, [theta], parts.steps)
@@ -198,13 +202,16 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
     t0 = time.perf_counter() - elapsed
 
     last_path: Path | None = None
+    writes = out_dir is not None and ranks.main
     if out_dir is not None:
         out_dir = Path(out_dir)
         if resume:
             last_path = path
-            write_jsonl(out_dir / "metrics.jsonl", records)
-        else:
+            if writes:
+                write_jsonl(out_dir / "metrics.jsonl", records)
+        elif writes:
             last_path = _start_run_dir(out_dir, cfg, state, ck.keep)
+        ranks.all_gather(None)               # the others wait until rank 0 has started the run directory
     if header:
         log(header)
     for message in parts.warnings if not resume else []:
@@ -217,6 +224,9 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
         while step < parts.steps:
             epoch = task.epoch(step)
             objective = task.objective(step, gen)
+            if ranks.world > 1:
+                objective = ShardedObjective(objective, ranks)
+            objective.key_noise(step, cfg.estimator.cache_prefix)
             optimizer.zero_grad(set_to_none=True)
             if estimator is None:
                 loss = objective.loss_at(theta)
@@ -256,22 +266,23 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
                     (bar.write if progress else log)(f"{task.label}: warning: {message}")
                 tally.loss_sum, tally.loss_n, tally.differences, tally.zeros = 0.0, 0, 0, 0
                 bar.set_postfix(**task.postfix(records[-1]), refresh=False)
-                if out_dir is not None:
+                if writes:
                     _writing(lambda: write_jsonl(out_dir / "metrics.jsonl", records), out_dir, last_path)
 
-            due = (step == parts.steps or stop.signum is not None
+            signum = next((s for s in ranks.all_gather(stop.signum) if s is not None), None)   # any rank's
+            due = (step == parts.steps or signum is not None
                    or (ck.every_steps is not None and step % ck.every_steps == 0)
                    or (ck.every_s is not None and time.perf_counter() - saved_at >= ck.every_s))
-            if out_dir is not None and due:
+            if writes and due:
                 last_path = _writing(lambda: _save(out_dir, step, state(), ck.keep), out_dir, last_path)
                 saved_at = time.perf_counter()
-            if stop.signum is not None and step < parts.steps:
+            if signum is not None and step < parts.steps:
                 bar.close()
-                name = signal.Signals(stop.signum).name
+                name = signal.Signals(signum).name
                 where = (f"checkpoint {last_path}; resume with: hwsim {task.command} --resume {out_dir}"
                          if out_dir is not None else "no run directory, nothing saved")
                 raise RunStopped(f"{task.label}: stopped by {name} after step {step} of {parts.steps}; {where}",
-                                 stop.signum, step, last_path)
+                                 signum, step, last_path)
     bar.close()
 
     final = theta.detach()
@@ -279,7 +290,7 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
     summary = _counted(tally, backend, lambda: task.summary(records, final, tally.queries))
     metrics = {**summary, "steps": parts.steps,
                "trainable_params": network.trainable_params, "dense_params": network.dense_params,
-               "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed}
+               "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed, "ranks": ranks.world}
     counters = backend.counters()
     inferences = last_eval.get("rows", 0) // max(1, network.linear_layers)
     metrics.update(counters=counters, counters_evaluation=tally.eval_counters, counters_inference=last_eval,
@@ -289,7 +300,7 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
     metrics.update(device_memory(network, backend, cfg.optimizer.name, cfg.optimizer.momentum, task.rows))
     metrics.update(wall_s=round(time.perf_counter() - t0, 3),
                    host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    if out_dir is not None:
+    if writes:
         write_atomic(out_dir / "params.pt", checkpoint.params_bytes(state()))
         write_json(out_dir / "metrics.json", metrics)
         task.plots(out_dir, records, final, metrics)

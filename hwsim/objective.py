@@ -1,10 +1,15 @@
 """Mini-batch losses of a network at many parameter points, evaluated through a backend in batches.
 
 This is the only thing the ZO estimators call: one backend call per layer per chunk of queries, the
-same mini-batch for every query, and layers in front of the first perturbed tensor evaluated once.
+same mini-batch for every query. On an exact backend the layers in front of the first perturbed tensor
+run once for all queries; on a noisy one every query is a fresh evaluation from the inputs (unless the
+host is said to cache those layers' outputs: ``cache_prefix``), with its noise drawn from streams keyed
+by (step, query, layer) (:meth:`BatchObjective.key_noise`), so a query's loss does not depend on which
+other queries share its chunk, its process or its rank.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -36,16 +41,31 @@ class BatchObjective:
         self.widest = max([network.in_features] + [getattr(layer, "out_features", 0) for layer in network.layers])
         self.chunk = max(1, chunk_elements // (x.shape[0] * self.widest))
         self.queries = 0
+        self.stream: int | None = None       # key of this objective's noise streams (the step); None: unkeyed
+        self.fresh = not backend.capabilities.exact   # every query evaluated from the inputs
 
-    def losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def key_noise(self, stream: int, cache_prefix: bool = False) -> None:
+        """Draw the noise of query q (its place in this objective's sequence of queries, see ``first``)
+        from the backend's streams keyed by (stream, q, layer). ``cache_prefix``: on a noisy backend, let
+        the host cache the outputs of the layers before the first perturbed tensor and reuse them for all
+        queries (one noise draw, keyed as query -1); counted as ``prefix_cache_values``."""
+        self.stream = stream
+        self.fresh = not (self.backend.capabilities.exact or cache_prefix)
+
+    def losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int = 0, first: int | None = None) -> torch.Tensor:
         """Losses (Q,) at theta (d,) moved by deltas (Q, w) on theta[start:start + w] (unchanged elsewhere).
 
-        Tensors outside that window are shared by all queries, so the layers before the first moved
-        tensor run once. Queries go to the backend in chunks of at most ``self.chunk``.
+        Tensors outside that window are shared by all queries, so on an exact backend the layers before
+        the first moved tensor run once. Queries go to the backend in chunks of at most ``self.chunk``.
+        ``first``: the place of deltas[0] in the step's sequence of queries (default: the queries this
+        objective has evaluated so far), the key of its noise stream.
         """
         if start < 0 or start + deltas.shape[1] > theta.numel():
             raise ValueError(f"deltas of width {deltas.shape[1]} at {start} do not fit {theta.numel()} parameters")
-        out = [self._chunk_losses(theta, deltas[s:s + self.chunk], start) for s in range(0, len(deltas), self.chunk)]
+        first = self.queries if first is None else first
+        keys = torch.arange(first, first + len(deltas))
+        out = [self._chunk_losses(theta, deltas[s:s + self.chunk], start, keys[s:s + self.chunk])
+               for s in range(0, len(deltas), self.chunk)]
         self.queries += len(deltas)
         return torch.cat(out) if out else deltas.new_zeros(0)
 
@@ -53,13 +73,14 @@ class BatchObjective:
         """The loss (scalar) at theta (d,), differentiable in theta when it requires grad (FO training)."""
         return self._forward(self.space.unflatten(theta), None, set())
 
-    def coordinate_losses(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor:
-        """Losses (J,) at theta + h * e_j for every coordinate j in idx (J,).
+    def coordinate_losses(self, theta: torch.Tensor, idx: torch.Tensor, h: float, first: int | None = None) -> torch.Tensor:
+        """Losses (J,) at theta + h * e_j for every coordinate j in idx (J,); ``first`` as in :meth:`losses`.
 
         On a multilinear backend the perturbed layer's output is z + h * dz/dtheta_j, computed for all
         coordinates of a tensor at once (exact: the layer is linear in each of its tensors); the layers
         before it run once. Other backends evaluate every query in full, in chunks.
         """
+        first = self.queries if first is None else first
         self.queries += len(idx)
         if self.backend.capabilities.multilinear and self.linear_shortcut:
             return self._coordinate_losses_multilinear(theta, idx, h)
@@ -69,7 +90,7 @@ class BatchObjective:
                 part = sel[s:s + self.chunk]
                 deltas = torch.zeros(len(part), entry.numel, dtype=theta.dtype, device=theta.device)
                 deltas[torch.arange(len(part), device=theta.device), idx[part] - entry.offset] = h
-                losses[part] = self._chunk_losses(theta, deltas, entry.offset)
+                losses[part] = self._chunk_losses(theta, deltas, entry.offset, first + part.cpu())
         return losses
 
     def _by_tensor(self, idx: torch.Tensor):
@@ -116,18 +137,24 @@ class BatchObjective:
         out = acts[j + 1] + backend.linear_input_delta(net.layers[j], self._layer_params(tensors, j), change)
         return net.forward(backend, tensors, out, start=j + 1)
 
-    def _chunk_losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int) -> torch.Tensor:
+    def _chunk_losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int, keys: torch.Tensor) -> torch.Tensor:
+        """Losses (Q,) of one chunk of queries deltas (Q, w) whose places in the step are keys (Q,)."""
         queries, stop = len(deltas), start + deltas.shape[1]
         tensors, batched = self.space.unflatten(theta), set()
         for e in self.space.entries:
             lo, hi = max(start, e.offset), min(stop, e.offset + e.numel)
-            if lo >= hi:
+            if lo < hi:
+                moved = theta[e.slice].expand(queries, e.numel).clone()
+                moved[:, lo - e.offset:hi - e.offset] += deltas[:, lo - start:hi - start]
+                tensors[e.name] = moved.reshape(queries, *e.shape)
+            elif self.fresh:                  # shared by the queries (stride 0), but run per query
+                tensors[e.name] = tensors[e.name].expand(queries, *e.shape)
+            else:
                 continue
-            moved = theta[e.slice].expand(queries, e.numel).clone()
-            moved[:, lo - e.offset:hi - e.offset] += deltas[:, lo - start:hi - start]
-            tensors[e.name] = moved.reshape(queries, *e.shape)
             batched.add(e.name)
-        return self._forward(tensors, queries, batched).to(theta.dtype).expand(queries)
+        keyed = self.backend.keyed(self.stream, keys) if self.stream is not None else nullcontext()
+        with keyed:
+            return self._forward(tensors, queries, batched).to(theta.dtype).expand(queries)
 
     def _forward(self, tensors: dict, queries: int, batched: set) -> torch.Tensor:
         """Losses (Q,) of one chunk: ``tensors`` named in ``batched`` carry the query axis."""

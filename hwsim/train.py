@@ -15,6 +15,7 @@ from hwsim.build import build_backend, build_network, steps_per_epoch, total_ste
 from hwsim.checkpoint import CheckpointError, read_params
 from hwsim.config import Config, ConfigError, load_config
 from hwsim.data import load_dataset
+from hwsim.distributed import Ranks
 from hwsim.energy.model import estimate
 from hwsim.energy.report import subtract
 from hwsim.energy.table import load_table
@@ -111,9 +112,10 @@ def initial_params(path: str, network, what: str = "train.init") -> torch.Tensor
 
 
 def train(cfg: Config, out_dir: Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
-          resume: bool = False, allow_changes: bool = False) -> dict:
+          resume: bool = False, allow_changes: bool = False, ranks: Ranks = Ranks()) -> dict:
     """Run one experiment; returns the final metrics (also written to ``out_dir`` when given). ``resume``:
-    continue the run in ``out_dir`` from its newest checkpoint (hwsim.loop)."""
+    continue the run in ``out_dir`` from its newest checkpoint (hwsim.loop); ``ranks``: the processes
+    sharing each step's queries (hwsim.distributed)."""
     d = cfg.data
     data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
     network = build_network(cfg.model)
@@ -128,7 +130,7 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True, log: 
     header = (f"hwsim: {parts.backend.param_space(network).size:,} trainable parameters ({network.dense_params:,} "
               f"dense), backend {parts.backend.name}, estimator {cfg.estimator.name}, {n_steps} steps of batch "
               f"{cfg.train.batch_size} ({per_epoch} per epoch)\n" + network.describe())
-    return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes)
+    return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes, ranks)
 
 
 @torch.no_grad()

@@ -214,23 +214,25 @@ class PhotonicBackend(Backend):
         i = self._layers.get(id(layer))
         if i is None:
             raise RuntimeError("the photonic backend is not bound to this network: call backend.bind(network) first")
-        cores, heat, programmed = self._programmed(i, layer, params)
+        cores, heat, settings = self._programmed(i, layer, params)
         precision = self.dtype if not cores[0].is_complex() else self.dtype.to_complex()
         weight = to_dense([c.to(precision) for c in cores])                          # W in the GEMM's precision
         weight = weight.real if weight.is_complex() else weight     # coherent detection reads the real part
         y = torch.matmul(x.to(self.dtype), weight.transpose(-1, -2))
+        if queries is not None and y.dim() == 2:     # one setting shared by the queries, each run on its own
+            y = y.expand(queries, *y.shape)
         q = math.prod(y.shape[:-2])
         rows = x.shape[-2]
-        y = self._read_out(y)
+        y = self._read_out(y, i)
         if layer.bias:
             b = params["bias"].to(self.dtype)
             y = y + (b.unsqueeze(-2) if b.dim() > 1 else b)
         shifters = self._shifters(i, layer)
         seconds = rows / self.options.symbol_rate_hz
-        if programmed:
-            self.count("phase_writes", shifters * q)
-            self.count("phase_programs", q)
-            self.count("phase_pi", heat * q)                   # sum of |phase| / pi over programmed shifters
+        if settings:
+            self.count("phase_writes", shifters * settings)
+            self.count("phase_programs", settings)
+            self.count("phase_pi", heat * settings)            # sum of |phase| / pi over programmed shifters
         self.count("phase_pi_ns", heat * q * 1e9 * seconds)    # ... times the time they are held for light
         self.count(f"laser_on_ns_layer{i}", 1e9 * q * seconds)
         self.count("modulator_symbols", q * rows * layer.in_features)
@@ -243,20 +245,27 @@ class PhotonicBackend(Backend):
         self.count("rows", q * rows)
         return y
 
-    def _programmed(self, i: int, layer, params: dict) -> tuple[list[torch.Tensor], float, bool]:
-        """The cores layer i realises for ``params`` (float64 / complex128), the heaters' load (see
-        :meth:`_program`), and whether the chip had to be programmed for them: a call with the very tensors
-        of the layer's previous call, unchanged (e.g. the next block of rows of the same queries), finds the
-        phases still set and streams its rows through the chip as it is (no new write, no settling)."""
-        locals_ = [local for local, _ in _core_shapes(layer)]
-        tensors = [params[local] for local in locals_]
-        versions = [t._version for t in tensors]
+    def _programmed(self, i: int, layer, params: dict) -> tuple[list[torch.Tensor], float, int]:
+        """The cores layer i realises for ``params`` (float64 / complex128), the heaters' load per setting
+        (see :meth:`_program`), and how many settings had to be programmed: a call with the tensors of the
+        layer's previous call, unchanged (the next block of rows of the same queries, or the next queries
+        sharing the layer), finds the phases still set and streams its rows through as they are (0)."""
+        regions = [self._regions[f"{i}.{local}"] for local, _ in _core_shapes(layer)]
+        dims = self._dims(regions)
+        tensors = [_shared(params[r.name.split(".", 1)[1]], d) for r, d in zip(regions, dims)]
+        # Same storage, layout and version counter = same values, since the held tensors stay alive.
+        key = [(t.data_ptr(), t.shape, t.stride(), t._version) for t in tensors]
         held = self._held.get(i)
-        if held is not None and all(a is b for a, b in zip(held[0], tensors)) and held[1] == versions:
-            return held[2], held[3], False
-        cores, heat = self._program([self._regions[f"{i}.{local}"] for local in locals_], tensors)
-        self._held[i] = (tensors, versions, cores, heat)
-        return cores, heat, True
+        if held is not None and held[1] == key:
+            return held[2], held[3], 0
+        cores, heat = self._program(regions, tensors)
+        settings = max(math.prod(t.shape[:t.dim() - d]) for t, d in zip(tensors, dims))
+        self._held[i] = (tensors, key, cores, heat)
+        return cores, heat, settings
+
+    def _dims(self, regions: list[Region]) -> list[int]:
+        """Dimensions of each region's parameter tensor without a query axis."""
+        return [2 if self.options.params == "phases" else _param_dims(r.name) for r in regions]
 
     def _shifters(self, i: int, layer) -> int:
         """Phase shifters of layer i (n^2 per block of its weight tensors)."""
@@ -267,7 +276,7 @@ class PhotonicBackend(Backend):
         phases), and the sum of |commanded phase| / pi over the layer's shifters (the heaters' load, mean
         over queries). Tensors with the same leading (query) axes are realised together, in one call."""
         phases_mode = self.options.params == "phases"
-        dims = [2 if phases_mode else _param_dims(r.name) for r in regions]
+        dims = self._dims(regions)
         tensors = [_shared(t, d) for t, d in zip(tensors, dims)]
         groups: dict[tuple, list[int]] = {}
         for k, (tensor, d) in enumerate(zip(tensors, dims)):
@@ -292,8 +301,9 @@ class PhotonicBackend(Backend):
                 cores[k] = matrix_core(r.tiling.join(part), r.core_shape)
         return cores, heat
 
-    def _read_out(self, y: torch.Tensor) -> torch.Tensor:
-        """Photodetection and ADC of outputs (..., B, out); the full scale is each query's largest |y|."""
+    def _read_out(self, y: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """Photodetection and ADC of outputs (..., B, out) of linear layer ``layer``; the full scale is each
+        query's largest |y|."""
         nz = self.noise
         if not (nz.shot_noise or nz.thermal_noise or nz.adc_bits):
             return y
@@ -301,12 +311,26 @@ class PhotonicBackend(Backend):
         fs = magnitude.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
         if nz.shot_noise or nz.thermal_noise:        # std = sqrt((thermal fs)^2 + shot^2 fs |y|), in place
             std = magnitude.mul_(nz.shot_noise ** 2 * fs).add_((nz.thermal_noise * fs) ** 2).sqrt_()
-            y = y + std.mul_(torch.randn(y.shape, generator=self._read_gen, dtype=y.dtype))
+            y = y + std.mul_(self._standard_normal(y.shape, y.dtype, layer))
         if nz.adc_bits:
             top = 2 ** (nz.adc_bits - 1) - 1
             step = fs / top
             y = y.div(step).round_().clamp_(-top, top).mul_(step)
         return y
+
+    def _standard_normal(self, shape: torch.Size, dtype: torch.dtype, layer: int) -> torch.Tensor:
+        """Read-out noise of shape (..., B, out). Inside :meth:`keyed` each query's (B, out) comes from its
+        own stream (chip seed, step, query, layer), consumed in order by the calls of that query (blocks of
+        rows); outputs without a query axis (a prefix the host caches for all queries) use query -1.
+        Outside, from the chip's read-noise generator in call order (evaluation, calibration)."""
+        if self._keys is None:
+            return torch.randn(shape, generator=self._read_gen, dtype=dtype)
+        stream, queries = self._keys
+        ids = queries.tolist() if len(shape) > 2 else [-1]
+        if len(shape) > 2 and math.prod(shape[:-2]) != len(ids):
+            raise RuntimeError(f"keyed read-out: {math.prod(shape[:-2])} queries in the output, {len(ids)} keys")
+        draws = [torch.randn(shape[-2:], generator=self.noise_stream(stream, q, layer, self.options.chip_seed), dtype=dtype) for q in ids]
+        return torch.stack(draws).reshape(shape)
 
     # --- reporting ---------------------------------------------------------------------------------
     def mzi_counts(self) -> dict[str, int]:

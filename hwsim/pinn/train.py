@@ -13,6 +13,7 @@ import torch
 
 from hwsim.build import build_network
 from hwsim.config import ConfigError, PinnConfig
+from hwsim.distributed import Ranks
 from hwsim.loop import Task, build_parts, run_loop
 from hwsim.pinn.derivatives import Stencil, stein_grid
 from hwsim.pinn.objective import derivative_method
@@ -104,9 +105,10 @@ class PinnTask(Task):
 
 
 def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
-         resume: bool = False, allow_changes: bool = False) -> dict:
+         resume: bool = False, allow_changes: bool = False, ranks: Ranks = Ranks()) -> dict:
     """Train one PINN; returns the final metrics (also written to ``out_dir`` when given). ``resume``:
-    continue the run in ``out_dir`` from its newest checkpoint (hwsim.loop)."""
+    continue the run in ``out_dir`` from its newest checkpoint (hwsim.loop); ``ranks``: the processes
+    sharing each step's queries (hwsim.distributed)."""
     problem = build_problem(cfg.pde.problem, cfg.pde.dim)
     network = build_network(cfg.model)
     if network.in_features != problem.inputs or network.out_features != 1:
@@ -125,7 +127,7 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True, lo
               f"backend {parts.backend.name}, estimator {cfg.estimator.name}, derivatives {method_name} "
               f"({method.per_point} evaluations per point), {cfg.train.steps} steps of {cfg.pde.points} points; "
               f"untrained (N = 0) rel. L2 {100 * task.baseline:.2f} %\n" + network.describe())
-    return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes)
+    return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes, ranks)
 
 
 def _plots(out_dir: Path, records: list[dict], network, backend, problem: Problem, theta: torch.Tensor,

@@ -1,0 +1,158 @@
+"""Queries spread over ranks (torch.distributed, gloo on loopback, launched by torchrun): the same numbers
+as one process, bit for bit, and a clean failure when a rank dies."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hwsim.cli import main
+from hwsim.config import load_config
+from hwsim.build import build_backend, build_network
+from hwsim.objective import BatchObjective
+
+TRAIN = ["data.train_limit=600", "data.val_size=100", "data.test_limit=200", "train.batch_size=64", "train.steps=5",
+         "train.eval_every=2", "optimizer.lr=0.01"]
+TINY_TT = ["model.layers=[{type: tt_linear, in_features: 784, out_features: 16, rank: 2}, {type: relu}, "
+           "{type: tt_linear, in_features: 16, out_features: 10, rank: 2}]"]
+PHOTONIC = ["backend.name=photonic", "backend.noise={preset: typical, drift: 0.5, thermal_noise: 0.01}",
+            "backend.block=4"]
+PINN = ["pde.dim=3", "pde.points=8", "pde.test_points=100", "train.steps=5", "train.eval_every=2",
+        "train.smoothed_points=10", "model.layers.0.in_features=4", "model.layers.0.in_factors=[2, 2]"]
+# Counts that depend on which queries one process evaluates in a row (simulator calls; settings a chip
+# keeps from its previous query) or are float sums taken in another order; on a noisy backend everything
+# else is counted per query, so 2 ranks count what 1 process does.
+ORDER_DEPENDENT = ("linear_calls", "phase_programs", "phase_writes", "phase_pi", "phase_pi_ns", "laser_on_ns",
+                   "shifter_hold_ns", "prefix_cache_values")
+
+
+def _hwsim(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hwsim", *args], capture_output=True, text=True, timeout=600, **kw)
+
+
+def _results(run: Path) -> tuple[list[dict], torch.Tensor, dict]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        r.pop("wall_s")
+    metrics = json.loads((run / "metrics.json").read_text())
+    counters = {k: v for k, v in metrics["counters"].items() if not k.startswith(ORDER_DEPENDENT)}
+    return records, torch.load(run / "params.pt", weights_only=True)["backend_theta"], counters
+
+
+@pytest.mark.parametrize("command, config, extra", [
+    ("train", "mnist_tt_zo", TINY_TT),                                            # per-tensor RGE, ideal
+    ("train", "mnist_tt_zo", TINY_TT + ["backend.name=fixed", "backend.bits=8"]),
+    ("train", "mnist_tt_zo", TINY_TT + PHOTONIC),                                 # read-out noise, drift
+    ("train", "mnist_tt_hybrid", TINY_TT + ["train.epochs=null", "estimator.switch_epoch=0"]),  # CGE
+    ("train", "mnist_tt_hybrid", TINY_TT + PHOTONIC + ["train.epochs=null", "estimator.switch_epoch=0",
+                                                       "train.steps=2"]),
+    ("pinn", "hjb20_zo_tt_sg", []),
+])
+def test_two_ranks_give_the_numbers_of_one_process_bit_for_bit(tmp_path, command, config, extra):
+    keys = (TRAIN if command == "train" else PINN) + extra
+    sets = [a for k in keys for a in ("--set", k)]
+    assert main([command, config, "--quiet", "--out", str(tmp_path / "one"), *sets]) == 0
+    two = _hwsim([command, config, "--quiet", "--out", str(tmp_path / "two"), "--nproc", "2", *sets])
+    assert two.returncode == 0, two.stderr[-3000:]
+    one_records, one_theta, one_counters = _results(tmp_path / "one")
+    two_records, two_theta, two_counters = _results(tmp_path / "two")
+    assert two_records == one_records
+    assert torch.equal(two_theta, one_theta)
+    if "backend.name=photonic" in extra:         # every query a fresh evaluation: the same events
+        assert two_counters == one_counters
+    else:                                         # exact backends: each rank runs the shared prefix once
+        assert two_counters.keys() == one_counters.keys()
+        assert all(two_counters[k] >= one_counters[k] for k in one_counters)
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["ranks"] == 2
+
+
+def test_a_query_loses_nothing_of_its_noise_to_the_others_in_its_chunk():
+    """Keyed read-out noise: a query's loss on a noisy chip is the same whether it is evaluated with the
+    other queries of its step, alone, or in another chunk; an unkeyed evaluation draws other noise."""
+    cfg = load_config("mnist_tt_zo", TINY_TT + PHOTONIC)
+    net = build_network(cfg.model)
+    chip = build_backend(cfg.backend, net)
+    gen = torch.Generator().manual_seed(0)
+    theta = chip.encode(net.init_params(gen).to(chip.dtype))
+    x, y = torch.rand(32, 784, generator=gen).to(chip.dtype), torch.randint(0, 10, (32,), generator=gen)
+    deltas = 0.01 * torch.randn(6, theta.numel(), generator=gen, dtype=theta.dtype)
+
+    def objective(chunk):
+        o = BatchObjective(net, chip, x, y)
+        o.chunk = chunk
+        o.key_noise(7)
+        return o
+
+    together = objective(6).losses(theta, deltas)
+    chunked = objective(4).losses(theta, deltas)
+    alone = torch.cat([objective(1).losses(theta, deltas[q:q + 1], first=q) for q in range(6)])
+    assert torch.equal(together, chunked) and torch.equal(together, alone)
+    other_step = objective(6)
+    other_step.key_noise(8)
+    assert not torch.equal(other_step.losses(theta, deltas), together)
+
+
+def test_every_query_is_a_fresh_evaluation_unless_the_host_caches_the_prefix():
+    """Regression: a query perturbing only the last layer reused the first layer's output computed once
+    for all queries, so on a noisy chip they shared one draw of read-out noise. Now each runs from the
+    inputs (queries that perturb nothing differ only by their noise); cache_prefix keeps the reuse."""
+    cfg = load_config("mnist_tt_zo", TINY_TT + PHOTONIC)
+    net = build_network(cfg.model)
+    chip = build_backend(cfg.backend, net)
+    gen = torch.Generator().manual_seed(0)
+    theta = chip.encode(net.init_params(gen).to(chip.dtype))
+    x, y = torch.rand(32, 784, generator=gen).to(chip.dtype), torch.randint(0, 10, (32,), generator=gen)
+    last = net.space.entries[-1]
+    deltas = torch.zeros(3, last.numel, dtype=theta.dtype)          # three unperturbed queries
+    fresh = BatchObjective(net, chip, x, y)
+    fresh.key_noise(0)
+    cached = BatchObjective(net, chip, x, y)
+    cached.key_noise(0, cache_prefix=True)
+    before = chip.counters().get("prefix_cache_values", 0)
+    a, b = fresh.losses(theta, deltas, last.offset), cached.losses(theta, deltas, last.offset)
+    assert len(set(a.tolist())) == 3                                  # own noise in every layer
+    assert chip.counters()["prefix_cache_values"] - before == 32 * 16  # the first layer's outputs, kept once
+    assert len(set(b.tolist())) == 3 and not torch.equal(a, b)
+
+
+def test_a_rank_that_dies_fails_the_run_without_hanging(tmp_path):
+    """SIGKILL one worker in the middle of a run: torchrun stops the other and exits non-zero, fast."""
+    sets = [a for k in TRAIN + TINY_TT + PHOTONIC + ["train.steps=100000", "train.eval_every=100000"]
+            for a in ("--set", k)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "hwsim",
+           "train", "mnist_tt_zo", "--quiet", "--out", str(tmp_path / "run"), *sets]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "run" / "checkpoints").glob("step-*.pt")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _children(launcher.pid)
+        assert len(workers) == 2, workers
+        time.sleep(1.0)                                                  # well inside the training steps
+        os.kill(workers[-1], signal.SIGKILL)
+        start = time.monotonic()
+        _, err = launcher.communicate(timeout=120)
+        assert time.monotonic() - start < 60
+        assert launcher.returncode != 0 and "hwsim" in err
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (from /proc), sorted."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return sorted(kids)
