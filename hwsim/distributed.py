@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -28,12 +29,14 @@ class RankLost(RuntimeError):
     """A collective did not complete: another rank died or stopped answering."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Ranks:
-    """This process's place among the ranks of a run (rank 0 of 1 when not distributed)."""
+    """This process's place among the ranks of a run (rank 0 of 1 when not distributed), and the bytes
+    of the objects gathered from all ranks so far (pickled; what travels between the ranks)."""
 
     rank: int = 0
     world: int = 1
+    gathered_bytes: int = 0
 
     @property
     def main(self) -> bool:
@@ -53,6 +56,7 @@ class Ranks:
             torch.distributed.all_gather_object(out, obj)
         except RuntimeError as e:
             raise RankLost(f"rank {self.rank}: another rank did not answer ({str(e).splitlines()[0]})") from None
+        self.gathered_bytes += sum(len(pickle.dumps(o)) for o in out)
         return out
 
     def any(self, flag: bool) -> bool:

@@ -152,11 +152,12 @@ def build_parts(cfg: RunConfig, network, start: Callable[[torch.Generator], torc
 
 def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bool = True,
              log: Callable[[str], None] = print, header: str = "", resume: bool = False,
-             allow_changes: bool = False, ranks: Ranks = Ranks()) -> dict:
+             allow_changes: bool = False, ranks: Ranks | None = None) -> dict:
     """Train ``parts`` on ``task``; returns the final metrics (written to ``out_dir`` when given: config.yaml,
     metrics.jsonl, metrics.json, params.pt, checkpoints/ and the task's plots). ``ranks``: the processes
     sharing every step's queries (hwsim.distributed); only rank 0 writes and logs."""
     cfg, backend, network = parts.cfg, parts.backend, parts.network
+    ranks = ranks or Ranks()
     if not ranks.main:
         progress, log = False, (lambda line: None)
     space = backend.param_space(network)
@@ -200,6 +201,7 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
         step, elapsed = int(saved["step"]), float(saved["elapsed_s"])
         log(f"{task.label}: resuming {out_dir} from {path.name} (step {step} of {parts.steps})")
     t0 = time.perf_counter() - elapsed
+    first_step = step
 
     last_path: Path | None = None
     writes = out_dir is not None and ranks.main
@@ -290,7 +292,8 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
     summary = _counted(tally, backend, lambda: task.summary(records, final, tally.queries))
     metrics = {**summary, "steps": parts.steps,
                "trainable_params": network.trainable_params, "dense_params": network.dense_params,
-               "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed, "ranks": ranks.world}
+               "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed, "ranks": ranks.world,
+               "exchanged_bytes_per_step": round(ranks.gathered_bytes / max(1, parts.steps - first_step))}
     counters = backend.counters()
     inferences = last_eval.get("rows", 0) // max(1, network.linear_layers)
     metrics.update(counters=counters, counters_evaluation=tally.eval_counters, counters_inference=last_eval,

@@ -112,7 +112,7 @@ def initial_params(path: str, network, what: str = "train.init") -> torch.Tensor
 
 
 def train(cfg: Config, out_dir: Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
-          resume: bool = False, allow_changes: bool = False, ranks: Ranks = Ranks()) -> dict:
+          resume: bool = False, allow_changes: bool = False, ranks: Ranks | None = None) -> dict:
     """Run one experiment; returns the final metrics (also written to ``out_dir`` when given). ``resume``:
     continue the run in ``out_dir`` from its newest checkpoint (hwsim.loop); ``ranks``: the processes
     sharing each step's queries (hwsim.distributed)."""

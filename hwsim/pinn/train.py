@@ -105,7 +105,7 @@ class PinnTask(Task):
 
 
 def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
-         resume: bool = False, allow_changes: bool = False, ranks: Ranks = Ranks()) -> dict:
+         resume: bool = False, allow_changes: bool = False, ranks: Ranks | None = None) -> dict:
     """Train one PINN; returns the final metrics (also written to ``out_dir`` when given). ``resume``:
     continue the run in ``out_dir`` from its newest checkpoint (hwsim.loop); ``ranks``: the processes
     sharing each step's queries (hwsim.distributed)."""

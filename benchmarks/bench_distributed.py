@@ -1,0 +1,64 @@
+"""Step time vs ranks (1 and 2 on this machine) for the ideal, photonic and rtl backends, the bytes the
+ranks exchange per step, and a model of the speed-up on N ranks.
+
+Each case is one `hwsim train` run as 1 process (torch's default threads) and as `--nproc 2` (torchrun:
+one thread per rank); the step time is taken between two evaluations (metrics.jsonl wall_s), so start-up
+(imports, data, building the RTL simulator) is not in it. Model: a step is a part every rank repeats
+(directions, the optimizer, the prefix of exact backends, the gather) plus the queries, shared:
+t(N) = f + (t1 - f) / N, with f = 2 t2 - t1 from the two measured points (writes
+benchmarks/results/distributed.json)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import save
+
+DATA = ["data.train_limit=2000", "data.val_size=100", "data.test_limit=100", "train.batch_size=128"]
+TINY_TT = ["model.layers=[{type: tt_linear, in_features: 784, out_features: 16, rank: 2}, {type: relu}, "
+           "{type: tt_linear, in_features: 16, out_features: 10, rank: 2}]"]
+CASES = {
+    "ideal (mnist_tt_zo, 784-256-10 TT)": ("mnist_tt_zo", DATA, 40),
+    "photonic typical, weights (mnist_tt_zo)": ("mnist_tt_zo", DATA + ["backend.name=photonic",
+                                                "backend.noise=typical", "backend.calibrate=true"], 10),
+    "rtl verilator (784-16-10 TT, batch 16)": ("mnist_tt_zo", ["data.train_limit=2000", "data.val_size=100",
+                                               "data.test_limit=16", "train.batch_size=16", "backend.name=rtl",
+                                               "backend.sim=verilator"] + TINY_TT, 2),
+}
+
+
+def step_time(config: str, sets: list[str], steps: int, nproc: int, out: Path) -> tuple[float, dict]:
+    """Seconds per step between the evaluations after ``steps`` and ``2 steps``, and metrics.json."""
+    args = [sys.executable, "-m", "hwsim", "train", config, "--quiet", "--out", str(out), "--force"]
+    args += [a for k in sets + [f"train.steps={2 * steps}", f"train.eval_every={steps}"] for a in ("--set", k)]
+    if nproc > 1:
+        args += ["--nproc", str(nproc)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return (records[1]["wall_s"] - records[0]["wall_s"]) / steps, json.loads((out / "metrics.json").read_text())
+
+
+def main() -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (config, sets, steps) in CASES.items():
+            t1, m1 = step_time(config, sets, steps, 1, Path(tmp) / "one")
+            t2, m2 = step_time(config, sets, steps, 2, Path(tmp) / "two")
+            fixed = max(0.0, 2 * t2 - t1)
+            model = {n: round(t1 / (fixed + (t1 - fixed) / n), 2) for n in (2, 4, 8, 16)}
+            rows.append({"case": name, "steps_timed": steps, "step_s_1": round(t1, 4), "step_s_2": round(t2, 4),
+                         "speedup_2": round(t1 / t2, 2), "queries_per_step": m1["forward_queries"] // m1["steps"],
+                         "exchanged_bytes_per_step": m2["exchanged_bytes_per_step"],
+                         "same_accuracy": m1["test_accuracy"] == m2["test_accuracy"],
+                         "repeated_s_per_step": round(fixed, 4), "modelled_speedup": model})
+            print(rows[-1], flush=True)
+    save("distributed", {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()
