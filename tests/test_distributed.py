@@ -71,15 +71,21 @@ def test_two_ranks_give_the_numbers_of_one_process_bit_for_bit(tmp_path, command
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["ranks"] == 2
 
 
-def test_a_query_loses_nothing_of_its_noise_to_the_others_in_its_chunk():
-    """Keyed read-out noise: a query's loss on a noisy chip is the same whether it is evaluated with the
-    other queries of its step, alone, or in another chunk; an unkeyed evaluation draws other noise."""
+def _noisy_chip():
+    """A tiny TT model on a photonic chip with read-out noise: (network, backend, theta, x (32, 784), y, gen)."""
     cfg = load_config("mnist_tt_zo", TINY_TT + PHOTONIC)
     net = build_network(cfg.model)
     chip = build_backend(cfg.backend, net)
     gen = torch.Generator().manual_seed(0)
     theta = chip.encode(net.init_params(gen).to(chip.dtype))
     x, y = torch.rand(32, 784, generator=gen).to(chip.dtype), torch.randint(0, 10, (32,), generator=gen)
+    return net, chip, theta, x, y, gen
+
+
+def test_a_query_loses_nothing_of_its_noise_to_the_others_in_its_chunk():
+    """Keyed read-out noise: a query's loss on a noisy chip is the same whether it is evaluated with the
+    other queries of its step, alone, or in another chunk; an unkeyed evaluation draws other noise."""
+    net, chip, theta, x, y, gen = _noisy_chip()
     deltas = 0.01 * torch.randn(6, theta.numel(), generator=gen, dtype=theta.dtype)
 
     def objective(chunk):
@@ -101,12 +107,7 @@ def test_every_query_is_a_fresh_evaluation_unless_the_host_caches_the_prefix():
     """Regression: a query perturbing only the last layer reused the first layer's output computed once
     for all queries, so on a noisy chip they shared one draw of read-out noise. Now each runs from the
     inputs (queries that perturb nothing differ only by their noise); cache_prefix keeps the reuse."""
-    cfg = load_config("mnist_tt_zo", TINY_TT + PHOTONIC)
-    net = build_network(cfg.model)
-    chip = build_backend(cfg.backend, net)
-    gen = torch.Generator().manual_seed(0)
-    theta = chip.encode(net.init_params(gen).to(chip.dtype))
-    x, y = torch.rand(32, 784, generator=gen).to(chip.dtype), torch.randint(0, 10, (32,), generator=gen)
+    net, chip, theta, x, y, gen = _noisy_chip()
     last = net.space.entries[-1]
     deltas = torch.zeros(3, last.numel, dtype=theta.dtype)          # three unperturbed queries
     fresh = BatchObjective(net, chip, x, y)
