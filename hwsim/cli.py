@@ -36,7 +36,7 @@ def _run(args, kind) -> int:
         source, out = args.config, Path(args.out) if args.out else Path("runs") / Path(args.config).stem
         if not args.force:
             _refuse_existing_run(out, args.command)
-        ranks.all_gather(None)           # every rank looked before rank 0 starts writing
+        ranks.barrier()                  # every rank looked before rank 0 starts writing
     cfg = load_config(source, args.set or [], kind)
     run = train if kind is Config else pinn
     run(cfg, out, progress=not args.quiet, resume=bool(args.resume), allow_changes=args.allow_changes, ranks=ranks)

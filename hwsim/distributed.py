@@ -32,7 +32,7 @@ class RankLost(RuntimeError):
 @dataclass
 class Ranks:
     """This process's place among the ranks of a run (rank 0 of 1 when not distributed), and the bytes
-    of the objects gathered from all ranks so far (pickled; what travels between the ranks)."""
+    gathered from all ranks so far (what travels between the ranks: losses, counts, flags)."""
 
     rank: int = 0
     world: int = 1
@@ -43,25 +43,55 @@ class Ranks:
         """Rank 0: the one that writes the run directory and logs."""
         return self.rank == 0
 
-    def share(self, n: int) -> tuple[int, int]:
-        """[lo, hi) of this rank's contiguous share of n items (shares differ by at most one item)."""
-        return self.rank * n // self.world, (self.rank + 1) * n // self.world
+    def share(self, n: int, rank: int | None = None) -> tuple[int, int]:
+        """[lo, hi) of the contiguous share of n items of ``rank`` (default this one); shares differ by at
+        most one item and follow rank order."""
+        r = self.rank if rank is None else rank
+        return r * n // self.world, (r + 1) * n // self.world
 
     def all_gather(self, obj) -> list:
-        """``obj`` of every rank, in rank order (pickled; tensors arrive bit for bit)."""
+        """``obj`` of every rank, in rank order (pickled: for small objects of any shape)."""
         if self.world == 1:
             return [obj]
         out = [None] * self.world
-        try:
-            torch.distributed.all_gather_object(out, obj)
-        except RuntimeError as e:
-            raise RankLost(f"rank {self.rank}: another rank did not answer ({str(e).splitlines()[0]})") from None
+        self._collective(torch.distributed.all_gather_object, out, obj)
         self.gathered_bytes += sum(len(pickle.dumps(o)) for o in out)
         return out
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on any (e.g. a stop signal reached one of them)."""
-        return any(self.all_gather(bool(flag)))
+    def gather_shares(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """The (n,) tensor whose contiguous shares (:meth:`share`) the ranks hold, ``local`` being this
+        rank's, assembled on every rank in one collective (float64 on the wire: float32 values exactly)."""
+        if self.world == 1:
+            return local
+        width = max(hi - lo for lo, hi in (self.share(n, r) for r in range(self.world)))
+        mine = torch.zeros(width, dtype=torch.float64)
+        mine[:len(local)] = local.detach().cpu().to(torch.float64)
+        parts = [torch.empty_like(mine) for _ in range(self.world)]
+        self._collective(torch.distributed.all_gather, parts, mine)
+        self.gathered_bytes += self.world * width * 8
+        out = torch.cat([part[:hi - lo] for part, (lo, hi) in zip(parts, (self.share(n, r) for r in range(self.world)))])
+        return out.to(local.dtype).to(local.device)
+
+    def first_set(self, value: int | None) -> int | None:
+        """The value of the lowest rank that has one (e.g. a stop signal that reached only some ranks)."""
+        if self.world == 1:
+            return value
+        flag = torch.tensor([value if value is not None else -1, self.rank], dtype=torch.int64)
+        parts = [torch.empty_like(flag) for _ in range(self.world)]
+        self._collective(torch.distributed.all_gather, parts, flag)
+        self.gathered_bytes += self.world * 16
+        return next((int(p[0]) for p in parts if int(p[0]) >= 0), None)
+
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
+        if self.world > 1:
+            self._collective(torch.distributed.barrier)
+
+    def _collective(self, op, *args) -> None:
+        try:
+            op(*args)
+        except RuntimeError as e:
+            raise RankLost(f"rank {self.rank}: another rank did not answer ({str(e).splitlines()[0]})") from None
 
 
 def from_environment() -> Ranks:
@@ -78,12 +108,14 @@ def from_environment() -> Ranks:
 
 class ShardedObjective:
     """An objective (hwsim.objective.BatchObjective) whose queries are spread over ``ranks``: each rank
-    evaluates its share with the queries' places in the step as their keys, then every rank gets all
-    losses in query order and adds every share's event counts to its backend, in rank order."""
+    evaluates its share of every call with the queries' places in the step as their keys, and every rank
+    gets all losses in query order (one collective per call). The backend counts each rank's share apart;
+    :meth:`finish` (once per step) adds every rank's counts to every rank's backend, in rank order."""
 
     def __init__(self, objective, ranks: Ranks):
         self.inner, self.ranks = objective, ranks
         self.queries = 0
+        self.counts: dict = {}
 
     def losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int = 0) -> torch.Tensor:
         """As BatchObjective.losses: (Q,) losses at theta moved by deltas (Q, w) from ``start``."""
@@ -102,12 +134,17 @@ class ShardedObjective:
     def key_noise(self, stream: int, cache_prefix: bool = False) -> None:
         self.inner.key_noise(stream, cache_prefix)
 
+    def finish(self) -> None:
+        """Give every rank the step's event counts of all ranks (one collective)."""
+        for counts in self.ranks.all_gather(self.counts):
+            self.inner.backend.add_counts(counts)
+        self.counts = {}
+
     def _gathered(self, n: int, evaluate) -> torch.Tensor:
         backend = self.inner.backend
         with backend.counted_apart() as counts:
             local = evaluate()
-        shares = self.ranks.all_gather((local.cpu(), dict(counts)))
-        for _, share_counts in shares:
-            backend.add_counts(share_counts)
+        for key, amount in counts.items():
+            self.counts[key] = self.counts.get(key, 0) + amount
         self.queries += n
-        return torch.cat([losses for losses, _ in shares]).to(local.device)
+        return self.ranks.gather_shares(local, n)

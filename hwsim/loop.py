@@ -213,7 +213,7 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
                 write_jsonl(out_dir / "metrics.jsonl", records)
         elif writes:
             last_path = _start_run_dir(out_dir, cfg, state, ck.keep)
-        ranks.all_gather(None)               # the others wait until rank 0 has started the run directory
+        ranks.barrier()                      # the others wait until rank 0 has started the run directory
     if header:
         log(header)
     for message in parts.warnings if not resume else []:
@@ -239,6 +239,8 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
                 est = estimator.estimate(objective, theta.detach(), gen)
                 theta.grad = est.grad.to(theta.dtype)
                 queries, loss_value, differences, zeros = est.queries, est.loss, est.differences, est.zero_differences
+            if isinstance(objective, ShardedObjective):
+                objective.finish()
             _guard(step, space, loss_value, theta.grad, "the gradient estimate", last_path)
             optimizer.step()
             scheduler.step()
@@ -271,7 +273,7 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
                 if writes:
                     _writing(lambda: write_jsonl(out_dir / "metrics.jsonl", records), out_dir, last_path)
 
-            signum = next((s for s in ranks.all_gather(stop.signum) if s is not None), None)   # any rank's
+            signum = ranks.first_set(stop.signum)                 # a signal that reached any rank stops all
             due = (step == parts.steps or signum is not None
                    or (ck.every_steps is not None and step % ck.every_steps == 0)
                    or (ck.every_s is not None and time.perf_counter() - saved_at >= ck.every_s))

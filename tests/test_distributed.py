@@ -51,7 +51,8 @@ def _results(run: Path) -> tuple[list[dict], torch.Tensor, dict]:
     ("train", "mnist_tt_hybrid", TINY_TT + ["train.epochs=null", "estimator.switch_epoch=0"]),  # CGE
     ("train", "mnist_tt_hybrid", TINY_TT + PHOTONIC + ["train.epochs=null", "estimator.switch_epoch=0",
                                                        "train.steps=2"]),
-    ("pinn", "hjb20_zo_tt_sg", []),
+    ("train", "mnist_tt_zo", ["backend.name=photonic", "backend.noise=typical", "train.steps=2"]),  # regression:
+    ("pinn", "hjb20_zo_tt_sg", []),                    # the full model's 1-row last core (test_photonic.py)
 ])
 def test_two_ranks_give_the_numbers_of_one_process_bit_for_bit(tmp_path, command, config, extra):
     keys = (TRAIN if command == "train" else PINN) + extra

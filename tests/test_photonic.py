@@ -359,3 +359,22 @@ def test_noise_presets():
     assert typical.dac_bits == 8 and typical.gamma_spread == 0.002 and typical.crosstalk == 0.005
     assert build_noise({"preset": "typical", "phase_bias": 0.0}).phase_bias == 0.0
     assert BackendConfig("photonic", {}).name == "photonic"
+
+
+def test_phases_of_a_block_do_not_depend_on_the_blocks_decomposed_with_it():
+    """Regression: a TT core whose matrix has one row (the last core of MNIST's last layer) fills its 8x8
+    blocks with one non-zero row; the orthogonal factors then hold entries that are zero up to rounding,
+    and the sign of such a zero (which changed with how many blocks were decomposed together, through
+    the batched products' kernels) flipped a mesh phase by pi. So 2 ranks and 1 process realised different
+    chips for the same query. The commanded phases are now the same whatever the batch."""
+    gen = torch.Generator().manual_seed(0)
+    lay = layout(8, "clements")
+    tiling = Tiling(1, 16, 8)
+    noise = build_noise("typical")
+    for _ in range(20):
+        blocks = tiling.split(torch.randn(10, 1, 16, generator=gen, dtype=torch.float32))
+        together, gains, signs = encode_blocks(blocks, lay)
+        for lo, hi in ((0, 5), (5, 10), (3, 4)):
+            alone, g, s = encode_blocks(blocks[lo:hi], lay)
+            assert torch.equal(commanded(together[lo:hi], 8, noise), commanded(alone, 8, noise))
+            assert torch.equal(signs[lo:hi], s) and torch.equal(gains[lo:hi], g)

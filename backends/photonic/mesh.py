@@ -217,12 +217,20 @@ def clements_decompose(u: torch.Tensor, name: str = "clements"):
     return theta, _wrap(phi[..., idx]), _wrap(alpha)
 
 
+# Entries of an orthogonal matrix below this are zeros blurred by rounding (~1e-16): which way such a
+# zero leans depends on the kernel a batched product happened to use, i.e. on how many matrices were
+# decomposed together, and must not decide a phase.
+ZERO = 1e-12
+
+
 def _half_atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The angle in [-pi/2, pi/2] with tan = y / x: either solution nulls the element, and this one keeps
     real meshes' phases far from the +-pi wrap of the DACs (the other differs by pi: a -1 on two modes,
-    which the remaining nulling steps and the output signs absorb)."""
-    s = torch.where(x < 0, -1.0, 1.0).to(x.dtype)
-    return torch.atan2(y * s, x * s)
+    which the remaining nulling steps and the output signs absorb). A rounding-level x counts as +0 (not
+    its sign: that would flip the angle by pi), and a pair of rounding-level zeros needs no rotation: 0."""
+    s = torch.where(x < -ZERO, -1.0, 1.0).to(x.dtype)
+    angle = torch.atan2(y * s, x * s)
+    return torch.where(torch.hypot(x, y) < ZERO, torch.zeros_like(angle), angle)
 
 
 def _wrap(p: torch.Tensor) -> torch.Tensor:
