@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     from hwsim.config import ConfigError
     from hwsim.data import DataError
+    from hwsim.backends.rtl.sim import RtlError
     from hwsim.distributed import RankLost
     from hwsim.loop import RunFailed, RunStopped
     try:
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as e:
         print(e, file=sys.stderr)
         return e.code
-    except (RunFailed, RankLost) as e:
+    except (RunFailed, RankLost, RtlError) as e:
         print(f"hwsim: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

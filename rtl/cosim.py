@@ -44,6 +44,7 @@ async def run_jobs(dut, job: dict, clock: bool = True) -> dict:
     if clock:
         Clock(dut.clk, PERIOD_NS, unit="ns", impl="gpi").start()
     await reset(dut)
+    first_cycle = cycles_now()         # counted from the end of reset: the same in a session and alone
     lanes, in_w, out_w = int(job["lanes"]), int(job["in_w"]), int(job["out_w"])
     rows, out_len = int(job["rows"]), int(job["out_len"])
     jobs = job["weights"].shape[0]
@@ -76,7 +77,7 @@ async def run_jobs(dut, job: dict, clock: bool = True) -> dict:
         counters.append([getattr(dut, f"cnt_{name}").value.to_unsigned() for name in COUNTERS])
     out = {"y": np.stack(ys), "counters": np.array(counters, dtype=np.int64),
            "counter_names": np.array(COUNTERS), "load_cycles": np.array(load_cycles, dtype=np.int64),
-           "sim_cycles": np.int64(cycles_now()), "wall_s": np.float64(time.perf_counter() - started)}
+           "sim_cycles": np.int64(cycles_now() - first_cycle), "wall_s": np.float64(time.perf_counter() - started)}
     for k, steps in enumerate(zip(*traces) if traces else []):
         out[f"trace_{k}"] = np.stack(steps)
     return out

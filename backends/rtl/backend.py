@@ -30,11 +30,13 @@ class RtlBackend(FixedBackend):
     @dataclass
     class Options(FixedBackend.Options):
         """The fixed backend's options plus: sim: verilator | icarus; lanes: MAC lanes of the core
-        (vectors evaluated in parallel, 1..64); timeout_s: wall-clock limit of one simulator run."""
+        (vectors evaluated in parallel, 1..64); timeout_s: wall-clock limit of one call; session: serve
+        all calls from one simulator process per build (false: a simulator run per call, for debugging)."""
 
         sim: str = "verilator"
         lanes: int = 16
         timeout_s: float = 600.0
+        session: bool = True
 
         def __post_init__(self):
             super().__post_init__()
@@ -43,6 +45,8 @@ class RtlBackend(FixedBackend):
                 raise ValueError(f"backend.lanes: {self.lanes!r} is not allowed; use an integer in 1..64")
             if not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0:
                 raise ValueError(f"backend.timeout_s: {self.timeout_s!r} is not allowed; use a positive number")
+            if not isinstance(self.session, bool):
+                raise ValueError(f"backend.session: {self.session!r} is not allowed; use true or false")
 
     def bind(self, network) -> None:
         """Also picks the core(s) to build: layers with the same intermediate and output widths share
@@ -89,7 +93,7 @@ class RtlBackend(FixedBackend):
 
     def _run_options(self, layer) -> dict:
         o = self.options
-        return {"sim": o.sim, "params": self._cores[id(layer)], "timeout_s": o.timeout_s}
+        return {"sim": o.sim, "params": self._cores[id(layer)], "timeout_s": o.timeout_s, "session": o.session}
 
 
 def _jobs(t: torch.Tensor, dims: int) -> torch.Tensor:

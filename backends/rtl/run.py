@@ -1,4 +1,6 @@
-"""Run TT layers on the Verilog core: one simulator run per call, for a batch of jobs (queries).
+"""Run TT layers on the Verilog core for a batch of jobs (queries): in a persistent simulator session
+(hwsim.backends.rtl.session, the default) or in one simulator run per call (``session=False``: slower,
+for debugging; the same results).
 
     result = run_tt_layer(shapes, spec, cores, x, bias=None, sim="verilator", lanes=16)
     result.y          # (J, B, M) int64 output codes
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hwsim.backends.fixed.layer import LayerSpec
+from hwsim.backends.rtl import session as sessions
 from hwsim.backends.rtl import sim as simulators
 from hwsim.backends.rtl.program import CoreParams, cycles_per_group, registers, step_shapes
 from hwsim.rtl import SOURCES, TOPLEVEL
@@ -35,7 +38,7 @@ def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
                  bias: np.ndarray | None = None, sim: str = "verilator", lanes: int = 16,
                  params: CoreParams | None = None, trace: bool = False, backpressure: bool = False,
                  timeout_s: float | None = 600, seed: int = 0, budget_cycles: int | None = None,
-                 sources: list[Path] | None = None) -> RtlResult:
+                 sources: list[Path] | None = None, session: bool = True) -> RtlResult:
     """Evaluate a TT layer on the RTL core for J jobs.
 
     core_shapes: K tuples (r, n, m, r'); cores: (J, sum of core sizes) int codes, each core flattened
@@ -44,7 +47,8 @@ def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
     ``trace`` also returns every intermediate step's result as the core wrote it; ``backpressure``
     drives the streams with random gaps (tests). The simulation fails when a job takes more than
     ``budget_cycles`` simulated cycles (default: twice the cycle formula of docs/rtl.md plus margin).
-    ``sources`` replaces the core's Verilog files (fault-injection tests).
+    ``sources`` replaces the core's Verilog files (fault-injection tests). ``session``: run in this
+    process's persistent simulator session for the build (else a simulator run of its own).
     """
     started = time.perf_counter()
     has_bias = bias is not None
@@ -68,14 +72,18 @@ def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
         job["bias"] = np.broadcast_to(np.asarray(bias, dtype=np.int64), (jobs, steps[-1].values))
     simulator = simulators.find(sim)
     build_dir = simulators.build(simulator, params.verilog(), sources or SOURCES, TOPLEVEL)
-    with tempfile.TemporaryDirectory(prefix="hwsim-rtl-") as tmp:
-        work = Path(tmp)
-        np.savez(work / "job.npz", **job)
-        simulators.run(simulator, build_dir, TOPLEVEL, COSIM_MODULE,
-                       {"HWSIM_RTL_JOB": str(work / "job.npz"), "HWSIM_RTL_RESULT": str(work / "result.npz")},
-                       work, timeout_s)
-        with np.load(work / "result.npz") as r:
-            out = {k: r[k] for k in r.files}
+    if session:
+        what = f"a TT layer call ({jobs} jobs x {rows} rows)"
+        out = sessions.session(simulator, build_dir, TOPLEVEL).call(job, what, timeout_s)
+    else:
+        with tempfile.TemporaryDirectory(prefix="hwsim-rtl-") as tmp:
+            work = Path(tmp)
+            np.savez(work / "job.npz", **job)
+            simulators.run(simulator, build_dir, TOPLEVEL, COSIM_MODULE,
+                           {"HWSIM_RTL_JOB": str(work / "job.npz"), "HWSIM_RTL_RESULT": str(work / "result.npz")},
+                           work, timeout_s)
+            with np.load(work / "result.npz") as r:
+                out = {k: r[k] for k in r.files}
     names = [str(n) for n in out["counter_names"]]
     counters = dict(zip(names, (int(v) for v in out["counters"].sum(axis=0))))
     counters["load_cycles"] = int(out["load_cycles"].sum())
