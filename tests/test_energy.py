@@ -180,3 +180,20 @@ def test_weights_beyond_the_on_chip_sram_are_read_from_dram():
     assert len(dram) == 1 and dram[0].per == pytest.approx(1.95e-9 / 64)
     assert not any("DRAM" in t.action for t in fits.terms)
     assert dram[0].count == b.counters()["weight_read_bits"] > 0
+
+
+def test_rtl_latency_is_simulated_cycles_over_the_configured_clock():
+    """The rtl backend's clock is a config value (backend.clock_mhz), not a device-table entry; latency =
+    rtl_cycles / clock and the static energy follows it; a clock that is not a positive number is refused."""
+    net = Network([TTLinear(16, 4, False, TTShape.build(16, 4, 2, (4, 4), (2, 2)))])
+    counters = {"rtl_cycles": 1_000_000, "rtl_macs": 0}
+    for mhz in (100.0, 400.0):
+        b = create_backend("rtl", clock_mhz=mhz)
+        b.bind(net)
+        est = estimate(b, counters, TABLE, net.space.size)
+        assert sum(s for _, s in est.latency) == pytest.approx(1e6 / (mhz * 1e6), rel=1e-12)
+        static = next(t for t in est.terms if t.component == "static")
+        assert static.joules == pytest.approx(1e6 / (mhz * 1e6) * TABLE["rtl_static_power"], rel=1e-12)
+    for bad in (0, -5, "fast", True):
+        with pytest.raises(ValueError, match=r"backend\.clock_mhz: .* is not allowed; use a clock in MHz > 0"):
+            create_backend("rtl", clock_mhz=bad)

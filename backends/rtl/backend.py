@@ -31,12 +31,15 @@ class RtlBackend(FixedBackend):
     class Options(FixedBackend.Options):
         """The fixed backend's options plus: sim: verilator | icarus; lanes: MAC lanes of the core
         (vectors evaluated in parallel, 1..64); timeout_s: wall-clock limit of one call; session: serve
-        all calls from one simulator process per build (false: a simulator run per call, for debugging)."""
+        all calls from one simulator process per build (false: a simulator run per call, for debugging);
+        clock_mhz: the core's clock, turning simulated cycles into latency (an assumption: 200 MHz for a
+        mid-range FPGA; `hwsim rtl synth` estimates the longest path)."""
 
         sim: str = "verilator"
         lanes: int = 16
         timeout_s: float = 600.0
         session: bool = True
+        clock_mhz: float = 200.0
 
         def __post_init__(self):
             super().__post_init__()
@@ -45,6 +48,8 @@ class RtlBackend(FixedBackend):
                 raise ValueError(f"backend.lanes: {self.lanes!r} is not allowed; use an integer in 1..64")
             if not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0:
                 raise ValueError(f"backend.timeout_s: {self.timeout_s!r} is not allowed; use a positive number")
+            if not isinstance(self.clock_mhz, (int, float)) or isinstance(self.clock_mhz, bool) or not self.clock_mhz > 0:
+                raise ValueError(f"backend.clock_mhz: {self.clock_mhz!r} is not allowed; use a clock in MHz > 0")
             if not isinstance(self.session, bool):
                 raise ValueError(f"backend.session: {self.session!r} is not allowed; use true or false")
 

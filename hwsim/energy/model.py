@@ -139,8 +139,8 @@ def fixed_model(backend, counters: dict, table: Table, weight_count: int) -> Est
 
 def rtl_model(backend, counters: dict, table: Table, weight_count: int) -> Estimate:
     """The Verilog TT core on an FPGA: its own MAC and RAM counters (ASIC energies x ``fpga_factor``), the
-    emulated layers (dense ones) as on the fixed accelerator, latency = simulated cycles / ``rtl_clock``,
-    static power x that time."""
+    emulated layers (dense ones) as on the fixed accelerator, latency = simulated cycles / the core's
+    clock (``backend.clock_mhz``), static power x that time."""
     est = Estimate()
     fpga = table["fpga_factor"]
     f = backend.formats
@@ -161,10 +161,11 @@ def rtl_model(backend, counters: dict, table: Table, weight_count: int) -> Estim
                             ("rtl_state_writes", mid_bits, "state RAM writes"), ("rtl_bias_reads", 32, "bias reads")):
         est.terms.append(Term("memory", f"{what} (bits, FPGA)", counters.get(key, 0) * bits, per_bit * fpga,
                               (tier, "fpga_factor")))
-    seconds = counters.get("rtl_cycles", 0) / table["rtl_clock"]
-    est.latency.append(("simulated core cycles / rtl_clock", seconds))
+    clock = backend.options.clock_mhz
+    seconds = counters.get("rtl_cycles", 0) / (clock * 1e6)
+    est.latency.append((f"simulated core cycles / {clock:g} MHz (backend.clock_mhz)", seconds))
     est.terms.append(Term("static", "FPGA static power x core time (s)", seconds, table["rtl_static_power"],
-                          ("rtl_static_power", "rtl_clock")))
+                          ("rtl_static_power",), f"clock {clock:g} MHz (backend.clock_mhz)"))
     return est
 
 
