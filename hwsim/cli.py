@@ -170,6 +170,34 @@ def _rtl_verify(args) -> int:
     return 1 if result["mismatches"] else 0
 
 
+def _rtl_synth(args) -> int:
+    from hwsim.backends.rtl.synth import config_builds, synthesize
+    from hwsim.report import markdown_table, write_json
+
+    builds = [{"name": "default (the Verilog defaults)", "parameters": {}, "layers": []}]
+    builds += [{"name": f"{args.config} build {k}", **b}
+               for k, b in enumerate(config_builds(args.config, args.set or [], args.lanes))]
+    rows = []
+    for build in builds:
+        print(f"hwsim rtl synth: {build['name']} ({args.target}) ...", flush=True)
+        result = synthesize(build["parameters"], args.target, args.timeout)
+        rows.append({**build, **result})
+    out = Path(args.json or f"runs/rtl_synth_{args.target}.json")
+    write_json(out, {"estimates": "Yosys synthesis estimates, not a vendor place-and-route", "rows": rows})
+    table = [{"build": r["name"], **r["fpga"], "memories": r["memories"], "memory_bits": r["memory_bits"],
+              "multipliers": r["multipliers"], "levels": r["longest_path_levels"], "latches": r["latches"],
+              "cycles": ", ".join(f"layer {x['layer']} ({x['shape']}): {x['cycles_per_group']:,}" for x in r["layers"])}
+             for r in rows]
+    columns = [("build", "build")] + [(k, k) for k in rows[0]["fpga"]] + [
+        ("memories", "memories (RTL)"), ("memory_bits", "memory bits"), ("multipliers", "multipliers (RTL)"),
+        ("levels", "longest path (logic levels)"), ("latches", "latches"),
+        ("cycles", f"simulated cycles per group of {args.lanes} vectors (exact)")]
+    print(f"Yosys estimates ({args.target} mapping; not a vendor place-and-route):")
+    print(markdown_table(table, columns))
+    print(f"results in {out}")
+    return 0
+
+
 def _info(args) -> int:
     from hwsim.backends import backend_class, backend_names
     from hwsim.config import read_raw, shipped_configs
@@ -267,6 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3600, help="wall-clock limit of one simulator run, s")
     p.add_argument("--json", help="write the results here (default runs/rtl_verify_<sim>.json)")
     p.set_defaults(func=_rtl_verify)
+    p = rtl.add_parser("synth", help="Yosys synthesis estimates of the core (cells, LUT/FF/DSP/BRAM, longest "
+                                     "path, no latches) for the default build and a config's builds")
+    p.add_argument("--config", default="mnist_tt_zo", help="the config whose rtl builds to synthesize (default mnist_tt_zo)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of --config (e.g. backend.bits=6)")
+    p.add_argument("--lanes", type=int, default=16, help="MAC lanes of the core (default 16)")
+    p.add_argument("--target", default="xilinx", choices=["xilinx", "ecp5", "ice40"], help="FPGA family to map to")
+    p.add_argument("--timeout", type=float, default=3600, help="wall-clock limit of one Yosys run, s")
+    p.add_argument("--json", help="write the results here (default runs/rtl_synth_<target>.json)")
+    p.set_defaults(func=_rtl_synth)
     p = sub.add_parser("info", help="list backends, datasets, simulators and shipped configs")
     p.set_defaults(func=_info)
     args = parser.parse_args(argv)

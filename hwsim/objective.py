@@ -42,6 +42,7 @@ class BatchObjective:
         self.chunk = max(1, chunk_elements // (x.shape[0] * self.widest))
         self.queries = 0
         self.stream: int | None = None       # key of this objective's noise streams (the step); None: unkeyed
+        self._prefixes: dict = {}            # outputs of the layers before the first perturbed tensor
         self.fresh = not backend.capabilities.exact   # every query evaluated from the inputs
 
     def key_noise(self, stream: int, cache_prefix: bool = False) -> None:
@@ -157,5 +158,22 @@ class BatchObjective:
             return self._forward(tensors, queries, batched).to(theta.dtype).expand(queries)
 
     def _forward(self, tensors: dict, queries: int, batched: set) -> torch.Tensor:
-        """Losses (Q,) of one chunk: ``tensors`` named in ``batched`` carry the query axis."""
-        return self.loss(self.network.forward(self.backend, tensors, self.x, queries, batched))
+        """Losses (Q,) of one chunk: ``tensors`` named in ``batched`` carry the query axis. The layers in
+        front of the first batched tensor run once per setting of their tensors for this objective (its
+        step), not once per call: their output is kept for every later call with the same tensors."""
+        first = min((self.network.layer_of(n)[0] for n in batched), default=len(self.network.layers))
+        if queries is None or first == 0:
+            return self.loss(self.network.forward(self.backend, tensors, self.x, queries, batched))
+        h = self._prefix(tensors, first)
+        return self.loss(self.network.forward(self.backend, tensors, h, queries, batched, start=first))
+
+    def _prefix(self, tensors: dict, stop: int) -> torch.Tensor:
+        """Output (B, F) of layers [0, stop) at ``tensors``, kept per (stop, storage and version of the
+        tensors it read); a new value is counted as ``prefix_cache_values`` (what the host holds)."""
+        names = [e.name for e in self.space.entries if self.network.layer_of(e.name)[0] < stop]
+        key = (stop, tuple((tensors[n].data_ptr(), tensors[n]._version) for n in names))
+        if key not in self._prefixes:
+            h = self.network.forward(self.backend, tensors, self.x, stop=stop)
+            self.backend.count("prefix_cache_values", h.numel())
+            self._prefixes[key] = (h, [tensors[n] for n in names])     # the tensors kept alive: keys stay unique
+        return self._prefixes[key][0]

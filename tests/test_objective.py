@@ -92,3 +92,29 @@ def test_shortcut_handles_subsets_in_any_order(setup):
                         for j in idx])
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert obj.queries == 5
+
+
+@pytest.mark.parametrize("name, options", [("ideal", {"dtype": "float64"}), ("fixed", {"bits": 8})])
+def test_the_prefix_runs_once_per_step_not_once_per_call(name, options):
+    """Per-tensor queries of a late tensor share the layers in front of it: the objective keeps their
+    output for every later call of the step (as a host would), with the same losses as running them per
+    call, and counts it once as prefix_cache_values."""
+    net = small_network()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 12, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 3, (7,), generator=g)
+    last = net.space.entries[-1]
+    results = {}
+    for shared in (True, False):
+        backend = create_backend(name, **options)
+        backend.bind(net)
+        theta = backend.encode(net.init_params(torch.Generator().manual_seed(0)).to(backend.dtype))
+        deltas = torch.randn(4, 3, last.numel, dtype=theta.dtype, generator=torch.Generator().manual_seed(1)) * 0.01
+        one = BatchObjective(net, backend, x.to(backend.data_dtype), y)
+        calls = [(one if shared else BatchObjective(net, backend, x.to(backend.data_dtype), y)).losses(
+            theta, d, last.offset) for d in deltas]
+        results[shared] = (torch.cat(calls), backend.counters())
+    (kept, c_kept), (again, c_again) = results[True], results[False]
+    assert torch.equal(kept, again)
+    assert c_again["prefix_cache_values"] == 4 * c_kept["prefix_cache_values"] == 4 * 7 * 5
+    assert c_kept["rows"] < c_again["rows"]
