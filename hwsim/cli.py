@@ -37,7 +37,10 @@ def _run(args, kind) -> int:
         if not args.force:
             _refuse_existing_run(out, args.command)
         ranks.barrier()                  # every rank looked before rank 0 starts writing
-    cfg = load_config(source, args.set or [], kind)
+    waves = [f"backend.waves={args.waves}", f"backend.waves_dir={out / 'waves'}"] if args.waves is not None else []
+    cfg = load_config(source, (args.set or []) + waves, kind)
+    if waves and cfg.backend.name != "rtl":
+        raise ConfigError(f"--waves: only the rtl backend dumps waveforms; this run's backend is {cfg.backend.name!r}")
     run = train if kind is Config else pinn
     run(cfg, out, progress=not args.quiet, resume=bool(args.resume), allow_changes=args.allow_changes, ranks=ranks)
     return 0
@@ -155,15 +158,22 @@ def _energy(args) -> int:
 def _rtl_verify(args) -> int:
     from hwsim.backends.rtl.sim import RtlError
     from hwsim.backends.rtl.verify import builtin_cases, config_cases, verify
+    from hwsim.config import ConfigError
     from hwsim.report import write_json
 
     cases = config_cases(args.config, args.set or []) if args.config else builtin_cases()
+    out = Path(args.json or f"runs/rtl_verify_{args.sim}.json")
+    waves = None
+    if args.waves:
+        lo, _, hi = args.waves.partition(":")
+        if not (lo.isdigit() and hi.isdigit() and int(lo) < int(hi)):
+            raise ConfigError(f"--waves: {args.waves!r} is not allowed; use a vector range LO:HI, e.g. 0:8")
+        waves = (out.parent / f"{out.stem}_waves", int(lo), int(hi))
     try:
-        result = verify(cases, args.vectors, args.sim, args.lanes, args.seed, timeout_s=args.timeout)
+        result = verify(cases, args.vectors, args.sim, args.lanes, args.seed, timeout_s=args.timeout, waves=waves)
     except (RtlError, ValueError) as e:
         print(f"hwsim: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.json or f"runs/rtl_verify_{args.sim}.json")
     write_json(out, result)
     print(f"{result['vectors']} vectors, {result['mismatches']} mismatches ({args.sim}, {args.lanes} lanes, "
           f"{result['wall_s']:.1f} s); results in {out}")
@@ -256,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="with --resume: accept a config that differs from the checkpoint's")
         p.add_argument("--force", action="store_true",
                        help="start over in an out dir that holds a run (its files are replaced)")
+        p.add_argument("--waves", type=int, metavar="CALL",
+                       help="rtl backend: dump the CALL-th TT layer call (from 0) as an FST waveform into RUN/waves/")
         p.add_argument("--nproc", type=int, metavar="N",
                        help="spread every step's queries over N processes on this machine (torchrun; same numbers)")
         p.set_defaults(func=lambda args, kind=kind: _run(args, kind))
@@ -294,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=3600, help="wall-clock limit of one simulator run, s")
     p.add_argument("--json", help="write the results here (default runs/rtl_verify_<sim>.json)")
+    p.add_argument("--waves", metavar="LO:HI", help="also dump vectors LO..HI-1 of every case as FST waveforms "
+                                                    "(next to the JSON, in <json name>_waves/)")
     p.set_defaults(func=_rtl_verify)
     p = rtl.add_parser("synth", help="Yosys synthesis estimates of the core (cells, LUT/FF/DSP/BRAM, longest "
                                      "path, no latches) for the default build and a config's builds")

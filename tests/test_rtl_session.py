@@ -1,6 +1,7 @@
 """Persistent RTL simulator sessions: many calls served by one simulator, equal to one run per call,
 dead simulators reported, and no simulator left behind after a run, an error or an interrupt."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,3 +133,23 @@ def test_no_simulator_outlives_its_run(tmp_path, ending):
         assert err.strip().splitlines()[-1].startswith("hwsim: error: verilator session: a TT layer call (")
         assert "backend.timeout_s" in err and "Traceback" not in err
     assert _gone(mark), f"simulators left after a {ending} run: {_simulators_marked(mark)}"
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_a_call_dumps_an_fst_waveform_and_computes_the_same(sim, tmp_path):
+    """``waves``: the call runs alone on a tracing build and leaves an FST file (GTKWave's format: it
+    starts with a header block, type 0) with the core's ports; its outputs equal the untraced call's."""
+    if sim == "verilator" and not Path("/usr/include/lz4.h").is_file():
+        pytest.skip("Verilator's FST writer needs liblz4-dev")
+    rng = np.random.default_rng(2)
+    params = CoreParams.for_layer(SHAPES, SPEC, True, 16)
+    cores, x, bias = _job(rng, 1, 6)
+    path = tmp_path / "w" / "call.fst"
+    traced = run_tt_layer(SHAPES, SPEC, cores, x, bias, sim=sim, params=params, waves=path)
+    plain = run_tt_layer(SHAPES, SPEC, cores, x, bias, sim=sim, params=params)
+    np.testing.assert_array_equal(traced.y, plain.y)
+    data = path.read_bytes()
+    assert len(data) > 1000 and data[0] == 0
+    if shutil.which("fst2vcd"):
+        vcd = subprocess.run(["fst2vcd", str(path)], capture_output=True, text=True, check=True).stdout
+        assert "out_valid" in vcd and "$enddefinitions" in vcd

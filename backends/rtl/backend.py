@@ -6,7 +6,10 @@ the fixed backend's; a TT layer's forward pass for all queries of a call is one 
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -33,13 +36,16 @@ class RtlBackend(FixedBackend):
         (vectors evaluated in parallel, 1..64); timeout_s: wall-clock limit of one call; session: serve
         all calls from one simulator process per build (false: a simulator run per call, for debugging);
         clock_mhz: the core's clock, turning simulated cycles into latency (an assumption: 200 MHz for a
-        mid-range FPGA; `hwsim rtl synth` estimates the longest path)."""
+        mid-range FPGA; `hwsim rtl synth` estimates the longest path); waves: the index (from 0) of the TT
+        layer call to dump as an FST waveform into ``waves_dir`` (a simulator run of its own)."""
 
         sim: str = "verilator"
         lanes: int = 16
         timeout_s: float = 600.0
         session: bool = True
         clock_mhz: float = 200.0
+        waves: Optional[int] = None
+        waves_dir: str = "waves"
 
         def __post_init__(self):
             super().__post_init__()
@@ -50,6 +56,8 @@ class RtlBackend(FixedBackend):
                 raise ValueError(f"backend.timeout_s: {self.timeout_s!r} is not allowed; use a positive number")
             if not isinstance(self.clock_mhz, (int, float)) or isinstance(self.clock_mhz, bool) or not self.clock_mhz > 0:
                 raise ValueError(f"backend.clock_mhz: {self.clock_mhz!r} is not allowed; use a clock in MHz > 0")
+            if self.waves is not None and (not isinstance(self.waves, int) or isinstance(self.waves, bool) or self.waves < 0):
+                raise ValueError(f"backend.waves: {self.waves!r} is not allowed; use the index (>= 0) of a layer call, or null")
             if not isinstance(self.session, bool):
                 raise ValueError(f"backend.session: {self.session!r} is not allowed; use true or false")
 
@@ -57,6 +65,7 @@ class RtlBackend(FixedBackend):
         """Also picks the core(s) to build: layers with the same intermediate and output widths share
         one build (the larger of their depths and input widths); a layer that fits no core fails here."""
         super().bind(network)
+        self._calls = 0                               # TT layer calls so far (backend.waves picks one)
         self._cores: dict[int, CoreParams] = {}
         shared: dict[tuple, CoreParams] = {}
         for index, layer, spec in self.layer_specs():
@@ -80,16 +89,22 @@ class RtlBackend(FixedBackend):
         weights = torch.cat([w.expand(max(f.shape[0] for f in flat), -1) for w in flat], dim=-1)
         b = _jobs(bias, 1) if bias is not None else None
         xs = _jobs(x, 2)
+        self._calls += 1
+        waves = (Path(self.options.waves_dir) / f"call{self._calls - 1}-layer{index}.fst"
+                 if self.options.waves == self._calls - 1 else None)
         if weights.shape[0] == 1 and (b is None or b.shape[0] == 1) and xs.shape[0] > 1:
             # one set of weights for every query: a single job over all queries' rows
             res = run_tt_layer(shapes, spec, weights.numpy(), xs.reshape(1, -1, xs.shape[-1]).numpy(),
-                               None if b is None else b.numpy(), **self._run_options(layer))
+                               None if b is None else b.numpy(), **self._run_options(layer), waves=waves)
             y = res.y.reshape(xs.shape[0], xs.shape[1], -1)
         else:
             jobs = max(weights.shape[0], xs.shape[0], 1 if b is None else b.shape[0])
             res = run_tt_layer(shapes, spec, weights.expand(jobs, -1).numpy(), xs.numpy(),
-                               None if b is None else b.expand(jobs, -1).numpy(), **self._run_options(layer))
+                               None if b is None else b.expand(jobs, -1).numpy(), **self._run_options(layer), waves=waves)
             y = res.y
+        if waves is not None:
+            print(f"hwsim rtl: waveform of layer call {self._calls - 1} (layer {index}) in {waves}; open it with "
+                  f"`gtkwave {waves}`", file=sys.stderr)
         for key in RTL_COUNTERS:
             self.count(f"rtl_{key}", res.counters[key])
         self.count("rtl_sim_runs")

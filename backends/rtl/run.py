@@ -9,6 +9,7 @@ for debugging; the same results).
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
                  bias: np.ndarray | None = None, sim: str = "verilator", lanes: int = 16,
                  params: CoreParams | None = None, trace: bool = False, backpressure: bool = False,
                  timeout_s: float | None = 600, seed: int = 0, budget_cycles: int | None = None,
-                 sources: list[Path] | None = None, session: bool = True) -> RtlResult:
+                 sources: list[Path] | None = None, session: bool = True, waves: Path | None = None) -> RtlResult:
     """Evaluate a TT layer on the RTL core for J jobs.
 
     core_shapes: K tuples (r, n, m, r'); cores: (J, sum of core sizes) int codes, each core flattened
@@ -48,7 +49,8 @@ def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
     drives the streams with random gaps (tests). The simulation fails when a job takes more than
     ``budget_cycles`` simulated cycles (default: twice the cycle formula of docs/rtl.md plus margin).
     ``sources`` replaces the core's Verilog files (fault-injection tests). ``session``: run in this
-    process's persistent simulator session for the build (else a simulator run of its own).
+    process's persistent simulator session for the build (else a simulator run of its own). ``waves``:
+    run alone on a build that traces, and write the call's FST waveform to this path.
     """
     started = time.perf_counter()
     has_bias = bias is not None
@@ -71,8 +73,8 @@ def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
     if has_bias:
         job["bias"] = np.broadcast_to(np.asarray(bias, dtype=np.int64), (jobs, steps[-1].values))
     simulator = simulators.find(sim)
-    build_dir = simulators.build(simulator, params.verilog(), sources or SOURCES, TOPLEVEL)
-    if session:
+    build_dir = simulators.build(simulator, params.verilog(), sources or SOURCES, TOPLEVEL, waves=waves is not None)
+    if session and waves is None:
         what = f"a TT layer call ({jobs} jobs x {rows} rows)"
         out = sessions.session(simulator, build_dir, TOPLEVEL).call(job, what, timeout_s)
     else:
@@ -81,9 +83,12 @@ def run_tt_layer(core_shapes, spec: LayerSpec, cores: np.ndarray, x: np.ndarray,
             np.savez(work / "job.npz", **job)
             simulators.run(simulator, build_dir, TOPLEVEL, COSIM_MODULE,
                            {"HWSIM_RTL_JOB": str(work / "job.npz"), "HWSIM_RTL_RESULT": str(work / "result.npz")},
-                           work, timeout_s)
+                           work, timeout_s, waves=waves is not None)
             with np.load(work / "result.npz") as r:
                 out = {k: r[k] for k in r.files}
+            if waves is not None:
+                Path(waves).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(work / simulators.WAVES_FILE, waves)
     names = [str(n) for n in out["counter_names"]]
     counters = dict(zip(names, (int(v) for v in out["counters"].sum(axis=0))))
     counters["load_cycles"] = int(out["load_cycles"].sum())

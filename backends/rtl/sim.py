@@ -111,17 +111,18 @@ BUILD_ARGS = {"verilator": ["--output-split", "0", "-O3", "--x-assign", "fast", 
               "icarus": []}
 
 
-def build(sim: Simulator, parameters: dict[str, int], sources: list[Path], toplevel: str) -> Path:
+def build(sim: Simulator, parameters: dict[str, int], sources: list[Path], toplevel: str, waves: bool = False) -> Path:
     """The build directory of ``toplevel`` with ``parameters`` for ``sim``: built once, then reused
-    (keyed by simulator, parameters and source contents). Builds into a temporary directory that is
-    renamed when complete, so an interrupted build leaves nothing behind."""
+    (keyed by simulator, parameters, source contents and ``waves``: a build that can dump FST waveforms).
+    Builds into a temporary directory that is renamed when complete, so an interrupted build leaves
+    nothing behind."""
     import cocotb
 
-    args = BUILD_ARGS[sim.name]
+    args = BUILD_ARGS[sim.name] + (["--trace-fst"] if waves and sim.name == "verilator" else [])
     key = hashlib.sha256(json.dumps([sim.name, cocotb.__version__, toplevel, sorted(parameters.items()), args,
-                                     [p.read_text() for p in sources]]).encode()).hexdigest()[:16]
+                                     waves, [p.read_text() for p in sources]]).encode()).hexdigest()[:16]
     root = cache_root()
-    final = root / f"{sim.name}-{toplevel}-{key}"
+    final = root / f"{sim.name}-{toplevel}-{key}{'-waves' if waves else ''}"
     if (final / "hwsim-build.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
@@ -130,11 +131,14 @@ def build(sim: Simulator, parameters: dict[str, int], sources: list[Path], tople
     try:
         with _environment(sim.env):
             _runner(sim).build(sources=[str(p) for p in sources], hdl_toplevel=toplevel, parameters=parameters,
-                               build_args=args, build_dir=str(tmp), always=True, timescale=("1ns", "1ps"), log_file=str(log))
+                               build_args=args, build_dir=str(tmp), always=True, timescale=("1ns", "1ps"),
+                               log_file=str(log), waves=waves)
     except (Exception, SystemExit) as e:
         tail = log.read_text()[-3000:] if log.is_file() else ""
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RtlError(f"{sim.name} build of {toplevel} failed: {e}\n{tail}") from None
+        hint = ("; FST waveforms from Verilator need the lz4 and zlib headers: apt-get install liblz4-dev zlib1g-dev"
+                if "lz4.h" in tail or "zlib.h" in tail else "")
+        raise RtlError(f"{sim.name} build of {toplevel} failed: {e}{hint}\n{tail}") from None
     (tmp / "hwsim-build.json").write_text(json.dumps({"parameters": parameters, "simulator": sim.name}))
     try:
         os.replace(tmp, final)
@@ -143,17 +147,23 @@ def build(sim: Simulator, parameters: dict[str, int], sources: list[Path], tople
     return final
 
 
+WAVES_FILE = "dump.fst"          # where a run with waves leaves its waveform, in its working directory
+
+
 def run(sim: Simulator, build_dir: Path, toplevel: str, test_module: str, env: dict[str, str],
-        work_dir: Path, timeout_s: float | None) -> None:
+        work_dir: Path, timeout_s: float | None, waves: bool = False) -> None:
     """One simulator run of the cocotb ``test_module`` on a built core; raises RtlError when the
-    simulator fails, times out, or any cocotb test fails (read from results.xml)."""
+    simulator fails, times out, or any cocotb test fails (read from results.xml). ``waves`` (a build made
+    with waves): dump an FST waveform of the whole run to ``work_dir / WAVES_FILE``."""
     results = work_dir / "results.xml"
     log = work_dir / "sim.log"
+    plusargs = [f"+dumpfile_path={work_dir / WAVES_FILE}"] if waves and sim.name == "icarus" else []
     try:
         with _environment(sim.env):
             _runner(sim, timeout_s).test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
                                          build_dir=str(build_dir), test_dir=str(work_dir), results_xml=str(results),
-                                         extra_env=env, timescale=("1ns", "1ps"), log_file=str(log))
+                                         extra_env=env, timescale=("1ns", "1ps"), log_file=str(log), waves=waves,
+                                         plusargs=plusargs)
     except RtlError:
         raise
     except (Exception, SystemExit) as e:

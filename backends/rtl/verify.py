@@ -99,10 +99,11 @@ def job_inputs(case: Case, kind: str, rows: int, rng: np.random.Generator):
 
 
 def verify_case(case: Case, vectors: int, sim: str, lanes: int, seed: int = 0, sources=None,
-                timeout_s: float | None = 3600) -> dict:
+                timeout_s: float | None = 3600, waves: tuple[Path, int, int] | None = None) -> dict:
     """Run ``vectors`` vectors of ``case`` (split over the four job kinds) through the RTL core and the
     emulator; returns the comparison and the core's throughput. ``sources``: another core's Verilog
-    (fault-injection tests)."""
+    (fault-injection tests). ``waves`` (directory, lo, hi): also run vectors lo..hi-1 of the first job
+    alone with an FST waveform into ``directory/<case>.fst``."""
     run = {"sim": sim, "lanes": lanes, "sources": sources, "timeout_s": timeout_s}
     rng = np.random.default_rng(seed)
     per_job = [vectors // len(JOB_KINDS) + (i < vectors % len(JOB_KINDS)) for i in range(len(JOB_KINDS))]
@@ -126,6 +127,11 @@ def verify_case(case: Case, vectors: int, sim: str, lanes: int, seed: int = 0, s
            "vectors_per_s": sum(per_job) / res.sim_wall_s,
            "macs": c["macs"], "lane_utilisation": c["macs"] / (lanes * c["cycles"]),
            "overflows": c["overflows"]}
+    if waves is not None:
+        directory, lo, hi = waves
+        out["waves"] = str(Path(directory) / f"{case.name}.fst")
+        run_tt_layer(case.core_shapes, case.spec, cores[:1], x[:1, lo:hi], None if bias is None else bias[:1],
+                     waves=Path(out["waves"]), **{k: v for k, v in run.items() if k != "timeout_s"})
     if bad:
         j, r = bad[0]
         out["first_mismatch"] = {"job": JOB_KINDS[j], "row": r,
@@ -175,16 +181,17 @@ def str_spec(spec: LayerSpec) -> str:
 
 
 def verify(cases: list[Case], vectors: int, sim: str, lanes: int, seed: int = 0, progress=print,
-           timeout_s: float | None = 3600) -> dict:
-    """Every case; a summary with totals."""
+           timeout_s: float | None = 3600, waves: tuple[Path, int, int] | None = None) -> dict:
+    """Every case; a summary with totals. ``waves``: see :func:`verify_case`."""
     started = time.perf_counter()
     results = []
     for case in cases:
-        r = verify_case(case, vectors, sim, lanes, seed, timeout_s=timeout_s)
+        r = verify_case(case, vectors, sim, lanes, seed, timeout_s=timeout_s, waves=waves)
         progress(f"{case.name:32s} {r['vectors']:6d} vectors  {r['mismatches']} mismatches  "
                  f"{r['cycles_per_vector']:9.1f} cycles/vector  {r['sim_cycles_per_s'] / 1e3:7.1f}k cycles/s  "
                  f"lanes busy {100 * r['lane_utilisation']:.1f} %"
-                 + (f"  first differing: {r['first_mismatch']['first_differing_step']}" if r["mismatches"] else ""))
+                 + (f"  first differing: {r['first_mismatch']['first_differing_step']}" if r["mismatches"] else "")
+                 + (f"  waveform: {r['waves']}" if "waves" in r else ""))
         results.append(r)
     return {"simulator": sim, "lanes": lanes, "seed": seed, "vectors": sum(r["vectors"] for r in results),
             "mismatches": sum(r["mismatches"] for r in results), "wall_s": time.perf_counter() - started,
