@@ -194,13 +194,15 @@ def _rtl_synth(args) -> int:
         rows.append({**build, **result})
     out = Path(args.json or f"runs/rtl_synth_{args.target}.json")
     write_json(out, {"estimates": "Yosys synthesis estimates, not a vendor place-and-route", "rows": rows})
-    table = [{"build": r["name"], **r["fpga"], "memories": r["memories"], "memory_bits": r["memory_bits"],
-              "multipliers": r["multipliers"], "levels": r["longest_path_levels"], "latches": r["latches"],
+    table = [{"build": r["name"], **r["fpga"], "gates": r["gates"], "flip_flops": r["flip_flops"],
+              "memories": r["memories"], "memory_bits": r["memory_bits"],
+              "multipliers": r["multipliers"], "levels": r["longest_path_gates"], "latches": r["latches"],
               "cycles": ", ".join(f"layer {x['layer']} ({x['shape']}): {x['cycles_per_group']:,}" for x in r["layers"])}
              for r in rows]
-    columns = [("build", "build")] + [(k, k) for k in rows[0]["fpga"]] + [
-        ("memories", "memories (RTL)"), ("memory_bits", "memory bits"), ("multipliers", "multipliers (RTL)"),
-        ("levels", "longest path (logic levels)"), ("latches", "latches"),
+    columns = [("build", "build")] + [(k, f"{k} ({args.target})") for k in rows[0]["fpga"]] + [
+        ("gates", "gates (generic)"), ("flip_flops", "flip-flops (generic)"), ("memories", "memories (RTL)"),
+        ("memory_bits", "memory bits"), ("multipliers", "multipliers (RTL)"),
+        ("levels", "longest path (gates)"), ("latches", "latches"),
         ("cycles", f"simulated cycles per group of {args.lanes} vectors (exact)")]
     print(f"Yosys estimates ({args.target} mapping; not a vendor place-and-route):")
     print(markdown_table(table, columns))

