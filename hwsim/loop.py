@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from hwsim import checkpoint
 from hwsim.build import build_backend, build_estimator, build_optimizer, perturbation_warnings
@@ -38,10 +37,12 @@ from hwsim.distributed import Ranks, ShardedObjective
 from hwsim.energy.memory import device_memory
 from hwsim.energy.report import run_figures, subtract
 from hwsim.energy.table import load_table
+from hwsim.progress import Progress
 from hwsim.report import plot_energy, write_atomic, write_json, write_jsonl, write_yaml
 
 FORMAT_VERSION = 1
 HARMLESS = ("train.checkpoint.", "energy.")   # config keys a resume may change: they do not touch the numbers
+EVAL_STREAM = -1                              # the noise stream of the step-0 evaluation (steps are >= 0)
 
 
 class RunStopped(Exception):
@@ -219,11 +220,20 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
     for message in parts.warnings if not resume else []:
         log(f"{task.label}: warning: {message}")
 
-    bar = tqdm(total=parts.steps, initial=step, disable=not progress, mininterval=1.0, unit="step",
-               dynamic_ncols=True)
+    shown = Progress(task.label, parts.steps, step, progress, log)
+    if step == 0:                            # the untrained model: where the curves start
+        with backend.keyed(EVAL_STREAM, torch.zeros(0, dtype=torch.int64)):    # noise of its own: later
+            fields, _ = _counted(tally, backend, lambda: task.evaluate(0, theta.detach()))  # draws stay as they were
+        records.append({"step": 0, "train_loss": None, **fields, **task.query_counts(0),
+                        "phase": getattr(estimator, "phase", "fo"), "zero_difference_fraction": 0.0,
+                        "wall_s": round(time.perf_counter() - t0, 3)})
+        shown.record(0, task.postfix(records[-1]))
+        if writes:
+            _writing(lambda: write_jsonl(out_dir / "metrics.jsonl", records), out_dir, last_path)
     saved_at = time.perf_counter()
     with _StopSignals(task.label) as stop:
         while step < parts.steps:
+            step_started = time.perf_counter()
             epoch = task.epoch(step)
             objective = task.objective(step, gen)
             if ranks.world > 1:
@@ -251,7 +261,7 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
             tally.queries += queries
             tally.loss_sum, tally.loss_n = tally.loss_sum + loss_value, tally.loss_n + 1
             tally.differences, tally.zeros = tally.differences + differences, tally.zeros + zeros
-            bar.update(1)
+            shown.step(step, time.perf_counter() - step_started)
 
             if step % cfg.train.eval_every == 0 or step == parts.steps:
                 fields, score = _counted(tally, backend, lambda: task.evaluate(step, theta.detach()))
@@ -267,9 +277,9 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
                     message = (f"{100 * z / d:.0f} % of the loss differences since the last evaluation were "
                                f"exactly zero: the perturbations are too small for backend {backend.name!r}")
                     warnings.append(message)
-                    (bar.write if progress else log)(f"{task.label}: warning: {message}")
+                    shown.write(f"{task.label}: warning: {message}")
                 tally.loss_sum, tally.loss_n, tally.differences, tally.zeros = 0.0, 0, 0, 0
-                bar.set_postfix(**task.postfix(records[-1]), refresh=False)
+                shown.record(step, task.postfix(records[-1]))
                 if writes:
                     _writing(lambda: write_jsonl(out_dir / "metrics.jsonl", records), out_dir, last_path)
 
@@ -281,13 +291,13 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
                 last_path = _writing(lambda: _save(out_dir, step, state(), ck.keep), out_dir, last_path)
                 saved_at = time.perf_counter()
             if signum is not None and step < parts.steps:
-                bar.close()
+                shown.close()
                 name = signal.Signals(signum).name
                 where = (f"checkpoint {last_path}; resume with: hwsim {task.command} --resume {out_dir}"
                          if out_dir is not None else "no run directory, nothing saved")
                 raise RunStopped(f"{task.label}: stopped by {name} after step {step} of {parts.steps}; {where}",
                                  signum, step, last_path)
-    bar.close()
+    shown.close()
 
     final = theta.detach()
     last_eval = dict(tally.last_eval)

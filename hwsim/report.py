@@ -48,18 +48,23 @@ def write_yaml(path: Path, obj) -> None:
 
 
 def plot_curves(records: Sequence[dict], path: Path, title: str = "") -> None:
-    """curves.png: test accuracy and train loss against steps and against forward queries."""
+    """curves.png: validation and test accuracy (from the untrained model at step 0) and the mean train
+    loss between evaluations, against steps and against forward queries."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    trained = [r for r in records if r.get("train_loss") is not None]
     for col, (xkey, xlabel) in enumerate((("step", "step"), ("forward_queries", "forward queries"))):
         xs = [r[xkey] for r in records]
-        axes[0, col].plot(xs, [100 * r["test_accuracy"] for r in records], marker=".")
-        axes[0, col].set_ylabel("test accuracy (%)")
-        axes[1, col].plot(xs, [r["train_loss"] for r in records], marker=".", color="tab:red")
-        axes[1, col].set_ylabel("train loss (mini-batch)")
+        for key, label in (("val_accuracy", "validation"), ("test_accuracy", "test")):
+            if all(key in r for r in records):
+                axes[0, col].plot(xs, [100 * r[key] for r in records], marker=".", label=label)
+        axes[0, col].set_ylabel("accuracy (%)")
+        axes[0, col].legend(fontsize=8)
+        axes[1, col].plot([r[xkey] for r in trained], [r["train_loss"] for r in trained], marker=".", color="tab:red")
+        axes[1, col].set_ylabel("train loss (mean since last eval.)")
         axes[1, col].set_yscale("log")
         for row in (0, 1):
             axes[row, col].set_xlabel(xlabel)

@@ -75,7 +75,8 @@ class Classification(Task):
         return {"epoch": round(step / self.per_epoch, 4), "val_accuracy": val, "test_accuracy": test}, val
 
     def postfix(self, record: dict) -> dict:
-        return {"loss": f"{record['train_loss']:.3f}", "test_acc": f"{record['test_accuracy']:.4f}",
+        loss = record["train_loss"]
+        return {"loss": "-" if loss is None else f"{loss:.3f}", "test_acc": f"{record['test_accuracy']:.4f}",
                 "queries": f"{record['forward_queries']:.3g}"}
 
     def summary(self, records: list[dict], theta: torch.Tensor, queries: int) -> dict:
@@ -89,8 +90,8 @@ class Classification(Task):
 
     def plots(self, out_dir: Path, records: list[dict], theta: torch.Tensor, metrics: dict) -> None:
         plot_curves(records, out_dir / "curves.png",
-                    f"{self.cfg.estimator.name} on {self.backend.name}: {self.network.trainable_params:,} params, "
-                    f"test acc {100 * metrics['test_accuracy']:.2f} %")
+                    f"{out_dir.name}: {self.cfg.estimator.name} on {self.backend.name}, "
+                    f"{self.network.trainable_params:,} params, test acc {100 * metrics['test_accuracy']:.2f} %")
 
     def state_dict(self) -> dict:
         return {"perm": None if self.perm is None else self.perm.to(torch.int32)}

@@ -31,7 +31,9 @@ def test_tiny_zo_run_learns_and_writes_the_run_directory(tmp_path):
     acc = accuracy(net, backend, saved["theta"].float(), torch.from_numpy(data.test.x), torch.from_numpy(data.test.y), 2000)
     assert acc == metrics["test_accuracy"]
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == [50, 100, 150]
+    assert [r["step"] for r in lines] == [0, 50, 100, 150]        # step 0: the untrained model
+    assert lines[0]["train_loss"] is None and lines[0]["forward_queries"] == 0
+    assert 0.0 <= lines[0]["test_accuracy"] < 0.3 < lines[-1]["test_accuracy"]
     assert lines[-1]["forward_queries"] == metrics["forward_queries"]
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -106,3 +108,25 @@ def test_fine_tuning_starts_from_a_previous_run(tmp_path):
     with pytest.raises(ConfigError, match=r"train.init: .* holds 1504 parameters, the model has"):
         train(load_config("mnist_tt_zo", short + [f"train.init={tmp_path / 'a'}", "model.layers.0.rank=2"]),
               None, progress=False, log=lambda s: None)
+
+
+def test_without_a_terminal_the_run_logs_one_plain_line_per_evaluation(tmp_path, capsys):
+    """Regression: in a log file the progress bar became one 192 KB line of carriage returns, and
+    --quiet printed nothing until the end. Without a terminal (and with --quiet) each evaluation is one
+    line with step, fields and time; the untrained model is evaluated at step 0; once the first steps
+    are timed a line says how long the rest will take."""
+    from hwsim import progress
+    from hwsim.cli import main
+    progress.ESTIMATE_AFTER_S = 0.0
+    try:
+        code = main(["train", "mnist_tt_zo", "--quiet", "--out", str(tmp_path / "run"), "--set", "data.train_limit=600",
+                     "--set", "data.val_size=100", "--set", "data.test_limit=100", "--set", "train.batch_size=64",
+                     "--set", "train.steps=8", "--set", "train.eval_every=4"])
+    finally:
+        progress.ESTIMATE_AFTER_S = 2.0
+    out = capsys.readouterr()
+    assert code == 0 and "\r" not in out.out + out.err
+    steps = [line for line in out.out.splitlines() if line.startswith("hwsim: step ")]
+    assert [line.split()[2] for line in steps] == ["0/8", "4/8", "8/8"]
+    assert "test_acc" in steps[0] and "left" in steps[1]
+    assert sum("s per step: about" in line for line in out.out.splitlines()) == 1

@@ -76,7 +76,8 @@ class PinnTask(Task):
         return err, -err["rel_l2"]
 
     def postfix(self, record: dict) -> dict:
-        return {"loss": f"{record['train_loss']:.3g}", "rel_l2": f"{100 * record['rel_l2']:.3f}%"}
+        loss = record["train_loss"]
+        return {"loss": "-" if loss is None else f"{loss:.3g}", "rel_l2": f"{100 * record['rel_l2']:.3f}%"}
 
     def summary(self, records: list[dict], theta: torch.Tensor, queries: int) -> dict:
         cfg, final = self.cfg, records[-1]
@@ -138,15 +139,19 @@ def _plots(out_dir: Path, records: list[dict], network, backend, problem: Proble
 
     from hwsim.report import save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     steps = [r["step"] for r in records]
-    ax.plot(steps, [100 * r["rel_l2"] for r in records], marker=".", label="rel. L2 of u")
-    ax.plot(steps, [100 * r["rel_l2_learned"] for r in records], marker=".", label="rel. L2 of the learned part")
-    ax.axhline(100 * metrics["untrained_rel_l2"], color="grey", ls="--", label="untrained (N = 0)")
-    ax.set(xlabel="step", ylabel="error (%)", yscale="log",
-           title=f"{problem.name}{problem.dim}: {cfg.estimator.name}, {cfg.pde.derivatives.method}, {backend.name}")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    # each error next to the same quantity of the untrained model (N = 0): u's error is small from the start
+    # (the base term dominates u), the learned part's is 100 %
+    for ax, key, what, untrained in ((axes[0], "rel_l2", "rel. L2 error of u", metrics["untrained_rel_l2"]),
+                                     (axes[1], "rel_l2_learned", "rel. L2 error of the learned part", 1.0)):
+        ax.plot(steps, [100 * r[key] for r in records], marker=".", label="this run")
+        ax.axhline(100 * untrained, color="grey", ls="--", label=f"untrained (N = 0): {100 * untrained:.3g} %")
+        ax.set(xlabel="step", ylabel="error (%)", yscale="log", title=what)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{out_dir.name}: {problem.name}{problem.dim}, {cfg.estimator.name}, "
+                 f"{cfg.pde.derivatives.method} derivatives, {backend.name}")
     save_figure(fig, out_dir / "error.png")
 
     s = torch.linspace(0, 1, 101, dtype=torch.float64)
