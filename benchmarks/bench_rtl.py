@@ -69,6 +69,16 @@ def main() -> None:
     ap.add_argument("--lanes", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--rows", type=int, default=256)
     args = ap.parse_args()
+    found = []
+    for sim in args.sims:
+        try:
+            simulators.find(sim)
+            found.append(sim)
+        except simulators.RtlError as e:
+            print(f"bench_rtl: skipping {sim}: {e}")
+    if not found:
+        return
+    args.sims = found
     builds = {sim: build_time(sim) for sim in args.sims}
     rows = [r for sim in args.sims for lanes in args.lanes for r in throughput(sim, lanes, args.rows)]
     save("rtl_throughput", {"build_s": builds, "rows": rows})
