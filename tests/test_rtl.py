@@ -21,19 +21,7 @@ from hwsim.model import Activation, Network, TTLinear
 from hwsim.rtl import SOURCES
 from hwsim.train import train
 from hwsim.tt import TTShape
-
-
-def _found(name):
-    try:
-        simulators.find(name)
-        return True
-    except simulators.RtlError:
-        return False
-
-
-SIMS = [pytest.param(s, marks=pytest.mark.skipif(not _found(s), reason=f"{s} not installed"))
-        for s in simulators.SIMULATORS]
-VERILATOR = SIMS[0]
+from rtl_sims import SIMS, VERILATOR, found
 
 
 def _run_bench(sim, module, toplevel, parameters, sources, tmp_path):

@@ -17,24 +17,7 @@ from hwsim.backends.rtl import session as sessions
 from hwsim.backends.rtl import sim as simulators
 from hwsim.backends.rtl.program import CoreParams
 from hwsim.backends.rtl.run import run_tt_layer
-
-
-def _found(name):
-    try:
-        simulators.find(name)
-        return True
-    except simulators.RtlError:
-        return False
-
-
-SIMS = [pytest.param(s, marks=pytest.mark.skipif(not _found(s), reason=f"{s} not installed"))
-        for s in simulators.SIMULATORS]
-SHAPES = ((1, 4, 3, 2), (2, 6, 2, 1))
-SPEC = LayerSpec(Format(8, 7), Format(8, 6), Format(9, 3), Format(11, 2))
-TINY_TT = ["model.layers=[{type: tt_linear, in_features: 784, out_features: 16, rank: 2}, {type: relu}, "
-           "{type: tt_linear, in_features: 16, out_features: 10, rank: 2}]"]
-RTL_RUN = ["data.train_limit=256", "data.val_size=32", "data.test_limit=32", "train.batch_size=16",
-           "backend.name=rtl"] + TINY_TT
+from rtl_sims import SIMS, found
 
 
 def _job(rng, jobs, rows):
@@ -111,7 +94,7 @@ def _gone(mark, within=10.0) -> bool:
     return False
 
 
-@pytest.mark.skipif(not _found("verilator"), reason="verilator not installed")
+@pytest.mark.skipif(not found("verilator"), reason="verilator not installed")
 @pytest.mark.parametrize("ending", ["finished", "error", "interrupt", "killed"])
 def test_no_simulator_outlives_its_run(tmp_path, ending):
     mark = f"hwsim-test-{uuid.uuid4()}"
