@@ -18,15 +18,13 @@ from pathlib import Path
 from common import save
 
 DATA = ["data.train_limit=2000", "data.val_size=100", "data.test_limit=100", "train.batch_size=128"]
-TINY_TT = ["model.layers=[{type: tt_linear, in_features: 784, out_features: 16, rank: 2}, {type: relu}, "
-           "{type: tt_linear, in_features: 16, out_features: 10, rank: 2}]"]
 CASES = {
     "ideal (mnist_tt_zo, 784-256-10 TT)": ("mnist_tt_zo", DATA, 40),
     "photonic typical, weights (mnist_tt_zo)": ("mnist_tt_zo", DATA + ["backend.name=photonic",
                                                 "backend.noise=typical", "backend.calibrate=true"], 10),
-    "rtl verilator (784-16-10 TT, batch 16)": ("mnist_tt_zo", ["data.train_limit=2000", "data.val_size=100",
-                                               "data.test_limit=16", "train.batch_size=16", "backend.name=rtl",
-                                               "backend.sim=verilator"] + TINY_TT, 2),
+    "rtl verilator (784-256-10 TT, batch 64, 2 queries per tensor)": (
+        "mnist_tt_zo", ["data.train_limit=2000", "data.val_size=16", "data.test_limit=16", "train.batch_size=64",
+                        "estimator.rge.num_queries=2", "backend.name=rtl", "backend.sim=verilator"], 2),
 }
 
 

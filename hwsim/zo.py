@@ -96,14 +96,17 @@ class RGE:
         grad = torch.zeros_like(theta)
         base = None
         loss_sum, queries, zeros = 0.0, 0, 0
-        if self.form == "forward":
-            base = objective.losses(theta, theta.new_zeros(1, 0))[0]
-            queries += 1
-        for block in blocks:
+        for k, block in enumerate(blocks):
             width = block.stop - block.start
             u = sample_directions(self.n, width, self.distribution, generator, theta)
             if self.form == "forward":
-                diffs = (objective.losses(theta, self.mu * u, block.start) - base) / self.mu
+                if k == 0:       # the base loss rides with the first block's queries (one call: shared out
+                    both = objective.losses(theta, torch.cat([u.new_zeros(1, width), self.mu * u]), block.start)
+                    base, moved = both[0], both[1:]              # ... evenly when the queries are spread)
+                    queries += 1
+                else:
+                    moved = objective.losses(theta, self.mu * u, block.start)
+                diffs = (moved - base) / self.mu
                 queries += self.n
             else:
                 both = objective.losses(theta, torch.cat([self.mu * u, -self.mu * u]), block.start)

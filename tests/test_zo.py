@@ -84,12 +84,13 @@ def test_rge_per_tensor_touches_one_block_per_query():
 
     class Spy(Quadratic):
         def losses(self, theta, deltas, start=0):
-            seen.append((start, deltas.shape[1], bool((deltas != 0).all())))
+            seen.append((start, tuple(deltas.shape), bool((deltas[0] == 0).all()), bool((deltas[1:] != 0).all())))
             return super().losses(theta, deltas, start)
 
     est = RGE(space(9, 3), 4, 0.1, per_tensor=True)
     est.estimate(Spy(9), torch.zeros(9, dtype=torch.float64), torch.Generator().manual_seed(0))
-    assert seen == [(0, 0, True), (0, 3, True), (3, 3, True), (6, 3, True)]
+    # the base point (a zero row) rides with the first block's 4 queries; every other call moves one block
+    assert seen == [(0, (5, 3), True, True), (3, (4, 3), False, True), (6, (4, 3), False, True)]
 
 
 def test_rge_sign_returns_signs():
