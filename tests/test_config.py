@@ -109,7 +109,7 @@ def test_malformed_yaml_and_set_values_are_one_line_errors(tmp_path, capsys):
     assert main(["train", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"hwsim: error: config '{bad}': not valid YAML at line ") and err.count("\n") == 1
-    assert main(["train", "mnist_tt_zo", "--set", "train.steps=[1"]) == 2
+    assert main(["train", "mnist_tt_zo", "--out", str(tmp_path / "run"), "--set", "train.steps=[1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hwsim: error: --set train.steps: '[1' is not a valid YAML value") and err.count("\n") == 1
 

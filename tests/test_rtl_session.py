@@ -19,6 +19,13 @@ from hwsim.backends.rtl.program import CoreParams
 from hwsim.backends.rtl.run import run_tt_layer
 from rtl_sims import SIMS, found
 
+SHAPES = ((1, 4, 3, 2), (2, 6, 2, 1))
+SPEC = LayerSpec(Format(8, 7), Format(8, 6), Format(9, 3), Format(11, 2))
+TINY_TT = ["model.layers=[{type: tt_linear, in_features: 784, out_features: 16, rank: 2}, {type: relu}, "
+           "{type: tt_linear, in_features: 16, out_features: 10, rank: 2}]"]
+RTL_RUN = ["data.train_limit=256", "data.val_size=32", "data.test_limit=32", "train.batch_size=16",
+           "backend.name=rtl"] + TINY_TT
+
 
 def _job(rng, jobs, rows):
     cores = rng.integers(-128, 128, size=(jobs, 24 + 24))

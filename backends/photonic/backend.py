@@ -253,8 +253,10 @@ class PhotonicBackend(Backend):
         regions = [self._regions[f"{i}.{local}"] for local, _ in _core_shapes(layer)]
         dims = self._dims(regions)
         tensors = [_shared(params[r.name.split(".", 1)[1]], d) for r, d in zip(regions, dims)]
-        # Same storage, layout and version counter = same values, since the held tensors stay alive.
-        key = [(t.data_ptr(), t.shape, t.stride(), t._version) for t in tensors]
+        # Same storage, layout and version counter = same values, since the held tensors stay alive; and the
+        # same keyed stream (a training step's queries never reuse a setting held from outside the step, so
+        # a run resumed from a checkpoint counts the programmings an uninterrupted one does).
+        key = [self._keys[0] if self._keys else None] + [(t.data_ptr(), t.shape, t.stride(), t._version) for t in tensors]
         held = self._held.get(i)
         if held is not None and held[1] == key:
             return held[2], held[3], 0
