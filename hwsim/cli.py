@@ -236,9 +236,16 @@ def _info(args) -> int:
     print(f"  fashion_mnist  {'found at ' + str(fashion) if fashion.is_dir() else 'missing: apt-get install dataset-fashion-mnist'}")
     from hwsim.backends.rtl.sim import available
 
+    from hwsim.backends.rtl.sim import RtlError
+    from hwsim.backends.rtl.synth import yosys
+
     print("simulators (rtl backend):")
     for sim, where in available().items():
         print(f"  {sim:10s} {where}")
+    try:
+        print(f"  {'yosys':10s} {yosys()[0]} (hwsim rtl synth)")
+    except RtlError as e:
+        print(f"  {'yosys':10s} missing: {e}")
     names = shipped_configs()
     pinn = [n for n in names if "pde" in read_raw(n)]
     specs = [n for n in names if "rows" in read_raw(n)]
