@@ -86,7 +86,8 @@ def _eval(args) -> int:
     over = {k: v for k, v in result["counters"].items() if k.startswith("overflows") and v}
     energy = (f"; {result['energy_j_per_inference']:.3g} J and {result['latency_s_per_inference']:.3g} s per inference "
               f"(hwsim energy model)" if "energy_j_per_inference" in result else "")
-    print(f"{args.run} on {result['backend']} {result['backend_options']}: test accuracy "
+    partial = f" (partial run: {result['partial']})" if "partial" in result else ""
+    print(f"{args.run}{partial} on {result['backend']} {result['backend_options']}: test accuracy "
           f"{100 * result['test_accuracy']:.2f} %" + (f"; overflows {over}" if over else "") + energy)
     if args.json:
         write_json(Path(args.json), result)

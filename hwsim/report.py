@@ -118,19 +118,32 @@ RUN_KINDS = {"train": ("test_accuracy", "best_test_accuracy", "forward_queries",
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
-    """(metrics.json, metrics.jsonl records) of a run directory; FileNotFoundError names what is missing."""
+    """(metrics, metrics.jsonl records) of a run directory. A run that has not finished (stopped, killed,
+    still going) has no metrics.json: its metrics are those of its last evaluation, with ``partial`` set to
+    "step N of M". FileNotFoundError names what is missing."""
     run_dir = Path(run_dir)
-    for name in ("metrics.json", "metrics.jsonl"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir} is not a finished run: {name} is missing")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: metrics.jsonl is missing")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return metrics, records
+    if (run_dir / "metrics.json").is_file():
+        return json.loads((run_dir / "metrics.json").read_text()), records
+    if not records:
+        raise FileNotFoundError(f"{run_dir} has no evaluation yet (metrics.jsonl is empty)")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    last, train = records[-1], config.get("train", {})
+    kind = "pinn" if "rel_l2" in last else "train"
+    metric, best, _, _, lower = RUN_KINDS[kind]
+    pick = min if lower else max
+    return {**last, best: pick(r[metric] for r in records),
+            "estimator": config.get("estimator", {}).get("name", ""), "backend": config.get("backend", {}).get("name", ""),
+            "partial": f"step {last['step']} of {train.get('steps') or train.get('epochs', '?')}"
+                       + ("" if train.get("steps") else " epochs")}, records
 
 
 def compare_runs(run_dirs: Sequence[Path], plot_path: Path | None = None) -> str:
-    """Markdown table of finished runs of one kind (``hwsim train``: test accuracy; ``hwsim pinn``: rel. L2
-    error); optionally one plot of that metric against forward queries and against wall time."""
+    """Markdown table of runs of one kind (``hwsim train``: test accuracy; ``hwsim pinn``: rel. L2 error;
+    a run not finished shows its last evaluation, labelled partial); optionally one plot of that metric
+    against forward queries and against wall time."""
     from hwsim.config import ConfigError
 
     loaded = [(Path(d).name, *load_run(d)) for d in run_dirs]
@@ -138,7 +151,8 @@ def compare_runs(run_dirs: Sequence[Path], plot_path: Path | None = None) -> str
     if len(kinds) > 1:
         raise ConfigError("compare: the runs mix `hwsim train` and `hwsim pinn` runs; compare one kind at a time")
     metric, best, queries, header, lower = RUN_KINDS[kinds[0]]
-    rows = [{**m, "run": name, "metric_pct": 100 * m[metric], "best_pct": 100 * m[best], "queries": m[queries]}
+    rows = [{**m, "run": name + (f" (partial: {m['partial']})" if "partial" in m else ""),
+             "metric_pct": 100 * m[metric], "best_pct": 100 * m[best], "queries": m[queries]}
             for name, m, _ in loaded]
     if plot_path is not None:
         import matplotlib

@@ -155,6 +155,8 @@ def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
     spent = subtract(backend.counters(), before)
     result = {"run": str(run_dir), "test_accuracy": acc, "backend": backend.name,
               "backend_options": dict(cfg.backend.options), "counters": backend.counters(), "inferences": len(y)}
+    if not (run_dir / "params.pt").is_file():          # a run not finished: deployed from its newest checkpoint
+        result["partial"] = f"its newest checkpoint, {read_params(run_dir)[1].name}"
     est = estimate(backend, spent, load_table(cfg.energy), backend.param_space(network).size)
     if est is not None:
         result.update(energy_j_per_inference=est.joules / len(y), latency_s_per_inference=est.latency_s / len(y),

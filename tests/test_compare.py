@@ -61,3 +61,34 @@ def test_bad_specs_are_refused_before_anything_runs(tmp_path):
         with pytest.raises(ConfigError, match=message):
             load_spec(str(bad))
     assert load_spec("mnist_backends").rows[0].name == "ideal fp32"
+
+
+def test_compare_and_eval_take_a_run_that_did_not_finish(tmp_path, capsys):
+    """Regression: `hwsim compare` refused a stopped run ("not a finished run") and `hwsim eval` did not
+    say that it deployed a checkpoint. A run stopped after step 4 (its final files removed, as a killed
+    run leaves it) shows its last evaluation, labelled partial; eval names the checkpoint it deployed."""
+    import shutil
+
+    from hwsim import checkpoint
+    sets = ["data.train_limit=600", "data.val_size=100", "data.test_limit=200", "train.batch_size=64",
+            "train.steps=8", "train.eval_every=4", "train.checkpoint.every_steps=4"]
+    args = [a for k in sets for a in ("--set", k)]
+    for name in ("done", "stopped"):
+        assert main(["train", "mnist_tt_zo", "--quiet", "--out", str(tmp_path / name), *args]) == 0
+    stopped = tmp_path / "stopped"
+    (stopped / "metrics.json").unlink()
+    (stopped / "params.pt").unlink()
+    for path in checkpoint.list_checkpoints(stopped)[2:]:              # keep step 0 and step 4
+        path.unlink()
+    lines = (stopped / "metrics.jsonl").read_text().splitlines()
+    (stopped / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")  # step 0 and step 4
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "done"), str(stopped)]) == 0
+    table = capsys.readouterr().out
+    assert "| stopped (partial: step 4 of 8) | rge | ideal |" in table and "| done | rge | ideal |" in table
+    assert main(["eval", str(stopped)]) == 0
+    assert "(partial run: its newest checkpoint, step-00000004.pt)" in capsys.readouterr().out
+    shutil.rmtree(stopped / "checkpoints")
+    (stopped / "metrics.jsonl").write_text("")
+    assert main(["compare", str(stopped)]) == 2
+    assert "has no evaluation yet" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def test_cli_train_then_compare(tmp_path, capsys):
     assert (tmp_path / "t.md").read_text().strip() == table.strip()
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["compare", str(tmp_path)]) == 2
-    assert "metrics.json is missing" in capsys.readouterr().err
+    assert "is not a run directory: metrics.jsonl is missing" in capsys.readouterr().err
     # deploy: the same backend reproduces the run's accuracy; 16-bit fixed point lands close to it
     assert main(["eval", str(run), "--json", str(tmp_path / "same.json")]) == 0
     assert json.loads((tmp_path / "same.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
