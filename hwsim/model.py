@@ -131,8 +131,6 @@ class Network:
                 h = backend.linear(layer, local, h, queries)
             else:
                 h = backend.linear(layer, {n: tensors[k] for n, k in zip(names, keys)}, h, None)
-                if queries is not None:          # an output the host keeps and reuses for every query
-                    backend.count("prefix_cache_values", h.numel())
         return h
 
     def layer_of(self, name: str) -> tuple[int, str]:

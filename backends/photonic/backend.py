@@ -93,7 +93,7 @@ class PhotonicBackend(Backend):
         seed = self.options.chip_seed
         self._drift_gen = torch.Generator().manual_seed(seed + 1)
         self._read_gen = torch.Generator().manual_seed(seed + 2)
-        self._held: dict[int, tuple] = {}      # layer -> (its tensors, their versions, cores, heat) as programmed
+        self._held: dict[int, tuple] = {}      # layer -> (its tensors, their key, cores, heat) as last programmed
 
     @property
     def dtype(self) -> torch.dtype:
