@@ -7,7 +7,7 @@ Two ways to train (option ``params``):
 - ``phases``: in-situ training: the trainable parameters *are* the block phases (n^2 per block, see
   :meth:`param_space`); the host never sees a weight. Gains and output signs are fixed when the start
   weights are programmed (:meth:`encode`).
-A TT layer's cores are cascaded optically (tensorized optical NN, the tensorized optical NN of Zhao et al., arXiv:2401.00413), so light is detected
+A TT layer's cores are cascaded optically (the tensorized optical NN of Zhao et al., arXiv:2401.00413), so light is detected
 once per layer: W_eff is assembled from the realised blocks and applied to the rows; detector noise and the
 ADC act on the layer output; biases are added electronically.
 """

@@ -2,7 +2,7 @@
 
 Phase path of every shifter (commanded phase -> phase the light sees):
   wrap into [-pi, pi] (push-pull: a signed phase, 0 = no heating) -> phase DAC (``dac_bits``,
-  step 2 pi / (2^bits - 1), the tensorized optical NN of Zhao et al., arXiv:2401.00413) -> heater law |phase| = gamma V^2 with a per-shifter gamma
+  step 2 pi / (2^bits - 1); Zhao et al., arXiv:2401.00413) -> heater law |phase| = gamma V^2 with a per-shifter gamma
   spread (frozen per chip) -> thermal crosstalk (a fraction of each neighbour's phase) -> fabrication
   bias U[-b, b] (frozen) -> drift (a random walk, ``drift`` rad rms per 1,000 optimizer steps).
 Optics: MZI insertion loss (dB on power, so amplitude 10^(-dB/20) per MZI passed) and beam-splitter
@@ -55,7 +55,7 @@ class Noise:
         return None if self.dac_bits is None else 2 * math.pi / (2 ** self.dac_bits - 1)
 
 
-# the tensorized optical NN of Zhao et al., arXiv:2401.00413 gives DAC, gamma, V_pi, crosstalk, bias and drift; the loss, imbalance, detector and
+# Zhao et al., arXiv:2401.00413 (tensorized optical NN) gives DAC, gamma, V_pi, crosstalk, bias and drift; the loss, imbalance, detector and
 # ADC figures of "typical" are our assumptions of common silicon-photonics values (docs/photonic.md).
 _PRESET_VALUES = {
     "ideal": {},
