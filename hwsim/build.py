@@ -6,7 +6,8 @@ import math
 import torch
 
 from hwsim.backends import Backend, create_backend
-from hwsim.config import BackendConfig, ConfigError, EstimatorConfig, ModelConfig, OptimizerConfig
+from hwsim.host_memory import require
+from hwsim.config import BackendConfig, ConfigError, check_steps, EstimatorConfig, ModelConfig, OptimizerConfig
 from hwsim.model import Activation, Linear, Network, TTLinear
 from hwsim.params import ParamSpace
 from hwsim.tt import TTShape
@@ -29,9 +30,12 @@ def build_network(cfg: ModelConfig) -> Network:
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
     try:
-        return Network(layers, cfg.init_gain)
+        network = Network(layers, cfg.init_gain)
     except ValueError as e:
         raise ConfigError(f"model.layers: {e}") from None
+    require("model.layers", network.trainable_params * 8 * 8,
+            f"{network.trainable_params:,} parameters (float64, with copies, gradient and optimizer state)")
+    return network
 
 
 def build_backend(cfg: BackendConfig, network: Network) -> Backend:
@@ -62,6 +66,10 @@ def build_estimator(cfg: EstimatorConfig, space: ParamSpace, backend: Backend):
             raise ConfigError(f"estimator.name: 'fo' needs a differentiable backend; {backend.name!r} is not")
         return None
     r, c = cfg.rge, cfg.cge
+    if cfg.name in ("rge", "hybrid"):
+        widest = max(t.numel for t in space.entries) if r.per_tensor else space.size
+        require("estimator.rge.num_queries", 3 * r.num_queries * widest * 8,
+                f"{r.num_queries:,} directions of {widest:,} parameters (float64, a few copies)")
     rge = RGE(space, r.num_queries, r.mu, r.distribution, r.form, r.per_tensor, r.sign)
     cge = CGE(space, c.mu, c.form, c.subset)
     if cfg.name == "rge":
@@ -98,4 +106,8 @@ def steps_per_epoch(train_size: int, batch_size: int) -> int:
 
 
 def total_steps(steps: int | None, epochs: int | None, per_epoch: int) -> int:
-    return steps if steps is not None else int(math.ceil(epochs * per_epoch))
+    if steps is not None:
+        return steps
+    total = int(math.ceil(epochs * per_epoch))
+    check_steps("train.epochs", total)
+    return total

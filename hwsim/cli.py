@@ -16,6 +16,7 @@ def _run(args, kind) -> int:
     by CONFIG / --set only with --allow-changes)."""
     from hwsim.config import Config, ConfigError, load_config
     from hwsim.distributed import from_environment
+    from hwsim.loop import RunStopped
     from hwsim.pinn.train import pinn
     from hwsim.train import train
 
@@ -42,8 +43,34 @@ def _run(args, kind) -> int:
     if waves and cfg.backend.name != "rtl":
         raise ConfigError(f"--waves: only the rtl backend dumps waveforms; this run's backend is {cfg.backend.name!r}")
     run = train if kind is Config else pinn
-    run(cfg, out, progress=not args.quiet, resume=bool(args.resume), allow_changes=args.allow_changes, ranks=ranks)
+    existed = out.exists()
+    try:
+        run(cfg, out, progress=not args.quiet, resume=bool(args.resume), allow_changes=args.allow_changes, ranks=ranks)
+    except RunStopped:
+        raise
+    except BaseException:
+        if ranks.main and not args.resume:
+            _discard_unstarted(out, existed)
+        raise
     return 0
+
+
+def _discard_unstarted(out: Path, existed: bool) -> None:
+    """A fresh run that failed before its first step: remove what it wrote (the directory, if it made it)."""
+    import shutil
+
+    from hwsim import checkpoint
+
+    if not out.is_dir():
+        return
+    saved = checkpoint.list_checkpoints(out)
+    if (out / "metrics.json").exists() or any(p != checkpoint.checkpoint_path(out, 0) for p in saved):
+        return                                          # it got past step 0: keep it (resumable)
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in saved + [out / "config.yaml", out / "metrics.jsonl"]:
+        path.unlink(missing_ok=True)
 
 
 def _torchrun(nproc: int, argv: list[str]) -> int:
@@ -162,6 +189,9 @@ def _rtl_verify(args) -> int:
     from hwsim.config import ConfigError
     from hwsim.report import write_json
 
+    for flag, value in (("--vectors", args.vectors), ("--lanes", args.lanes), ("--timeout", args.timeout)):
+        if not value > 0:
+            raise ConfigError(f"{flag}: {value} is not allowed; use a number > 0")
     cases = config_cases(args.config, args.set or []) if args.config else builtin_cases()
     out = Path(args.json or f"runs/rtl_verify_{args.sim}.json")
     waves = None
@@ -183,8 +213,12 @@ def _rtl_verify(args) -> int:
 
 def _rtl_synth(args) -> int:
     from hwsim.backends.rtl.synth import config_builds, synthesize
+    from hwsim.config import ConfigError
     from hwsim.report import markdown_table, write_json
 
+    for flag, value in (("--lanes", args.lanes), ("--timeout", args.timeout)):
+        if not value > 0:
+            raise ConfigError(f"{flag}: {value} is not allowed; use a number > 0")
     builds = [{"name": "default (the Verilog defaults)", "parameters": {}, "layers": []}]
     builds += [{"name": f"{args.config} build {k}", **b}
                for k, b in enumerate(config_builds(args.config, args.set or [], args.lanes))]
@@ -259,6 +293,7 @@ def _info(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hwsim", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hwsim {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     from hwsim.config import Config, PinnConfig
     for name, kind, what, example in (
@@ -337,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     from hwsim.backends.rtl.sim import RtlError
     from hwsim.distributed import RankLost
     from hwsim.loop import RunFailed, RunStopped
+    if args.debug:
+        return args.func(args)
     try:
         return args.func(args)
     except (ConfigError, DataError) as e:
@@ -348,9 +385,26 @@ def main(argv: list[str] | None = None) -> int:
     except (RunFailed, RankLost, RtlError) as e:
         print(f"hwsim: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:                         # a path given on the command line that cannot be read or written
+        print(f"hwsim: error: {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:     # what the size checks (hwsim.host_memory) did not foresee
+        if not _out_of_memory(e):
+            raise
+        print(f"hwsim: error: out of memory ({str(e).splitlines()[0] if str(e) else 'an allocation failed'}); "
+              f"use smaller sizes (train.batch_size, estimator.chunk_elements, pde.points, ...)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("hwsim: stopped at once; files written so far are complete (written atomically)", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed: Python's MemoryError or torch's allocator error."""
+    import torch
+
+    return (isinstance(e, (MemoryError, torch.OutOfMemoryError))
+            or "can't allocate memory" in str(e) or "out of memory" in str(e).lower())
 
 
 if __name__ == "__main__":

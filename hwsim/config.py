@@ -23,9 +23,20 @@ class ConfigError(ValueError):
     """A config key has a bad value; the message starts with the key path."""
 
 
+# The most optimizer steps a run may take: 10^9 steps are decades at the fastest step hwsim measures
+# (~0.05 s), so more is a typo; refused before anything is allocated.
+MAX_STEPS = 10 ** 9
+
+
 def _positive(path: str, value, strict: bool = True) -> None:
     if value is not None and (value <= 0 if strict else value < 0):
         raise ConfigError(f"{path}: expected a number {'>' if strict else '>='} 0, got {value}")
+
+
+def check_steps(path: str, steps: int) -> None:
+    """Refuse a run of more than MAX_STEPS optimizer steps (``path``: the key that set them)."""
+    if steps > MAX_STEPS:
+        raise ConfigError(f"{path}: {steps:,} steps is not allowed; use at most {MAX_STEPS:,} steps")
 
 
 @dataclass
@@ -184,6 +195,8 @@ class TrainConfig:
             raise ConfigError(f"{p}.steps: give exactly one of {p}.steps and {p}.epochs")
         for key in ("steps", "epochs", "batch_size", "eval_every", "eval_batch_size"):
             _positive(f"{p}.{key}", getattr(self, key))
+        if self.steps is not None:
+            check_steps(f"{p}.steps", self.steps)        # epochs: checked once the epoch length is known
 
 
 @dataclass
@@ -260,6 +273,7 @@ class PinnTrainConfig:
     def check(self, p: str) -> None:
         for key in ("steps", "eval_every", "eval_batch_size"):
             _positive(f"{p}.{key}", getattr(self, key))
+        check_steps(f"{p}.steps", self.steps)
         _positive(f"{p}.smoothed_points", self.smoothed_points, strict=False)
 
 
@@ -346,6 +360,9 @@ def apply_override(raw: dict, assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: expected key.path=value")
     key, text = assignment.split("=", 1)
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment!r}: {key.strip()!r} is not a key path; use names joined by dots, "
+                          f"e.g. train.steps=200")
     node = raw
     for i, part in enumerate(parts[:-1]):
         step = int(part) if isinstance(node, list) and part.isdigit() else part
@@ -376,7 +393,12 @@ def _scalar(key: str, text: str):
     try:
         return yaml12.load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: {text!r} is not a valid YAML value ({getattr(e, 'problem', None) or e})") from None
+        raise ConfigError(f"--set {key}: {text!r} is not a valid YAML value ({_problem(e)})") from None
+
+
+def _problem(e: yaml.YAMLError) -> str:
+    """What a YAML error found, on one line (a reader error's reason, a parser error's problem)."""
+    return getattr(e, "problem", None) or getattr(e, "reason", None) or " ".join(str(e).split())
 
 
 def shipped_configs() -> list[str]:
@@ -387,6 +409,8 @@ def shipped_configs() -> list[str]:
 def read_raw(source: str) -> dict:
     """Raw mapping from a YAML file path or a shipped config name (e.g. ``mnist_tt_zo``)."""
     path = Path(source)
+    if path.is_dir():
+        raise ConfigError(f"config {source!r}: is a directory; give a YAML file or a shipped config name")
     if path.is_file():
         try:
             text = path.read_text()
@@ -403,7 +427,7 @@ def read_raw(source: str) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"config {source!r}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
+        raise ConfigError(f"config {source!r}: not valid YAML{where} ({_problem(e)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {source!r}: the YAML must be a mapping of sections")
     return raw

@@ -12,6 +12,7 @@ import hashlib
 import io
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -91,13 +92,19 @@ def _load_mnist_pickle(path: Path) -> tuple[Split, Split]:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """One IDX file (optionally .gz) as a numpy array (unsigned-byte data only, as MNIST uses)."""
+    """One IDX file (optionally .gz) as a numpy array (unsigned-byte data only, as MNIST uses); a file
+    that is unreadable, not IDX or truncated is a DataError naming it."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or not 1 <= data[3] <= 4:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (1 to 4 dimensions)")
+    ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated: its header needs {4 + 4 * ndim} bytes, it has {len(data)}")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -116,13 +123,14 @@ def load_idx_dir(directory: Path) -> tuple[Split, Split]:
     """Train and test splits from a directory with the four standard MNIST-style IDX files."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise DataError(f"IDX directory {directory} does not exist")
+        what = "is a file, not a directory" if directory.exists() else "does not exist"
+        raise DataError(f"data.path: IDX directory {directory} {what}; give a directory with the four IDX files")
     splits = []
     for prefix in ("train", "t10k"):
         x = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
         y = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
-        if len(x) != len(y):
-            raise DataError(f"{directory}: {len(x)} {prefix} images but {len(y)} labels")
+        if len(x) != len(y) or y.ndim != 1:
+            raise DataError(f"{directory}: {len(x)} {prefix} images but labels of shape {y.shape}")
         splits.append(Split(x.reshape(len(x), -1).astype(np.float32) / 255.0, y.astype(np.int64)))
     return splits[0], splits[1]
 

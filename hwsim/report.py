@@ -100,6 +100,7 @@ def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=Path(path).parent, suffix=".png")
     os.close(fd)
     try:

@@ -4,7 +4,7 @@ Two ways to hold the trained parameters (option ``master``):
 - ``float``: the host keeps float parameters and the chip quantizes them at every forward, so a
   perturbation moves a code only when it crosses a rounding boundary (mu should be >= 1 LSB);
 - ``integer``: the parameters *are* the integer codes (theta in LSB units): perturbations of whole
-  LSBs, and after every optimizer step the host rounds and clamps them back (the quantized MCU training of arXiv:2411.05873).
+  LSBs, and after every optimizer step the host rounds and clamps them back (as in the quantized on-MCU training of arXiv:2411.05873).
 Activations flow between layers as float values that lie exactly on their format's grid.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 
 from hwsim.backends.base import Backend, Capabilities
 from hwsim.backends.fixed.layer import BIAS_BITS, LayerSpec, contract, dense_as_core, macs, requantized
-from hwsim.backends.fixed.numerics import (MAX_BITS, OVERFLOWS, ROUNDINGS, Format, code_dtype, quantize,
-                                           requantize_exact)
+from hwsim.backends.fixed.numerics import (MAX_BITS, MAX_FRAC, OVERFLOWS, ROUNDINGS, Format, code_dtype,
+                                           grid_codes, quantize, round_half_up)
 from hwsim.model import Linear, TTLinear
 
 ROLES = ("input", "weight", "intermediate", "activation", "output")
@@ -60,8 +60,8 @@ class FixedBackend(Backend):
             _check("update_rounding", self.update_rounding, UPDATE_ROUNDINGS)
             if not isinstance(self.bits, int) or not 2 <= self.bits <= MAX_BITS:
                 raise ValueError(f"backend.bits: {self.bits!r} is not allowed; use an integer in 2..{MAX_BITS}")
-            if not isinstance(self.bias_bits, int) or not 2 <= self.bias_bits <= 64:
-                raise ValueError(f"backend.bias_bits: {self.bias_bits!r} is not allowed; use an integer in 2..64")
+            if not isinstance(self.bias_bits, int) or not 2 <= self.bias_bits <= MAX_BITS:
+                raise ValueError(f"backend.bias_bits: {self.bias_bits!r} is not allowed; use an integer in 2..{MAX_BITS}")
             for key in ("int_bits", "formats"):
                 table = getattr(self, key)
                 if not isinstance(table, dict):
@@ -103,11 +103,19 @@ class FixedBackend(Backend):
                 return default
             where, ib = f"{where}.int_bits.{role}", int_bits.get(role, DEFAULT_INT_BITS[role])
             if steps and ib and _is_list_of(ib, int):
-                return tuple(_format_of([self.bits, self.bits - v], f"{where}[{k}]", False) for k, v in enumerate(ib))
+                return tuple(self._int_bits_format(v, f"{where}[{k}]") for k, v in enumerate(ib))
             if not isinstance(ib, int):
                 raise ValueError(f"{where}: {ib!r} is not allowed; use an integer"
                                  + (" or a list of them, one per core step" if steps else ""))
-            return _format_of([self.bits, self.bits - ib], where, False)
+            return self._int_bits_format(ib, where)
+
+        def _int_bits_format(self, int_bits: int, where: str) -> Format:
+            """Format(bits, bits - int_bits), the range of int_bits named in the error (F in -64..64)."""
+            if abs(self.bits - int_bits) > MAX_FRAC:
+                raise ValueError(f"{where}: {int_bits!r} is not allowed; at bits {self.bits} use an integer in "
+                                 f"{self.bits - MAX_FRAC}..{self.bits + MAX_FRAC} (frac_bits = bits - int_bits "
+                                 f"in -{MAX_FRAC}..{MAX_FRAC})")
+            return Format(self.bits, self.bits - int_bits)
 
     def __init__(self, options: "FixedBackend.Options | None" = None):
         super().__init__(options)
@@ -180,7 +188,7 @@ class FixedBackend(Backend):
             noise = torch.rand(theta.shape, generator=generator, dtype=theta.dtype, device=theta.device)
             theta.add_(noise).floor_()
         else:
-            theta.add_(0.5).floor_()
+            theta.copy_(round_half_up(theta))
         theta.copy_(self._per_tensor(theta, lambda t, f: t.clamp(f.lo, f.hi)))
 
     def check_perturbation(self, mu: float) -> str | None:
@@ -266,16 +274,11 @@ class FixedBackend(Backend):
         return codes, over
 
     def _codes(self, t: torch.Tensor, fmt: Format, dims: int) -> tuple[torch.Tensor, int]:
-        """(codes of float values t in ``fmt`` as exact integers (float or int64 tensor), number that
-        overflowed); an expanded leading axis stays shared. Values already on the grid skip rounding."""
+        """(codes of float values t in ``fmt`` as exact integers in a float tensor, number that overflowed);
+        an expanded leading axis stays shared. Values already on the grid and in range skip rounding."""
         shared = t.dim() > dims and t.stride(0) == 0
         unique = t[0] if shared else t
-        o = self.options
-        scaled = unique * 2.0 ** fmt.frac_bits                        # exact: a power of two
-        if not torch.equal(scaled, scaled.trunc()):                   # off the grid: round as the spec says
-            # at 32 bits first, then the overflow mode at the format's width (wrap: counts miss |v| >= 2^31)
-            scaled = quantize(unique, MAX_BITS, fmt.frac_bits, o.rounding, o.overflow)
-        codes, over = requantize_exact(scaled, 0, fmt, o.rounding, o.overflow)
+        codes, over = grid_codes(unique, fmt, self.options.rounding, self.options.overflow)
         codes = codes.to(code_dtype(fmt.bits))
         return (codes.expand(t.shape[0], *codes.shape) if shared else codes), over
 

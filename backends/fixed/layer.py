@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from hwsim.backends.fixed.numerics import (Format, _check_modes, accumulator_bits, exact_dtype,
+from hwsim.backends.fixed.numerics import (MAX_BITS, Format, _check_modes, accumulator_bits, exact_dtype,
                                            requantize_exact)
 from hwsim.tt import step_outputs as requantized      # every value a core step produces is requantized
 
@@ -51,8 +51,8 @@ class LayerSpec:
 
     def __post_init__(self):
         _check_modes(self.rounding, self.overflow)
-        if not 2 <= self.bias_bits <= 64:
-            raise ValueError(f"bias_bits must be in 2..64, got {self.bias_bits}")
+        if not 2 <= self.bias_bits <= MAX_BITS:
+            raise ValueError(f"bias_bits must be in 2..{MAX_BITS}, got {self.bias_bits}")
         if isinstance(self.intermediate, list):
             object.__setattr__(self, "intermediate", tuple(self.intermediate))
 
@@ -66,7 +66,10 @@ class LayerSpec:
         return list(self.intermediate)
 
     def steps(self, core_shapes: Sequence[tuple[int, int, int, int]], bias: bool) -> list[Step]:
-        """The core steps for cores of shapes (r, n, m, r'); step k sums r * n products."""
+        """The core steps for cores of shapes (r, n, m, r'); step k sums r * n products. ValueError, naming
+        the step and its formats, where an accumulator is too wide to emulate or the bias format is invalid."""
+        if bias:
+            self.bias_format(core_shapes)
         out, fmt = [], self.input
         targets = self.intermediates(len(core_shapes)) + [self.output]
         for k, ((r, n, _, _), target) in enumerate(zip(core_shapes, targets)):
@@ -74,13 +77,24 @@ class LayerSpec:
             shift = fmt.frac_bits + self.weight.frac_bits - target.frac_bits
             extra = self.bias_bits if last and bias else 0
             acc = accumulator_bits(fmt.bits, self.weight.bits, r * n, extra)
-            out.append(Step(r * n, fmt, target, shift, acc, exact_dtype(acc, shift)))
+            try:
+                dtype = exact_dtype(acc, shift)
+            except ValueError as e:
+                raise ValueError(f"core step {k} (T = {r * n} products of {fmt} x {self.weight} codes"
+                                 + (f", plus a {extra}-bit bias" if extra else "")
+                                 + f"): {e}; narrow these formats (docs/fixed_point.md, section 4.4)") from None
+            out.append(Step(r * n, fmt, target, shift, acc, dtype))
             fmt = target
         return out
 
     def bias_format(self, core_shapes: Sequence[tuple[int, int, int, int]]) -> Format:
+        """Q(bias_bits, F_in(last step) + F_weight); ValueError when that F is outside the formats' range."""
         last_in = ([self.input] + self.intermediates(len(core_shapes)))[-1]
-        return Format(self.bias_bits, last_in.frac_bits + self.weight.frac_bits)
+        try:
+            return Format(self.bias_bits, last_in.frac_bits + self.weight.frac_bits)
+        except ValueError as e:
+            raise ValueError(f"the bias format takes F_in + F_weight = {last_in.frac_bits} + "
+                             f"{self.weight.frac_bits} fraction bits of the last core step: {e}") from None
 
 
 def dense_as_core(weight: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,11 @@ import torch
 
 ROUNDINGS = ("floor", "half_up", "half_even")
 OVERFLOWS = ("saturate", "wrap")
-MAX_BITS = 32                # data formats; accumulators may use up to 64 bits (int64 emulation)
+MAX_BITS = 32                # data formats (and the bias); accumulators may use up to MAX_ACC_BITS
+MAX_ACC_BITS = 64            # the int64 emulation; wider sums would need multi-word integers
+MAX_FRAC = 64                # |F|: keeps every value c * 2^-F of a <= 24-bit code a normal float32
 # Integers of magnitude <= 2^MANTISSA are exact in the float type; a sum whose every partial sum stays
-# below that bound is computed exactly in any order (see docs/fixed_point.md, "Exact float emulation").
+# below that bound is computed exactly in any order (docs/fixed_point.md, section 9).
 _MANTISSA = {torch.float32: 24, torch.float64: 53}
 
 
@@ -30,8 +32,8 @@ class Format:
     def __post_init__(self):
         if not isinstance(self.bits, int) or not 2 <= self.bits <= MAX_BITS:
             raise ValueError(f"bits must be an integer in 2..{MAX_BITS}, got {self.bits!r}")
-        if not isinstance(self.frac_bits, int) or abs(self.frac_bits) > 64:
-            raise ValueError(f"frac_bits must be an integer in -64..64, got {self.frac_bits!r}")
+        if not isinstance(self.frac_bits, int) or abs(self.frac_bits) > MAX_FRAC:
+            raise ValueError(f"frac_bits must be an integer in -{MAX_FRAC}..{MAX_FRAC}, got {self.frac_bits!r}")
 
     @property
     def lo(self) -> int:
@@ -59,7 +61,7 @@ def _check_modes(rounding: str, overflow: str) -> None:
 
 def quantize(x: torch.Tensor, bits: int, frac_bits: int, rounding: str = "half_up",
              overflow: str = "saturate") -> torch.Tensor:
-    """Float values -> int64 codes of Q(bits, frac_bits).
+    """Float values -> int64 codes of Q(bits, frac_bits), exact for every finite float.
 
     The scaled value v = x * 2^F (exact in float64) is rounded to an integer (floor: floor(v);
     half_up: floor(v + 1/2); half_even: nearest, ties to even) and brought into range by ``overflow``
@@ -67,22 +69,51 @@ def quantize(x: torch.Tensor, bits: int, frac_bits: int, rounding: str = "half_u
     """
     fmt = Format(bits, frac_bits)
     _check_modes(rounding, overflow)
-    x = torch.as_tensor(x).to(torch.float64)
+    return quantize_counted(torch.as_tensor(x), fmt, rounding, overflow)[0].to(torch.int64)
+
+
+def quantize_counted(x: torch.Tensor, fmt: Format, rounding: str, overflow: str) -> tuple[torch.Tensor, int]:
+    """:func:`quantize` of float values x (any shape): (codes as float64 integers, number of values whose
+    rounded value lay outside the format, i.e. saturated or wrapped)."""
+    x = x.to(torch.float64)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("quantize: input holds NaN or infinite values")
-    if overflow == "wrap":               # x mod 2^(W-F) first (exact), so the scaled value cannot overflow
-        x = torch.fmod(x, 2.0 ** (bits - frac_bits))
-    scaled = x * 2.0 ** frac_bits         # exact unless subnormal, where only floor of a negative suffers
-    if rounding == "half_up":             # floor(v + 1/2) without forming v + 1/2 (that can round up)
-        v = torch.floor(scaled)
-        v = v + (scaled - v >= 0.5)
-    else:
-        v = _round_float(scaled, rounding)
-    if rounding == "floor":
-        v = torch.where((v == 0) & (x < 0), -1.0, v)
+    v = _round_scaled(x, fmt.frac_bits, rounding)            # may be +-inf where x * 2^F exceeds float64
+    outside = _outside(v, fmt.lo, -fmt.lo)
+    if not outside:
+        return v, 0
     if overflow == "saturate":
-        return v.clamp(fmt.lo, fmt.hi).to(torch.int64)
-    return _overflow(v.to(torch.int64), fmt, overflow)
+        return v.clamp_(fmt.lo, fmt.hi), outside
+    # wrap: x mod 2^(W-F) first (fmod is exact) keeps the scaled value finite and below 2^W in magnitude,
+    # where the float wrap is exact; rounding commutes with subtracting multiples of 2^W (W >= 2: even)
+    v = _round_scaled(torch.fmod(x, 2.0 ** (fmt.bits - fmt.frac_bits)), fmt.frac_bits, rounding)
+    return _wrap(v, fmt), outside
+
+
+def grid_codes(x: torch.Tensor, fmt: Format, rounding: str, overflow: str) -> tuple[torch.Tensor, int]:
+    """(codes of float values x in ``fmt`` as exact integers in a float tensor, number outside the range),
+    the numbers of :func:`quantize_counted`. Values already on the grid and inside the range (activations,
+    integer-master codes) skip the rounding and keep x's dtype."""
+    scaled = x * 2.0 ** fmt.frac_bits                # exact (a power of two) unless it under- or overflows
+    if (torch.equal(scaled, scaled.trunc()) and not _outside(scaled, fmt.lo, -fmt.lo)
+            and (fmt.frac_bits >= 0 or torch.equal(scaled * 2.0 ** -fmt.frac_bits, x))):   # no underflow to 0
+        return scaled, 0
+    return quantize_counted(x, fmt, rounding, overflow)
+
+
+def _round_scaled(x: torch.Tensor, frac_bits: int, rounding: str) -> torch.Tensor:
+    """x * 2^frac_bits rounded to integers (float64 x): exact for every finite x."""
+    scaled = x * 2.0 ** frac_bits         # exact unless subnormal, where only floor of a negative suffers
+    v = round_half_up(scaled) if rounding == "half_up" else _round_float(scaled, rounding)
+    if rounding == "floor":               # a negative value that underflowed to -0 floors to -1
+        v = torch.where((v == 0) & (x < 0), -1.0, v)
+    return v
+
+
+def round_half_up(v: torch.Tensor) -> torch.Tensor:
+    """floor(v + 1/2) of a float tensor without forming v + 1/2, which can round up (0.49999999999999994)."""
+    f = torch.floor(v)
+    return f + (v - f >= 0.5)                         # v - floor(v) is exact
 
 
 def requantize(acc: torch.Tensor, shift: int, bits: int, rounding: str = "half_up",
@@ -91,6 +122,7 @@ def requantize(acc: torch.Tensor, shift: int, bits: int, rounding: str = "half_u
 
     shift > 0: arithmetic right shift with the rounding mode (half_up adds 2^(shift-1) first);
     shift <= 0: exact left shift. Then ``overflow`` brings the result into [-2^(bits-1), 2^(bits-1)-1].
+    Exact for every int64 value and every shift.
     """
     _check_modes(rounding, overflow)
     acc = torch.as_tensor(acc)
@@ -103,25 +135,35 @@ def requantize_exact(acc: torch.Tensor, shift: int, fmt: Format, rounding: str, 
                      inplace: bool = False) -> tuple[torch.Tensor, int]:
     """``requantize`` for int64 tensors or float tensors holding exact integers (result in acc's dtype).
 
-    Float inputs must satisfy |acc| < 2^mantissa and |acc| + 2^(shift-1) <= 2^mantissa (the emulator
+    int64: any values and any shift. Float: integers that stay exact through the scaling, rounding and
+    wrap, |acc| * 2^-shift <= 2^(mantissa-1) and |acc| + 2^(shift-1) <= 2^mantissa (the emulator
     guarantees it through ``exact_dtype``). Returns (codes, number of values that overflowed);
     ``inplace`` lets a saturation overwrite acc.
     """
     if acc.dtype.is_floating_point:
         v = acc * (2.0 ** -shift) if shift else acc             # exact: a power-of-two scaling
         v = _round_float(v, rounding) if shift > 0 else v
+    elif shift < 0:
+        return _shift_left(acc, -shift, fmt, overflow)
     else:
-        v = _shift_int(acc, shift, rounding)
-    lo, hi = torch.aminmax(v) if v.numel() else (v.new_zeros(()), v.new_zeros(()))
-    if lo >= fmt.lo and hi <= fmt.hi:
+        v = _shift_right(acc, shift, rounding)
+    outside = _outside(v, fmt.lo, -fmt.lo)
+    if not outside:
         return v, 0
-    outside = (int(torch.count_nonzero(v < fmt.lo)) if lo < fmt.lo else 0) + \
-        (int(torch.count_nonzero(v > fmt.hi)) if hi > fmt.hi else 0)
     if overflow == "saturate":
         return (v.clamp_(fmt.lo, fmt.hi) if inplace or v is not acc else v.clamp(fmt.lo, fmt.hi)), outside
-    if v.dtype.is_floating_point:
-        return torch.remainder(v - fmt.lo, float(1 << fmt.bits)) + fmt.lo, outside
-    return _overflow(v, fmt, overflow), outside
+    return _wrap(v, fmt), outside
+
+
+def _outside(v: torch.Tensor, lo: int, end: int) -> int:
+    """How many integers of v lie outside [lo, end). The codes of a format are [-2^(W-1), 2^(W-1)): powers
+    of two, exact in every dtype (2^(W-1) - 1 is no float32 beyond W = 25). One min/max pass if none do."""
+    if not v.numel():
+        return 0
+    vmin, vmax = torch.aminmax(v)
+    if vmin >= lo and vmax < end:
+        return 0
+    return int(torch.count_nonzero((v < lo) | (v >= end)))
 
 
 def _round_float(v: torch.Tensor, rounding: str) -> torch.Tensor:
@@ -133,26 +175,47 @@ def _round_float(v: torch.Tensor, rounding: str) -> torch.Tensor:
     return torch.round(v)                                     # round half to even
 
 
-def _shift_int(acc: torch.Tensor, shift: int, rounding: str) -> torch.Tensor:
-    """acc / 2^shift rounded by ``rounding`` (integer tensor in and out)."""
-    if shift <= 0:
-        return acc * (1 << -shift)
-    q = acc >> shift                                          # arithmetic shift = floor division
+def _shift_right(acc: torch.Tensor, shift: int, rounding: str) -> torch.Tensor:
+    """acc / 2^shift rounded by ``rounding`` (int64 in and out, shift >= 0), without int64 overflow.
+
+    The rounding reads the dropped bits instead of adding 2^(shift-1) (which overflows near 2^63):
+    half_up adds the first dropped bit; half_even adds it when a lower dropped bit is set or the kept
+    part is odd. Shifts beyond 63 are clamped: an int64 shifted right by 63 is its sign (0 or -1), and
+    sign extension makes every higher bit the sign bit too.
+    """
+    if shift == 0:
+        return acc
+    q = acc >> min(shift, 63)                                 # arithmetic shift = floor division
     if rounding == "floor":
         return q
+    first = (acc >> min(shift - 1, 63)) & 1                   # remainder >= 2^(shift-1)
     if rounding == "half_up":
-        return (acc + (1 << (shift - 1))) >> shift
-    r = acc - (q << shift)                                    # remainder in [0, 2^shift)
-    half = 1 << (shift - 1)
-    return q + ((r > half) | ((r == half) & (q & 1).bool())).to(acc.dtype)
+        return q + first
+    # the dropped bits below the first (past 64, all of acc's, by sign extension): set = above a tie
+    below = acc & ((1 << (shift - 1)) - 1 if shift <= 64 else -1)
+    return q + (first & ((below != 0) | (q & 1).bool()))
 
 
-def _overflow(v: torch.Tensor, fmt: Format, overflow: str) -> torch.Tensor:
-    """Integer values -> codes in range (saturate: clamp; wrap: two's complement modulo 2^bits)."""
-    if overflow == "saturate":
-        return v.clamp(fmt.lo, fmt.hi)
-    mask = (1 << fmt.bits) - 1
-    return ((v - fmt.lo) & mask) + fmt.lo
+def _shift_left(acc: torch.Tensor, shift: int, fmt: Format, overflow: str) -> tuple[torch.Tensor, int]:
+    """acc * 2^shift (int64, shift > 0) brought into ``fmt`` by ``overflow``: (codes, number outside).
+
+    The product may exceed int64, so the range check compares acc with the range divided by 2^shift."""
+    top = 1 << (fmt.bits - 1)
+    lo, hi = -(top >> shift), (top - 1) >> shift             # acc * 2^shift is a code iff lo <= acc <= hi
+    outside = _outside(acc, lo, hi + 1)
+    if overflow == "wrap":          # int64 shifts keep the low 64 bits, of which a wrap keeps the W <= 32 lowest
+        return _wrap(acc << min(shift, 63), fmt), outside
+    # one step beyond the bounds still lands beyond the range after the shift (and within int64)
+    return (acc.clamp(lo - 1, hi + 1) << min(shift, 62)).clamp_(fmt.lo, fmt.hi), outside
+
+
+def _wrap(v: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """Two's-complement wrap into ``fmt``: the low W bits of the integers v, sign-extended. Exact for int64
+    of any value (bit operations cannot overflow) and for floats holding integers below 2^(mantissa-1)."""
+    if v.dtype.is_floating_point:
+        return torch.remainder(v - fmt.lo, float(1 << fmt.bits)) + fmt.lo
+    top = 1 << (fmt.bits - 1)
+    return ((v & ((1 << fmt.bits) - 1)) ^ top) - top
 
 
 def accumulator_bits(a_bits: int, b_bits: int, terms: int, extra_bits: int = 0) -> int:
@@ -167,14 +230,15 @@ def accumulator_bits(a_bits: int, b_bits: int, terms: int, extra_bits: int = 0) 
 
 def exact_dtype(acc_bits: int, shift: int) -> torch.dtype:
     """Cheapest torch dtype in which a sum with accumulator width ``acc_bits`` followed by a requantize
-    by ``shift`` is computed exactly: float32 (BLAS), float64 (BLAS) or int64."""
+    by ``shift`` is computed exactly: float32 (BLAS), float64 (BLAS) or int64 (any shift, see
+    ``requantize_exact``); ValueError beyond MAX_ACC_BITS."""
     # |acc| <= 2^(W_acc - 1); a left shift scales that up; half_up adds 2^(shift - 1) before its floor
     need = max(acc_bits + max(0, -shift), shift)
     for dtype in (torch.float32, torch.float64):
         if need <= _MANTISSA[dtype]:
             return dtype
-    if acc_bits > 64:
-        raise ValueError(f"an accumulator of {acc_bits} bits exceeds the 64-bit integer emulation")
+    if acc_bits > MAX_ACC_BITS:
+        raise ValueError(f"an accumulator of {acc_bits} bits exceeds the {MAX_ACC_BITS}-bit integer emulation")
     return torch.int64
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hwsim.pinn.sparse_grid import gauss_hermite_smolyak
+from hwsim.pinn.sparse_grid import gauss_hermite_smolyak, smolyak_node_bound
 
 METHODS = ("stein_grid", "stein_mc", "fd", "autodiff")
 
@@ -59,6 +59,13 @@ class Stencil:
         out = centred @ self.weights.to(v.device, torch.float64)
         d = self.offsets.shape[1]
         return Derivatives(out[..., 0], out[..., 1:1 + d], out[..., 1 + d:])
+
+
+def stencil_nodes(method: str, dim: int, level: int, samples: int) -> int:
+    """Nodes K of a method's stencil around each point, known without building it (for ``stein_grid`` an
+    upper bound: the sparse grid's nodes before duplicates merge)."""
+    return {"stein_grid": lambda: smolyak_node_bound(dim, level), "stein_mc": lambda: 2 * samples + 1,
+            "fd": lambda: 2 * dim + 1, "autodiff": lambda: 1}[method]()
 
 
 def _stein_weights(z: torch.Tensor, w: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -51,6 +51,13 @@ def _permutations(parts: tuple[int, ...]):
             yield (parts[k],) + rest
 
 
+def smolyak_node_bound(dim: int, level: int) -> int:
+    """Nodes of the Smolyak rule's tensor-product terms before merging (>= the rule's nodes), in closed
+    form: the terms of total excess t hold C(t + 2 dim - 1, 2 dim - 1) nodes (the coefficient of x^t in
+    (sum_e (e + 1) x^e)^dim = (1 - x)^(-2 dim)). What building the rule costs, known before building it."""
+    return sum(comb(t + 2 * dim - 1, 2 * dim - 1) for t in range(max(0, level - dim), level))
+
+
 def gauss_hermite_smolyak(dim: int, level: int) -> tuple[np.ndarray, np.ndarray]:
     """Smolyak rule for E[f(z)], z ~ N(0, I_dim): (nodes (N, dim), weights (N,)), float64.
 

@@ -15,7 +15,8 @@ from hwsim.build import build_network
 from hwsim.config import ConfigError, PinnConfig
 from hwsim.distributed import Ranks
 from hwsim.loop import Task, build_parts, run_loop
-from hwsim.pinn.derivatives import Stencil, stein_grid
+from hwsim.host_memory import require
+from hwsim.pinn.derivatives import Stencil, stein_grid, stencil_nodes
 from hwsim.pinn.objective import derivative_method
 from hwsim.pinn.problems import Problem, build_problem
 
@@ -116,6 +117,7 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True, lo
         raise ConfigError(f"model.layers: the network maps {network.in_features} -> {network.out_features}; "
                           f"pde {problem.name} with dim {problem.dim} needs {problem.inputs} -> 1")
     method_name = cfg.pde.derivatives.method
+    _require_memory(cfg, problem.inputs)
     test_x = problem.sample(cfg.pde.test_points, torch.Generator().manual_seed(cfg.seed + 1))
     parts = build_parts(cfg, network, network.init_params, cfg.train.steps)
     if method_name == "autodiff" and not parts.backend.capabilities.differentiable:
@@ -129,6 +131,20 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True, lo
               f"({method.per_point} evaluations per point), {cfg.train.steps} steps of {cfg.pde.points} points; "
               f"untrained (N = 0) rel. L2 {100 * task.baseline:.2f} %\n" + network.describe())
     return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes, ranks)
+
+
+def _require_memory(cfg: PinnConfig, inputs: int) -> None:
+    """Refuse sizes whose tensors cannot fit (hwsim.host_memory): the stencil, a step's points x stencil
+    rows (inputs and one layer's activations, float64) and the test points."""
+    d = cfg.pde.derivatives
+    nodes = stencil_nodes(d.method, inputs, d.level, d.samples)
+    widest = max([inputs] + [layer.out_features for layer in cfg.model.layers if layer.out_features])
+    require("pde.derivatives", nodes * (3 * inputs + 1) * 8 * 4,
+            f"the {d.method} stencil's {nodes:,} nodes in {inputs} dimensions (level {d.level})")
+    require("pde.points", cfg.pde.points * nodes * (inputs + 2 * widest) * 8,
+            f"{cfg.pde.points:,} points x {nodes:,} stencil nodes ({d.method}) x {widest} features")
+    require("pde.test_points", cfg.pde.test_points * (inputs + 2 * widest) * 8,
+            f"{cfg.pde.test_points:,} test points x {widest} features")
 
 
 def _plots(out_dir: Path, records: list[dict], network, backend, problem: Problem, theta: torch.Tensor,
