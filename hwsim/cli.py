@@ -46,9 +46,9 @@ def _run(args, kind) -> int:
     existed = out.exists()
     try:
         run(cfg, out, progress=not args.quiet, resume=bool(args.resume), allow_changes=args.allow_changes, ranks=ranks)
-    except RunStopped:
+    except RunStopped:                 # stopped by the user (a second Ctrl-C too): what was written stays
         raise
-    except BaseException:
+    except Exception:
         if ranks.main and not args.resume:
             _discard_unstarted(out, existed)
         raise

@@ -21,6 +21,7 @@ rows:
 """
 
 
+@pytest.mark.slow
 def test_a_spec_compares_rows_and_a_failing_row_does_not_stop_the_others(tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
@@ -63,6 +64,7 @@ def test_bad_specs_are_refused_before_anything_runs(tmp_path):
     assert load_spec("mnist_backends").rows[0].name == "ideal fp32"
 
 
+@pytest.mark.slow
 def test_compare_and_eval_take_a_run_that_did_not_finish(tmp_path, capsys):
     """Regression: `hwsim compare` refused a stopped run ("not a finished run") and `hwsim eval` did not
     say that it deployed a checkpoint. A run stopped after step 4 (its final files removed, as a killed

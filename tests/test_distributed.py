@@ -54,6 +54,7 @@ def _results(run: Path) -> tuple[list[dict], torch.Tensor, dict]:
     ("train", "mnist_tt_zo", ["backend.name=photonic", "backend.noise=typical", "train.steps=2"]),  # regression:
     ("pinn", "hjb20_zo_tt_sg", []),                    # the full model's 1-row last core (test_photonic.py)
 ])
+@pytest.mark.slow
 def test_two_ranks_give_the_numbers_of_one_process_bit_for_bit(tmp_path, command, config, extra):
     keys = (TRAIN if command == "train" else PINN) + extra
     sets = [a for k in keys for a in ("--set", k)]
@@ -122,6 +123,7 @@ def test_every_query_is_a_fresh_evaluation_unless_the_host_caches_the_prefix():
     assert len(set(b.tolist())) == 3 and not torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_fails_the_run_without_hanging(tmp_path):
     """SIGKILL one worker in the middle of a run: torchrun stops the other and exits non-zero, fast."""
     sets = [a for k in TRAIN + TINY_TT + PHOTONIC + ["train.steps=100000", "train.eval_every=100000"]

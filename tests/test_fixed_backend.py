@@ -179,6 +179,7 @@ FAST = ["data.train_limit=2000", "data.val_size=500", "train.steps=60", "train.e
 
 @pytest.mark.parametrize("config, lr, chance_beaten_by", [("mnist_tt_fixed8", 0.02, 0.3),
                                                           ("mnist_tt_fixed8_int", 1.28, 0.2)])
+@pytest.mark.slow
 def test_training_on_the_fixed_backend_learns_and_is_deterministic(tmp_path, config, lr, chance_beaten_by):
     """60 steps of batch 64 (measured: 45.9 % float master, 28.4 % integer master; chance is 10 %)."""
     overrides = FAST + [f"optimizer.lr={lr}"]
@@ -195,6 +196,7 @@ def test_training_on_the_fixed_backend_learns_and_is_deterministic(tmp_path, con
         assert torch.allclose(saved["theta"], codes * 2.0 ** -6)         # all tensors are Q8.6 cores
 
 
+@pytest.mark.slow
 def test_vanishing_perturbations_are_detected_and_reported(tmp_path):
     cfg = load_config("mnist_tt_fixed8", FAST[:2] + ["train.steps=4", "train.eval_every=2",
                                                       "estimator.rge.mu=0.0001"])

@@ -89,6 +89,7 @@ def _assert_resume_equals_uninterrupted(run, cfg, tmp_path: Path, steps=(2, 4)):
     ("mnist_tt_zo", PHOTONIC + ["backend.params=phases", "backend.calibrate=gain", "train.steps=5",
                                 "estimator.rge.num_queries=2", "estimator.rge.mu=0.05"]),
 ])
+@pytest.mark.slow
 def test_train_resumed_equals_uninterrupted(tmp_path, name, extra):
     cfg = load_config(name, TRAIN + extra)
     metrics = _assert_resume_equals_uninterrupted(train, cfg, tmp_path)
@@ -106,11 +107,13 @@ def test_train_resumed_equals_uninterrupted(tmp_path, name, extra):
     ("hjb20_zo_tt_sg", ["backend.name=fixed", "backend.bits=16", "pde.derivatives.method=fd"]),
     ("hjb20_zo_tt_sg", PHOTONIC + ["pde.derivatives.method=fd", "backend.dtype=float64"]),
 ])
+@pytest.mark.slow
 def test_pinn_resumed_equals_uninterrupted(tmp_path, name, extra):
     _assert_resume_equals_uninterrupted(pinn, load_config(name, PINN + extra, PinnConfig), tmp_path)
 
 
 @needs_verilator
+@pytest.mark.slow
 def test_rtl_resumed_equals_uninterrupted(tmp_path):
     """The Verilog core in the loop (Verilator): a train run and a PINN run, resumed mid-way."""
     small = ["data.train_limit=256", "data.val_size=32", "data.test_limit=32", "train.batch_size=16", "train.steps=3",
@@ -144,6 +147,7 @@ SLOW_STEPS = TRAIN[:6] + ["train.steps=40", "train.eval_every=10", "train.checkp
                           "estimator.rge.num_queries=40"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(tmp_path):
     """A real SIGKILL of a child `hwsim train` after its first checkpoints; --resume finishes the run with
     exactly the metrics of a run that was never interrupted."""
@@ -161,6 +165,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(tmp_path):
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
     run = tmp_path / "run"
     child = _child(["pinn", "hjb20_zo_tt_sg", "--quiet", "--out", str(run)]
@@ -179,6 +184,7 @@ def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert state["step"] == step and state["command"] == "pinn"
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
     """The first SIGINT asks for a clean stop after the step (about 1 s here), the second ends it mid-step."""
     run = tmp_path / "run"
@@ -248,6 +254,7 @@ def test_a_non_finite_gradient_or_parameter_is_named_with_its_tensor(tmp_path, m
         train(cfg, tmp_path, **quiet)
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_refused_naming_the_file(tmp_path, capsys):
     cfg = load_config("mnist_tt_zo", TRAIN)
     train(cfg, tmp_path, **quiet)
@@ -262,6 +269,7 @@ def test_damaged_checkpoints_are_refused_naming_the_file(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--quiet"]) == 0
 
 
+@pytest.mark.slow
 def test_resuming_with_another_config_is_refused_unless_allowed(tmp_path, capsys):
     train(load_config("mnist_tt_zo", TRAIN), tmp_path, **quiet)
     assert main(["train", "--resume", str(tmp_path), "--set", "optimizer.lr=0.5", "--set", "seed=3"]) == 2
@@ -305,6 +313,7 @@ def test_a_full_or_read_only_disk_is_reported_before_training(tmp_path, capsys, 
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+@pytest.mark.slow
 def test_a_disk_that_fills_up_mid_run_stops_it_with_one_line(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -330,6 +339,7 @@ def test_a_disk_that_fills_up_mid_run_stops_it_with_one_line(tmp_path):
         subprocess.run(["umount", str(disk)])
 
 
+@pytest.mark.slow
 def test_checkpoints_are_kept_rotated_and_deploy_like_params(tmp_path):
     cfg = load_config("mnist_tt_zo", TRAIN[:-1] + ["train.checkpoint.keep=2"])
     metrics = train(cfg, tmp_path, **quiet)
@@ -341,6 +351,7 @@ def test_checkpoints_are_kept_rotated_and_deploy_like_params(tmp_path):
     assert evaluate(tmp_path)["test_accuracy"] == metrics["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_a_fresh_run_does_not_replace_another_silently(tmp_path, capsys):
     """Regression (a tour line without --out replaced the main run's config): an out dir holding a run is
     refused with what to do; --force starts over."""

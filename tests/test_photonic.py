@@ -272,6 +272,7 @@ def test_same_chip_seed_same_numbers():
     assert not torch.equal(run(0), run(1))
 
 
+@pytest.mark.slow
 def test_phase_domain_zo_step_lowers_the_loss():
     """In-situ training: RGE over the phases (the host never decodes a weight) on a noisy chip."""
     net = tt_net()

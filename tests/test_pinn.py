@@ -241,6 +241,7 @@ SMALL = ["pde.dim=3", "pde.points=16", "pde.test_points=200", "train.steps=6", "
     ("hjb20_zo_tt_sg", ["pde.derivatives.method=stein_mc", "pde.derivatives.samples=8"]),
     ("hjb20_zo_tt_sg", ["pde.problem=heat", "backend.name=fixed", "backend.bits=16"]),
 ])
+@pytest.mark.slow
 def test_pinn_runs_write_a_run_directory_and_are_deterministic(tmp_path, config, extra):
     overrides = SMALL + ["model.layers.0.in_features=4", "model.layers.0.in_factors=[2, 2]"] + extra
     for run in ("a", "b"):
@@ -264,6 +265,7 @@ def test_pinn_config_errors_are_clear(capsys):
     assert "'autodiff' needs a differentiable backend" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_tables_pinn_runs_and_refuses_mixed_kinds(tmp_path, capsys):
     """Regression: `hwsim compare` ended in a KeyError on PINN run directories."""
     for run in ("a", "b"):

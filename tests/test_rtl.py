@@ -31,12 +31,14 @@ def _run_bench(sim, module, toplevel, parameters, sources, tmp_path):
 
 
 @pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.slow
 def test_requantizer_unit_bench(sim, tmp_path):
     from hwsim.rtl.bench import requant_bench
     _run_bench(sim, "hwsim.rtl.bench.requant_bench", "tt_requant", requant_bench.PARAMS, SOURCES[:1], tmp_path)
 
 
 @pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.slow
 def test_core_unit_bench(sim, tmp_path):
     from hwsim.rtl.bench import core_bench
     _run_bench(sim, "hwsim.rtl.bench.core_bench", "tt_core", core_bench.PARAMS.verilog(), SOURCES, tmp_path)
@@ -130,6 +132,7 @@ SMALL_MODEL = ["model.layers=[{type: tt_linear, in_features: 784, out_features: 
 
 
 @pytest.mark.parametrize("sim", [VERILATOR])
+@pytest.mark.slow
 def test_training_with_the_rtl_backend_in_the_loop_equals_the_fixed_backend(tmp_path, sim):
     """BP-free training where every TT forward runs on the Verilog core: bit-exact, so the run's numbers
     equal the fixed backend's."""

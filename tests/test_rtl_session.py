@@ -35,6 +35,7 @@ def _job(rng, jobs, rows):
 
 
 @pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.slow
 def test_a_session_serves_many_calls_exactly_like_one_run_per_call(sim):
     rng = np.random.default_rng(0)
     params = CoreParams.for_layer(SHAPES, SPEC, True, 16)
@@ -103,6 +104,7 @@ def _gone(mark, within=10.0) -> bool:
 
 @pytest.mark.skipif(not found("verilator"), reason="verilator not installed")
 @pytest.mark.parametrize("ending", ["finished", "error", "interrupt", "killed"])
+@pytest.mark.slow
 def test_no_simulator_outlives_its_run(tmp_path, ending):
     mark = f"hwsim-test-{uuid.uuid4()}"
     steps = {"finished": "train.steps=2", "error": "train.steps=2", "interrupt": "train.steps=100000",

@@ -14,6 +14,7 @@ from hwsim.train import accuracy, train
 FAST = ["data.train_limit=4000", "train.steps=150", "train.eval_every=50", "train.batch_size=128", "optimizer.lr=0.01"]
 
 
+@pytest.mark.slow
 def test_tiny_zo_run_learns_and_writes_the_run_directory(tmp_path):
     metrics = train(load_config("mnist_tt_zo", FAST), tmp_path, progress=False, log=lambda s: None)
     assert metrics["test_accuracy"] > 0.5                       # chance is 0.1
@@ -38,6 +39,7 @@ def test_tiny_zo_run_learns_and_writes_the_run_directory(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
     runs = [train(load_config("mnist_tt_zo", FAST[:1] + ["train.steps=40", "train.eval_every=20"]),
                   tmp_path / str(i), progress=False, log=lambda s: None) for i in range(2)]
@@ -49,6 +51,7 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
     assert other["test_accuracy"] != runs[0]["test_accuracy"] or other["val_accuracy"] != runs[0]["val_accuracy"]
 
 
+@pytest.mark.slow
 def test_hybrid_switches_to_cge_and_fo_baseline_runs(tmp_path):
     cfg = load_config("mnist_tt_hybrid", FAST[:1] + ["train.epochs=2", "train.batch_size=500",
                                                       "estimator.switch_epoch=1", "train.eval_every=4"])
@@ -69,6 +72,7 @@ def test_cli_reports_config_errors_and_info(capsys, tmp_path):
     assert "ideal" in out and "mnist_tt_zo" in out and "sha256 ok" in out
 
 
+@pytest.mark.slow
 def test_cli_train_then_compare(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "mnist_tt_zo", "--quiet", "--out", str(run)] + sum((["--set", s] for s in FAST), [])) == 0
@@ -94,6 +98,7 @@ def test_cli_train_then_compare(tmp_path, capsys):
     assert "has no config.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_a_previous_run(tmp_path):
     """train.init loads a run's decoded weights: with a vanishing learning rate the fine-tuned model is the
     source model (same test accuracy); a wrong path or model size is a clear config error."""
