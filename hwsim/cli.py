@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="spread every step's queries over N processes on this machine (torchrun; same numbers)")
         p.set_defaults(func=lambda args, kind=kind: _run(args, kind))
     p = sub.add_parser("eval", help="deploy a finished run on a backend (e.g. trained on ideal, run on fixed)")
-    p.add_argument("run", help="a run directory written by `hwsim train`")
+    p.add_argument("run", help="a run directory written by `hwsim train` or `hwsim pinn`")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="change its config first, e.g. backend.name=fixed, backend.bits=6")
     p.add_argument("--json", help="also write accuracy and counters to this file")

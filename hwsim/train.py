@@ -141,7 +141,7 @@ def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
     ``backend.name=fixed``, ``backend.bits=6``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} has no config.yaml: give a run directory written by `hwsim train`")
+        raise ConfigError(f"{run_dir} has no config.yaml: give a run directory written by `hwsim train` or `hwsim pinn`")
     cfg = load_config(str(run_dir / "config.yaml"), list(overrides))
     d = cfg.data
     data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)

@@ -153,7 +153,7 @@ CASES = [
      [*TRAIN, "--set", "data.name=idx", "--set", "data.path=idx"], r"t10k-images-idx3-ubyte is not an unsigned-byte IDX file"),
     ("corrupted params.pt", _garbage_params, ["eval", "run"], r"run/params\.pt"),
     ("eval of a directory that is not a run", _files(**{"notrun/x": ""}), ["eval", "notrun"],
-     r"notrun has no config\.yaml: give a run directory written by `hwsim train`"),
+     r"notrun has no config\.yaml: give a run directory written by `hwsim train` or `hwsim pinn`"),
     ("compare of a directory that is not a run", _files(**{"notrun/x": ""}), ["compare", "notrun"],
      r"notrun is not a run directory: metrics\.jsonl is missing"),
     ("energy of a directory that is not a run", _files(**{"notrun/x": ""}), ["energy", "notrun"],
