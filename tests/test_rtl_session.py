@@ -88,9 +88,11 @@ def _simulators_marked(mark: str) -> list[int]:
 def _hwsim_train(tmp_path, extra, mark):
     sets = [a for k in RTL_RUN + extra for a in ("--set", k)]
     env = {**os.environ, "HWSIM_TEST_MARK": mark}
+    # SIGINT as in a terminal: a test run started in the background of a non-interactive shell inherits
+    # SIGINT ignored, and a SIGINT before the loop takes it over (during the step-0 evaluation) was lost
     return subprocess.Popen([sys.executable, "-m", "hwsim", "train", "mnist_tt_zo", "--quiet", "--out",
                              str(tmp_path / "run"), *sets], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _gone(mark, within=10.0) -> bool:
