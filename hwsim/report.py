@@ -56,11 +56,18 @@ def plot_curves(records: Sequence[dict], path: Path, title: str = "") -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     trained = [r for r in records if r.get("train_loss") is not None]
+    # a hybrid run's switch of estimator: marked at the first evaluation in the new phase
+    switch = next((r for r in records if r.get("phase") != records[0].get("phase")), None)
     for col, (xkey, xlabel) in enumerate((("step", "step"), ("forward_queries", "forward queries"))):
         xs = [r[xkey] for r in records]
         for key, label in (("val_accuracy", "validation"), ("test_accuracy", "test")):
             if all(key in r for r in records):
                 axes[0, col].plot(xs, [100 * r[key] for r in records], marker=".", label=label)
+        if switch is not None:
+            for row in (0, 1):
+                axes[row, col].axvline(switch[xkey], color="grey", ls=":",
+                                       label=f"first evaluation with {switch['phase'].upper()}")
+            axes[1, col].legend(fontsize=8)
         axes[0, col].set_ylabel("accuracy (%)")
         axes[0, col].legend(fontsize=8)
         axes[1, col].plot([r[xkey] for r in trained], [r["train_loss"] for r in trained], marker=".", color="tab:red")
