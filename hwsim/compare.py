@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import torch
 import yaml
 
 from hwsim.config import Config, ConfigError, from_dict, load_config, read_raw
@@ -302,7 +303,9 @@ def compare(spec: Spec, out_dir: Path, jobs: int = 1, log: Callable[[str], None]
         results.append(result)
 
     if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        threads = max(1, torch.get_num_threads() // jobs)     # the cores shared, not oversubscribed
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
             futures = [pool.submit(run_job, spec, row, chip, reference, out_dir) for row, chip in work]
             for k, future in enumerate(futures, 1):
                 done_one(k, future.result())
