@@ -6,8 +6,8 @@ import math
 import torch
 
 from hwsim.backends import Backend, create_backend
+from hwsim.config import BackendConfig, ConfigError, EstimatorConfig, ModelConfig, OptimizerConfig, check_steps
 from hwsim.host_memory import require
-from hwsim.config import BackendConfig, ConfigError, check_steps, EstimatorConfig, ModelConfig, OptimizerConfig
 from hwsim.model import Activation, Linear, Network, TTLinear
 from hwsim.params import ParamSpace
 from hwsim.tt import TTShape

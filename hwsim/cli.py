@@ -189,9 +189,7 @@ def _rtl_verify(args) -> int:
     from hwsim.config import ConfigError
     from hwsim.report import write_json
 
-    for flag, value in (("--vectors", args.vectors), ("--lanes", args.lanes), ("--timeout", args.timeout)):
-        if not value > 0:
-            raise ConfigError(f"{flag}: {value} is not allowed; use a number > 0")
+    _require_positive(vectors=args.vectors, lanes=args.lanes, timeout=args.timeout)
     cases = config_cases(args.config, args.set or []) if args.config else builtin_cases()
     out = Path(args.json or f"runs/rtl_verify_{args.sim}.json")
     waves = None
@@ -211,14 +209,20 @@ def _rtl_verify(args) -> int:
     return 1 if result["mismatches"] else 0
 
 
+def _require_positive(**flags) -> None:
+    """Refuse a command-line number that is not > 0, naming its flag (``--name``)."""
+    from hwsim.config import ConfigError
+
+    for name, value in flags.items():
+        if not value > 0:
+            raise ConfigError(f"--{name}: {value} is not allowed; use a number > 0")
+
+
 def _rtl_synth(args) -> int:
     from hwsim.backends.rtl.synth import config_builds, synthesize
-    from hwsim.config import ConfigError
     from hwsim.report import markdown_table, write_json
 
-    for flag, value in (("--lanes", args.lanes), ("--timeout", args.timeout)):
-        if not value > 0:
-            raise ConfigError(f"{flag}: {value} is not allowed; use a number > 0")
+    _require_positive(lanes=args.lanes, timeout=args.timeout)
     builds = [{"name": "default (the Verilog defaults)", "parameters": {}, "layers": []}]
     builds += [{"name": f"{args.config} build {k}", **b}
                for k, b in enumerate(config_builds(args.config, args.set or [], args.lanes))]
