@@ -67,9 +67,8 @@ def build_estimator(cfg: EstimatorConfig, space: ParamSpace, backend: Backend):
         return None
     r, c = cfg.rge, cfg.cge
     if cfg.name in ("rge", "hybrid"):
-        widest = max(t.numel for t in space.entries) if r.per_tensor else space.size
-        require("estimator.rge.num_queries", 3 * r.num_queries * widest * 8,
-                f"{r.num_queries:,} directions of {widest:,} parameters (float64, a few copies)")
+        require("estimator.rge.num_queries", 3 * r.num_queries * space.size * 8,        # a step's directions
+                f"{r.num_queries:,} directions of {space.size:,} parameters (float64, a few copies)")
     rge = RGE(space, r.num_queries, r.mu, r.distribution, r.form, r.per_tensor, r.sign)
     cge = CGE(space, c.mu, c.form, c.subset)
     if cfg.name == "rge":

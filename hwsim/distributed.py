@@ -1,8 +1,9 @@
 """The queries of a ZO step spread over processes with torch.distributed (launched by torchrun).
 
 Every rank builds the same run from the same config and seed, so every rank draws the same directions
-from the run's generator. A step's queries are cut into contiguous shares, one per rank, in rank order;
-each rank evaluates its share on its own backend instance (its own simulator; the same chip), the
+from the run's generator. A step's queries (all its blocks at once) are cut into contiguous shares of
+about equal cost, one per rank, in rank order (so a rank runs whole blocks where it can and no rank repeats
+what a backend does once per block); each rank evaluates its share on its own backend instance (its own simulator; the same chip), the
 per-query losses are gathered in query order, and every rank forms the identical update: parameters never
 travel, only one loss per query (and the share's event counts, so that every rank holds the run's
 totals). A query's loss depends only on the query (noisy backends draw its noise from streams keyed by
@@ -58,18 +59,43 @@ class Ranks:
         self.gathered_bytes += sum(len(pickle.dumps(o)) for o in out)
         return out
 
-    def gather_shares(self, local: torch.Tensor, n: int) -> torch.Tensor:
-        """The (n,) tensor whose contiguous shares (:meth:`share`) the ranks hold, ``local`` being this
+    def shares_by_cost(self, costs: list[int], blocks: list[int] = ()) -> list[tuple[int, int]]:
+        """[lo, hi) of every rank's contiguous share of len(costs) items, in rank order, of about equal total
+        cost: an item goes to the rank whose slice of the total holds its middle (integer costs >= 0, so
+        every rank computes the same shares; equal counts when all are zero). ``blocks``: the lengths of
+        runs of items a backend does some work for once per run (e.g. programs a chip): a cut inside a
+        block of at most a quarter of a share's cost moves to the block's nearer end, so that the block
+        runs on one rank (costing at most an eighth of a share more at either end of a share)."""
+        total = sum(costs)
+        if total <= 0:
+            return [self.share(len(costs), r) for r in range(self.world)]
+        cum = [0]
+        for c in costs:
+            cum.append(cum[-1] + c)
+        cuts = [next((i for i in range(len(costs)) if (cum[i] + cum[i + 1]) * self.world >= 2 * total * r), len(costs))
+                for r in range(1, self.world)]
+        edges = [0]
+        for length in blocks:
+            edges.append(edges[-1] + length)
+        for k, cut in enumerate(cuts):
+            for lo, hi in zip(edges, edges[1:]):
+                if lo < cut < hi and 4 * self.world * (cum[hi] - cum[lo]) <= total:
+                    cuts[k] = lo if cum[cut] - cum[lo] < cum[hi] - cum[cut] else hi
+        bounds = [0] + [max(cuts[:k + 1]) for k in range(len(cuts))] + [len(costs)]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def gather_shares(self, local: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor:
+        """The tensor whose contiguous shares [lo, hi) = bounds[r] the ranks hold, ``local`` being this
         rank's, assembled on every rank in one collective (float64 on the wire: float32 values exactly)."""
         if self.world == 1:
             return local
-        width = max(hi - lo for lo, hi in (self.share(n, r) for r in range(self.world)))
+        width = max(1, max(hi - lo for lo, hi in bounds))
         mine = torch.zeros(width, dtype=torch.float64)
         mine[:len(local)] = local.detach().cpu().to(torch.float64)
         parts = [torch.empty_like(mine) for _ in range(self.world)]
         self._collective(torch.distributed.all_gather, parts, mine)
         self.gathered_bytes += self.world * width * 8
-        out = torch.cat([part[:hi - lo] for part, (lo, hi) in zip(parts, (self.share(n, r) for r in range(self.world)))])
+        out = torch.cat([part[:hi - lo] for part, (lo, hi) in zip(parts, bounds)])
         return out.to(local.dtype).to(local.device)
 
     def first_set(self, value: int | None) -> int | None:
@@ -119,13 +145,31 @@ class ShardedObjective:
 
     def losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int = 0) -> torch.Tensor:
         """As BatchObjective.losses: (Q,) losses at theta moved by deltas (Q, w) from ``start``."""
-        lo, hi = self.ranks.share(len(deltas))
-        return self._gathered(len(deltas), lambda: self.inner.losses(theta, deltas[lo:hi], start, self.queries + lo))
+        return self.block_losses(theta, [(deltas, start)])[0]
+
+    def block_losses(self, theta: torch.Tensor, blocks: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+        """As BatchObjective.block_losses, the queries of all blocks shared out at once by their cost
+        (BatchObjective.query_costs): a rank evaluates whole blocks where it can, so what a backend does
+        once per call (program a chip, run the layers in front) is not repeated on every rank."""
+        bounds = self.ranks.shares_by_cost(self.inner.query_costs(blocks), [len(deltas) for deltas, _ in blocks])
+        lo, hi = bounds[self.ranks.rank]
+
+        def evaluate() -> torch.Tensor:
+            parts, at = [], 0
+            for deltas, start in blocks:
+                a, b = max(lo - at, 0), min(hi - at, len(deltas))
+                if a < b:
+                    parts.append(self.inner.losses(theta, deltas[a:b], start, self.queries + at + a))
+                at += len(deltas)
+            return torch.cat(parts) if parts else theta.new_zeros(0)
+
+        return list(self._gathered(bounds, evaluate).split([len(deltas) for deltas, _ in blocks]))
 
     def coordinate_losses(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor:
         """As BatchObjective.coordinate_losses: (J,) losses at theta + h e_j for j in idx (J,)."""
-        lo, hi = self.ranks.share(len(idx))
-        return self._gathered(len(idx), lambda: self.inner.coordinate_losses(theta, idx[lo:hi], h, self.queries + lo))
+        bounds = [self.ranks.share(len(idx), r) for r in range(self.ranks.world)]
+        lo, hi = bounds[self.ranks.rank]
+        return self._gathered(bounds, lambda: self.inner.coordinate_losses(theta, idx[lo:hi], h, self.queries + lo))
 
     def loss_at(self, theta: torch.Tensor) -> torch.Tensor:
         """The loss at theta, computed on every rank (first-order baseline: nothing to share)."""
@@ -140,11 +184,11 @@ class ShardedObjective:
             self.inner.backend.add_counts(counts)
         self.counts = {}
 
-    def _gathered(self, n: int, evaluate) -> torch.Tensor:
+    def _gathered(self, bounds: list[tuple[int, int]], evaluate) -> torch.Tensor:
         backend = self.inner.backend
         with backend.counted_apart() as counts:
             local = evaluate()
         for key, amount in counts.items():
             self.counts[key] = self.counts.get(key, 0) + amount
-        self.queries += n
-        return self.ranks.gather_shares(local, n)
+        self.queries += bounds[-1][1]
+        return self.ranks.gather_shares(local, bounds)

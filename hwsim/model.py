@@ -133,6 +133,12 @@ class Network:
                 h = backend.linear(layer, {n: tensors[k] for n, k in zip(names, keys)}, h, None)
         return h
 
+    def row_macs(self) -> list[int]:
+        """Multiply-adds per input row of every layer (0 for activations; a TT layer's core-by-core
+        contraction)."""
+        return [layer.tt.direct_flops(1) if isinstance(layer, TTLinear) else
+                layer.in_features * layer.out_features if isinstance(layer, Linear) else 0 for layer in self.layers]
+
     def layer_of(self, name: str) -> tuple[int, str]:
         """ParamSpace name "3.core1" -> (layer index 3, local name "core1")."""
         i, local = name.split(".", 1)

@@ -70,6 +70,25 @@ class BatchObjective:
         self.queries += len(deltas)
         return torch.cat(out) if out else deltas.new_zeros(0)
 
+    def block_losses(self, theta: torch.Tensor, blocks: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+        """Losses of a step's blocks of queries, in order: blocks[i] = (deltas (Q_i, w_i), start_i) as in
+        :meth:`losses` -> [(Q_i,) losses, ...]."""
+        return [self.losses(theta, deltas, start) for deltas, start in blocks]
+
+    def query_costs(self, blocks: list[tuple[torch.Tensor, int]]) -> list[int]:
+        """The work of every query of ``blocks`` (as in :meth:`block_losses`, flattened): multiply-adds per
+        input row of the layers it runs (all of them where every query is fresh, else those from its first
+        moved layer on), plus, on the first query that needs them, the layers in front, run once and kept."""
+        macs = self.network.row_macs()
+        costs, kept = [], set()
+        for deltas, start in blocks:
+            first = 0 if self.fresh else self.network.layer_of(self.space.entry_at(start).name)[0]
+            costs += [sum(macs[first:])] * len(deltas)
+            if first not in kept and len(deltas):
+                kept.add(first)
+                costs[-len(deltas)] += sum(macs[:first])
+        return costs
+
     def loss_at(self, theta: torch.Tensor) -> torch.Tensor:
         """The loss (scalar) at theta (d,), differentiable in theta when it requires grad (FO training)."""
         return self._forward(self.space.unflatten(theta), None, set())

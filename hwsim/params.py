@@ -46,6 +46,13 @@ class ParamSpace:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def entry_at(self, offset: int) -> ParamEntry:
+        """The entry holding flat position ``offset``."""
+        for e in self.entries:
+            if e.offset <= offset < e.offset + e.numel:
+                return e
+        raise IndexError(f"position {offset} is outside the {self.size} parameters")
+
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of ``flat`` (..., size) as named tensors (..., *shape)."""
         if flat.shape[-1] != self.size:

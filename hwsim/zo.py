@@ -6,6 +6,8 @@ mini-batch losses at many parameter points in one call (all queries of a step us
     objective.losses(theta, deltas, start)     deltas (Q, w) -> (Q,) losses with theta[start:start + w]
                                                                 moved by deltas[q], the rest unchanged
     objective.coordinate_losses(theta, idx, h) idx (J,)      -> (J,) losses at theta + h * e_idx[j]
+    objective.block_losses(theta, blocks)      [(deltas, start), ...] -> [losses, ...]: the step's blocks of
+                                                                queries in one call (spread over ranks as a whole)
 
 It returns an :class:`Estimate` whose ``grad`` the caller writes into ``.grad`` before a stock
 torch.optim optimizer steps. Every loss evaluation is one forward query and is counted.
@@ -26,6 +28,8 @@ class Objective(Protocol):
     def losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int = 0) -> torch.Tensor: ...
 
     def coordinate_losses(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor: ...
+
+    def block_losses(self, theta: torch.Tensor, blocks: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]: ...
 
 
 @dataclass
@@ -93,29 +97,27 @@ class RGE:
     def estimate(self, objective: Objective, theta: torch.Tensor, generator: torch.Generator) -> Estimate:
         d = theta.numel()
         blocks = [e.slice for e in self.space.entries] if self.per_tensor else [slice(0, d)]
+        directions = [sample_directions(self.n, b.stop - b.start, self.distribution, generator, theta) for b in blocks]
+        if self.form == "forward":       # the base loss rides with the first block's queries
+            moves = [torch.cat([u.new_zeros(1, u.shape[1]), self.mu * u]) if k == 0 else self.mu * u
+                     for k, u in enumerate(directions)]
+        else:
+            moves = [torch.cat([self.mu * u, -self.mu * u]) for u in directions]
+        losses = objective.block_losses(theta, [(m, b.start) for m, b in zip(moves, blocks)])
         grad = torch.zeros_like(theta)
-        base = None
-        loss_sum, queries, zeros = 0.0, 0, 0
-        for k, block in enumerate(blocks):
-            width = block.stop - block.start
-            u = sample_directions(self.n, width, self.distribution, generator, theta)
+        zeros = 0
+        if self.form == "forward":
+            base = losses[0][0]
+            losses[0] = losses[0][1:]
+        for block, u, both in zip(blocks, directions, losses):
             if self.form == "forward":
-                if k == 0:       # the base loss rides with the first block's queries (one call: shared out
-                    both = objective.losses(theta, torch.cat([u.new_zeros(1, width), self.mu * u]), block.start)
-                    base, moved = both[0], both[1:]              # ... evenly when the queries are spread)
-                    queries += 1
-                else:
-                    moved = objective.losses(theta, self.mu * u, block.start)
-                diffs = (moved - base) / self.mu
-                queries += self.n
+                diffs = (both - base) / self.mu
             else:
-                both = objective.losses(theta, torch.cat([self.mu * u, -self.mu * u]), block.start)
                 diffs = (both[:self.n] - both[self.n:]) / (2 * self.mu)
-                loss_sum += float(both.mean())
-                queries += 2 * self.n
             grad[block] = diffs @ u / self.n
             zeros += int((diffs == 0).sum())
-        loss = float(base) if base is not None else loss_sum / len(blocks)
+        queries = sum(len(m) for m in moves)
+        loss = float(base) if self.form == "forward" else sum(float(both.mean()) for both in losses) / len(blocks)
         return Estimate(grad.sign() if self.sign else grad, queries, loss, self.n * len(blocks), zeros)
 
 

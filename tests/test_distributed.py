@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, strategies as st
 
 from hwsim.cli import main
 from hwsim.config import load_config
 from hwsim.build import build_backend, build_network
+from hwsim.distributed import Ranks
 from hwsim.objective import BatchObjective
 
 TRAIN = ["data.train_limit=600", "data.val_size=100", "data.test_limit=200", "train.batch_size=64", "train.steps=5",
@@ -160,3 +162,51 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 kids.append(int(entry.name))
     return sorted(kids)
+
+
+@given(st.lists(st.integers(0, 10 ** 6), max_size=60), st.integers(1, 8), st.data())
+def test_shares_by_cost_are_contiguous_in_rank_order_and_balanced(costs, world, data):
+    """Every item in exactly one share, shares back to back in rank order, no rank more than one item's
+    cost above an equal split (the item whose middle lies in its slice of the total), plus an eighth of a
+    share at either end where a cut moved to the end of a small block; no small block cut in two."""
+    blocks, left = [], len(costs)
+    while left:
+        blocks.append(data.draw(st.integers(1, left)))
+        left -= blocks[-1]
+    bounds = Ranks(0, world).shares_by_cost(costs, blocks)
+    assert len(bounds) == world and bounds[0][0] == 0 and bounds[-1][1] == len(costs)
+    assert all(hi == lo2 for (_, hi), (lo2, _) in zip(bounds, bounds[1:])) and all(lo <= hi for lo, hi in bounds)
+    total = sum(costs)
+    for lo, hi in bounds:
+        assert sum(costs[lo:hi]) <= total / world * (1 + 1 / 4) + max(costs, default=0)
+    edges = [sum(blocks[:k]) for k in range(len(blocks) + 1)]
+    for lo, hi in zip(edges, edges[1:]):
+        if 4 * world * sum(costs[lo:hi]) <= total:
+            assert not any(lo < cut < hi for cut, _ in bounds[1:])
+    if total == 0:
+        assert bounds == [Ranks(0, world).share(len(costs), r) for r in range(world)]
+
+
+def test_query_costs_count_the_layers_a_query_runs():
+    """On an exact backend a query runs the layers from its first moved tensor on, and the first query
+    that needs the layers in front pays for them once; on a noisy chip every query runs them all."""
+    cfg = load_config("mnist_tt_zo", TINY_TT)
+    net = build_network(cfg.model)
+    macs = net.row_macs()
+    assert macs[1] == 0 and macs[0] > macs[2] > 0
+    x, y = torch.rand(4, 784), torch.zeros(4, dtype=torch.long)
+    last = net.space.entries[-1]
+    blocks = [(torch.zeros(3, 5), 0), (torch.zeros(2, 1), last.offset), (torch.zeros(2, 1), last.offset)]
+    exact = BatchObjective(net, build_backend(cfg.backend, net), x, y)
+    assert exact.query_costs(blocks) == [sum(macs)] * 3 + [sum(macs)] + [macs[2]] * 3
+    _, chip, *_ = _noisy_chip()
+    assert BatchObjective(net, chip, x.double(), y).query_costs(blocks) == [sum(macs)] * 7
+
+
+def test_two_ranks_split_a_per_tensor_step_into_whole_blocks():
+    """mnist_tt_zo on a chip (every query costs the same): the base query + 10 in the first block, 10 in
+    each of 7 more. The equal split cuts the 4th block (9 queries on rank 0, 1 on rank 1, which would
+    program that block too); it moves to the block's end."""
+    costs, blocks = [5] * 81, [11] + [10] * 7
+    assert Ranks(0, 2).shares_by_cost(costs) == [(0, 40), (40, 81)]
+    assert Ranks(0, 2).shares_by_cost(costs, blocks) == [(0, 41), (41, 81)]

@@ -98,7 +98,7 @@ CASES = [
     ("absurd batch (10^9)", None, [*TRAIN, "--set", "train.batch_size=1000000000"],
      r"train\.batch_size: 1000000000 is larger than the 512 training examples"),
     ("absurd queries (10^9)", None, [*TRAIN, "--set", "estimator.rge.num_queries=1000000000"],
-     r"estimator\.rge\.num_queries: 1,000,000,000 directions of 448 parameters .* need 9\.8 TiB, more than "
+     r"estimator\.rge\.num_queries: 1,000,000,000 directions of 1,504 parameters .* need 32\.8 TiB, more than "
      r"this machine's .* of memory"),
     ("absurd collocation points (10^9)", None, [*PINN, "--set", "pde.points=1000000000"],
      r"pde\.points: 1,000,000,000 points x 946 stencil nodes \(stein_grid\) x 64 features need .* more than"),

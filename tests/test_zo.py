@@ -28,6 +28,9 @@ class Quadratic:
         moved[:, start:start + deltas.shape[1]] += deltas
         return self.value(moved)
 
+    def block_losses(self, theta, blocks):
+        return [self.losses(theta, deltas, start) for deltas, start in blocks]
+
     def coordinate_losses(self, theta, idx, h):
         deltas = torch.zeros(len(idx), theta.numel(), dtype=theta.dtype)
         deltas[torch.arange(len(idx)), idx] = h
