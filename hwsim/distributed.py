@@ -1,9 +1,9 @@
 """The queries of a ZO step spread over processes with torch.distributed (launched by torchrun).
 
 Every rank builds the same run from the same config and seed, so every rank draws the same directions
-from the run's generator. A step's queries (all its blocks at once) are cut into contiguous shares of
-about equal cost, one per rank, in rank order (so a rank runs whole blocks where it can and no rank repeats
-what a backend does once per block); each rank evaluates its share on its own backend instance (its own simulator; the same chip), the
+from the run's generator. A step's queries (all its blocks at once) are shared out by their cost: whole
+blocks to ranks where that balances (no rank repeats what a backend does once per block), else contiguous
+shares in rank order; each rank evaluates its share on its own backend instance (its own simulator; the same chip), the
 per-query losses are gathered in query order, and every rank forms the identical update: parameters never
 travel, only one loss per query (and the share's event counts, so that every rank holds the run's
 totals). A query's loss depends only on the query (noisy backends draw its noise from streams keyed by
@@ -59,43 +59,65 @@ class Ranks:
         self.gathered_bytes += sum(len(pickle.dumps(o)) for o in out)
         return out
 
-    def shares_by_cost(self, costs: list[int], blocks: list[int] = ()) -> list[tuple[int, int]]:
+    def shares_by_cost(self, costs: list[int]) -> list[tuple[int, int]]:
         """[lo, hi) of every rank's contiguous share of len(costs) items, in rank order, of about equal total
         cost: an item goes to the rank whose slice of the total holds its middle (integer costs >= 0, so
-        every rank computes the same shares; equal counts when all are zero). ``blocks``: the lengths of
-        runs of items a backend does some work for once per run (e.g. programs a chip): a cut inside a
-        block of at most a quarter of a share's cost moves to the block's nearer end, so that the block
-        runs on one rank (costing at most an eighth of a share more at either end of a share)."""
+        every rank computes the same shares; equal counts when all are zero)."""
         total = sum(costs)
         if total <= 0:
             return [self.share(len(costs), r) for r in range(self.world)]
-        cum = [0]
-        for c in costs:
-            cum.append(cum[-1] + c)
-        cuts = [next((i for i in range(len(costs)) if (cum[i] + cum[i + 1]) * self.world >= 2 * total * r), len(costs))
-                for r in range(1, self.world)]
-        edges = [0]
-        for length in blocks:
-            edges.append(edges[-1] + length)
-        for k, cut in enumerate(cuts):
-            for lo, hi in zip(edges, edges[1:]):
-                if lo < cut < hi and 4 * self.world * (cum[hi] - cum[lo]) <= total:
-                    cuts[k] = lo if cum[cut] - cum[lo] < cum[hi] - cum[cut] else hi
-        bounds = [0] + [max(cuts[:k + 1]) for k in range(len(cuts))] + [len(costs)]
+        bounds, before = [0] * (self.world + 1), 0
+        for i, c in enumerate(costs):
+            owner = min(self.world - 1, (2 * before + c) * self.world // (2 * total))
+            bounds[owner + 1] = i + 1
+            before += c
+        for r in range(1, self.world + 1):       # ranks that got nothing end where the one before ends
+            bounds[r] = max(bounds[r], bounds[r - 1])
         return list(zip(bounds[:-1], bounds[1:]))
 
-    def gather_shares(self, local: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor:
-        """The tensor whose contiguous shares [lo, hi) = bounds[r] the ranks hold, ``local`` being this
-        rank's, assembled on every rank in one collective (float64 on the wire: float32 values exactly)."""
+    def assign(self, costs: list[int], sizes: list[int]) -> list[list[tuple[int, int]]]:
+        """Which of a step's queries each rank evaluates: per rank, [lo, hi) ranges of the queries (costs:
+        one integer per query, the queries in blocks of ``sizes``; every rank computes the same answer).
+
+        With at least as many blocks as ranks, whole blocks go to the ranks, the costliest first, each to
+        the least loaded rank (ties: the lower rank), if that leaves no rank above 5/4 of an equal share:
+        what a backend does once per block (program a chip, run the layers in front) is then not repeated
+        on every rank, and each rank gets a mix of the network's blocks, so costs the model misjudges
+        for one layer's blocks even out. Otherwise contiguous shares of about equal cost
+        (:meth:`shares_by_cost`)."""
+        edges = [0]
+        for size in sizes:
+            edges.append(edges[-1] + size)
+        total = sum(costs)
+        if len(sizes) >= self.world and total > 0:
+            block_costs = [sum(costs[lo:hi]) for lo, hi in zip(edges, edges[1:])]
+            loads, owner = [0] * self.world, [0] * len(sizes)
+            for k in sorted(range(len(sizes)), key=lambda k: (-block_costs[k], k)):
+                owner[k] = min(range(self.world), key=lambda r: (loads[r], r))
+                loads[owner[k]] += block_costs[k]
+            if 4 * self.world * max(loads) <= 5 * total:
+                return [[(edges[k], edges[k + 1]) for k in range(len(sizes)) if owner[k] == r] for r in range(self.world)]
+        return [[share] for share in self.shares_by_cost(costs)]
+
+    def gather_assigned(self, local: torch.Tensor, ranges: list[list[tuple[int, int]]]) -> torch.Tensor:
+        """The (n,) tensor of which rank r holds the ranges [lo, hi) ``ranges[r]`` (together: every item
+        once), ``local`` being this rank's values in the order of its ranges, assembled on every rank in
+        one collective (float64 on the wire: float32 values exactly)."""
         if self.world == 1:
             return local
-        width = max(1, max(hi - lo for lo, hi in bounds))
+        counts = [sum(hi - lo for lo, hi in mine) for mine in ranges]
+        width = max(1, max(counts))
         mine = torch.zeros(width, dtype=torch.float64)
         mine[:len(local)] = local.detach().cpu().to(torch.float64)
         parts = [torch.empty_like(mine) for _ in range(self.world)]
         self._collective(torch.distributed.all_gather, parts, mine)
         self.gathered_bytes += self.world * width * 8
-        out = torch.cat([part[:hi - lo] for part, (lo, hi) in zip(parts, bounds)])
+        out = torch.empty(sum(counts), dtype=torch.float64)
+        for part, held in zip(parts, ranges):
+            at = 0
+            for lo, hi in held:
+                out[lo:hi] = part[at:at + hi - lo]
+                at += hi - lo
         return out.to(local.dtype).to(local.device)
 
     def first_set(self, value: int | None) -> int | None:
@@ -149,27 +171,27 @@ class ShardedObjective:
 
     def block_losses(self, theta: torch.Tensor, blocks: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
         """As BatchObjective.block_losses, the queries of all blocks shared out at once by their cost
-        (BatchObjective.query_costs): a rank evaluates whole blocks where it can, so what a backend does
-        once per call (program a chip, run the layers in front) is not repeated on every rank."""
-        bounds = self.ranks.shares_by_cost(self.inner.query_costs(blocks), [len(deltas) for deltas, _ in blocks])
-        lo, hi = bounds[self.ranks.rank]
+        (BatchObjective.query_costs, Ranks.assign): whole blocks to ranks where that balances."""
+        sizes = [len(deltas) for deltas, _ in blocks]
+        ranges = self.ranks.assign(self.inner.query_costs(blocks), sizes)
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
 
         def evaluate() -> torch.Tensor:
-            parts, at = [], 0
-            for deltas, start in blocks:
-                a, b = max(lo - at, 0), min(hi - at, len(deltas))
-                if a < b:
-                    parts.append(self.inner.losses(theta, deltas[a:b], start, self.queries + at + a))
-                at += len(deltas)
+            parts = []
+            for lo, hi in ranges[self.ranks.rank]:
+                for (deltas, start), at in zip(blocks, starts):
+                    a, b = max(lo - at, 0), min(hi - at, len(deltas))
+                    if a < b:
+                        parts.append(self.inner.losses(theta, deltas[a:b], start, self.queries + at + a))
             return torch.cat(parts) if parts else theta.new_zeros(0)
 
-        return list(self._gathered(bounds, evaluate).split([len(deltas) for deltas, _ in blocks]))
+        return list(self._gathered(ranges, evaluate).split(sizes))
 
     def coordinate_losses(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor:
         """As BatchObjective.coordinate_losses: (J,) losses at theta + h e_j for j in idx (J,)."""
-        bounds = [self.ranks.share(len(idx), r) for r in range(self.ranks.world)]
-        lo, hi = bounds[self.ranks.rank]
-        return self._gathered(bounds, lambda: self.inner.coordinate_losses(theta, idx[lo:hi], h, self.queries + lo))
+        ranges = [[self.ranks.share(len(idx), r)] for r in range(self.ranks.world)]
+        lo, hi = ranges[self.ranks.rank][0]
+        return self._gathered(ranges, lambda: self.inner.coordinate_losses(theta, idx[lo:hi], h, self.queries + lo))
 
     def loss_at(self, theta: torch.Tensor) -> torch.Tensor:
         """The loss at theta, computed on every rank (first-order baseline: nothing to share)."""
@@ -184,11 +206,11 @@ class ShardedObjective:
             self.inner.backend.add_counts(counts)
         self.counts = {}
 
-    def _gathered(self, bounds: list[tuple[int, int]], evaluate) -> torch.Tensor:
+    def _gathered(self, ranges: list[list[tuple[int, int]]], evaluate) -> torch.Tensor:
         backend = self.inner.backend
         with backend.counted_apart() as counts:
             local = evaluate()
         for key, amount in counts.items():
             self.counts[key] = self.counts.get(key, 0) + amount
-        self.queries += bounds[-1][1]
-        return self.ranks.gather_shares(local, bounds)
+        self.queries += sum(hi - lo for held in ranges for lo, hi in held)
+        return self.ranks.gather_assigned(local, ranges)

@@ -76,15 +76,16 @@ class BatchObjective:
         return [self.losses(theta, deltas, start) for deltas, start in blocks]
 
     def query_costs(self, blocks: list[tuple[torch.Tensor, int]]) -> list[int]:
-        """The work of every query of ``blocks`` (as in :meth:`block_losses`, flattened): multiply-adds per
-        input row of the layers it runs (all of them where every query is fresh, else those from its first
-        moved layer on), plus, on the first query that needs them, the layers in front, run once and kept."""
+        """The work of every query of ``blocks`` (as in :meth:`block_losses`, flattened), in multiply-adds per
+        input row: the layers from its first moved tensor on, per query; the layers in front of it once, on
+        the block's first query (a noisy backend runs them per call: their product is shared, the noise is
+        not; an exact one keeps their output for the step, so only the first block that needs it pays)."""
         macs = self.network.row_macs()
         costs, kept = [], set()
         for deltas, start in blocks:
-            first = 0 if self.fresh else self.network.layer_of(self.space.entry_at(start).name)[0]
+            first = self.network.layer_of(self.space.entry_at(start).name)[0]
             costs += [sum(macs[first:])] * len(deltas)
-            if first not in kept and len(deltas):
+            if len(deltas) and (self.fresh or first not in kept):
                 kept.add(first)
                 costs[-len(deltas)] += sum(macs[:first])
         return costs

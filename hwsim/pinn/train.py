@@ -150,6 +150,7 @@ def _require_memory(cfg: PinnConfig, inputs: int) -> None:
 def _plots(out_dir: Path, records: list[dict], network, backend, problem: Problem, theta: torch.Tensor,
            cfg: PinnConfig, metrics: dict) -> None:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -157,13 +158,16 @@ def _plots(out_dir: Path, records: list[dict], network, backend, problem: Proble
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     steps = [r["step"] for r in records]
-    # each error next to the same quantity of the untrained model (N = 0): u's error is small from the start
-    # (the base term dominates u), the learned part's is 100 %
+    # each error next to the same quantity of the ansatz with the network off (N = 0, "untrained" in the
+    # metrics): u's error is small from the start (the base term dominates u), the learned part's is 100 %;
+    # step 0 is the initialised network, which may start above it
     for ax, key, what, untrained in ((axes[0], "rel_l2", "rel. L2 error of u", metrics["untrained_rel_l2"]),
                                      (axes[1], "rel_l2_learned", "rel. L2 error of the learned part", 1.0)):
-        ax.plot(steps, [100 * r[key] for r in records], marker=".", label="this run")
-        ax.axhline(100 * untrained, color="grey", ls="--", label=f"untrained (N = 0): {100 * untrained:.3g} %")
+        ax.plot(steps, [100 * r[key] for r in records], marker=".", label="this run (step 0: initialised network)")
+        ax.axhline(100 * untrained, color="grey", ls="--", label=f"untrained: network off (N = 0), {100 * untrained:.3g} %")
         ax.set(xlabel="step", ylabel="error (%)", yscale="log", title=what)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{out_dir.name}: {problem.name}{problem.dim}, {cfg.estimator.name}, "
@@ -177,7 +181,7 @@ def _plots(out_dir: Path, records: list[dict], network, backend, problem: Proble
     for ax, shift, what in ((axes[0], 0, "u"), (axes[1], base, "learned part u - base")):
         ax.plot(s, problem.exact(line) - shift, label="exact", lw=2)
         ax.plot(s, u - shift, "--", label="predicted")
-        ax.plot(s, base - shift, ":", color="grey", label="untrained (N = 0)")
+        ax.plot(s, base - shift, ":", color="grey", label="untrained: network off (N = 0)")
         ax.set(xlabel="s  (x = s 1, t = 1/2)", ylabel=what, title=f"{problem.name}{problem.dim} along the diagonal: {what}")
         ax.grid(alpha=0.3)
         ax.legend()
