@@ -28,7 +28,7 @@ CASES = {
         "backend.name=photonic", "backend.noise=typical", "backend.params=phases", "estimator.rge.mu=0.05"], 10),
     "rtl verilator (784-256-10 TT, batch 64, 2 queries per tensor)": (
         "mnist_tt_zo", ["data.train_limit=2000", "data.val_size=16", "data.test_limit=16", "train.batch_size=64",
-                        "estimator.rge.num_queries=2", "backend.name=rtl", "backend.sim=verilator"], 2),
+                        "estimator.rge.num_queries=2", "backend.name=rtl", "backend.sim=verilator"], 3),
 }
 
 

@@ -75,29 +75,36 @@ class Ranks:
             bounds[r] = max(bounds[r], bounds[r - 1])
         return list(zip(bounds[:-1], bounds[1:]))
 
-    def assign(self, costs: list[int], sizes: list[int]) -> list[list[tuple[int, int]]]:
-        """Which of a step's queries each rank evaluates: per rank, [lo, hi) ranges of the queries (costs:
-        one integer per query, the queries in blocks of ``sizes``; every rank computes the same answer).
+    def assign(self, sizes: list[int], costs: list[tuple[int, tuple, int]]) -> list[list[tuple[int, int]]]:
+        """Which of a step's queries each rank evaluates: per rank, [lo, hi) ranges of the queries, which
+        come in blocks of ``sizes``; costs[k] = (integer cost per query of block k, key, cost once per
+        key and rank), as BatchObjective.block_costs gives them (every rank computes the same answer).
 
         With at least as many blocks as ranks, whole blocks go to the ranks, the costliest first, each to
-        the least loaded rank (ties: the lower rank), if that leaves no rank above 5/4 of an equal share:
-        what a backend does once per block (program a chip, run the layers in front) is then not repeated
-        on every rank, and each rank gets a mix of the network's blocks, so costs the model misjudges
-        for one layer's blocks even out. Otherwise contiguous shares of about equal cost
-        (:meth:`shares_by_cost`)."""
-        edges = [0]
-        for size in sizes:
+        the rank that ends least loaded with it (ties: the lower rank), if that leaves no rank above 5/4
+        of an equal share of the total: what a backend does once per block (program a chip, run the
+        layers in front) is then not repeated on every rank, and each rank gets a mix of the network's
+        blocks, so costs the model misjudges for one layer's blocks even out. Otherwise contiguous shares
+        of about equal cost (:meth:`shares_by_cost`, a key's cost on the first query that needs it)."""
+        edges, flat, seen = [0], [], set()
+        for size, (each, key, once) in zip(sizes, costs):
             edges.append(edges[-1] + size)
-        total = sum(costs)
+            flat += [each] * size
+            if size and key not in seen:
+                seen.add(key)
+                flat[-size] += once
+        total = sum(flat)
         if len(sizes) >= self.world and total > 0:
-            block_costs = [sum(costs[lo:hi]) for lo, hi in zip(edges, edges[1:])]
-            loads, owner = [0] * self.world, [0] * len(sizes)
-            for k in sorted(range(len(sizes)), key=lambda k: (-block_costs[k], k)):
-                owner[k] = min(range(self.world), key=lambda r: (loads[r], r))
-                loads[owner[k]] += block_costs[k]
+            loads, held, owner = [0] * self.world, [set() for _ in range(self.world)], [0] * len(sizes)
+            for k in sorted(range(len(sizes)), key=lambda k: (-(sizes[k] * costs[k][0] + costs[k][2]), k)):
+                each, key, once = costs[k]
+                added = [sizes[k] * each + (0 if key in held[r] else once) for r in range(self.world)]
+                owner[k] = min(range(self.world), key=lambda r: (loads[r] + added[r], r))
+                loads[owner[k]] += added[owner[k]]
+                held[owner[k]].add(key)
             if 4 * self.world * max(loads) <= 5 * total:
                 return [[(edges[k], edges[k + 1]) for k in range(len(sizes)) if owner[k] == r] for r in range(self.world)]
-        return [[share] for share in self.shares_by_cost(costs)]
+        return [[share] for share in self.shares_by_cost(flat)]
 
     def gather_assigned(self, local: torch.Tensor, ranges: list[list[tuple[int, int]]]) -> torch.Tensor:
         """The (n,) tensor of which rank r holds the ranges [lo, hi) ``ranges[r]`` (together: every item
@@ -171,9 +178,9 @@ class ShardedObjective:
 
     def block_losses(self, theta: torch.Tensor, blocks: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
         """As BatchObjective.block_losses, the queries of all blocks shared out at once by their cost
-        (BatchObjective.query_costs, Ranks.assign): whole blocks to ranks where that balances."""
+        (BatchObjective.block_costs, Ranks.assign): whole blocks to ranks where that balances."""
         sizes = [len(deltas) for deltas, _ in blocks]
-        ranges = self.ranks.assign(self.inner.query_costs(blocks), sizes)
+        ranges = self.ranks.assign(sizes, self.inner.block_costs(blocks))
         starts = [sum(sizes[:k]) for k in range(len(sizes))]
 
         def evaluate() -> torch.Tensor:

@@ -75,19 +75,17 @@ class BatchObjective:
         :meth:`losses` -> [(Q_i,) losses, ...]."""
         return [self.losses(theta, deltas, start) for deltas, start in blocks]
 
-    def query_costs(self, blocks: list[tuple[torch.Tensor, int]]) -> list[int]:
-        """The work of every query of ``blocks`` (as in :meth:`block_losses`, flattened), in multiply-adds per
-        input row: the layers from its first moved tensor on, per query; the layers in front of it once, on
-        the block's first query (a noisy backend runs them per call: their product is shared, the noise is
-        not; an exact one keeps their output for the step, so only the first block that needs it pays)."""
+    def block_costs(self, blocks: list[tuple[torch.Tensor, int]]) -> list[tuple[int, tuple, int]]:
+        """The work of each of ``blocks`` (as in :meth:`block_losses`) in multiply-adds per input row, as
+        (per query, key, once per key): a query runs the layers from its first moved tensor on; the layers
+        in front run once per key: per block on a noisy backend (their product is shared by the block's
+        queries, the noise is not), once per step on an exact one (their output is kept for every later
+        block with the same front layers)."""
         macs = self.network.row_macs()
-        costs, kept = [], set()
-        for deltas, start in blocks:
+        costs = []
+        for k, (_, start) in enumerate(blocks):
             first = self.network.layer_of(self.space.entry_at(start).name)[0]
-            costs += [sum(macs[first:])] * len(deltas)
-            if len(deltas) and (self.fresh or first not in kept):
-                kept.add(first)
-                costs[-len(deltas)] += sum(macs[:first])
+            costs.append((sum(macs[first:]), ("block", k) if self.fresh else ("front", first), sum(macs[:first])))
         return costs
 
     def loss_at(self, theta: torch.Tensor) -> torch.Tensor:
