@@ -3,10 +3,10 @@
 Every rank builds the same run from the same config and seed, so every rank draws the same directions
 from the run's generator. A step's queries (all its blocks at once) are shared out by their cost: whole
 blocks to ranks where that balances (no rank repeats what a backend does once per block), else contiguous
-shares in rank order; each rank evaluates its share on its own backend instance (its own simulator; the same chip), the
-per-query losses are gathered in query order, and every rank forms the identical update: parameters never
-travel, only one loss per query (and the share's event counts, so that every rank holds the run's
-totals). A query's loss depends only on the query (noisy backends draw its noise from streams keyed by
+shares in rank order. Each rank evaluates its share on its own backend instance (its own simulator; the
+same chip), the per-query losses are gathered in query order, and every rank forms the identical update:
+parameters never travel, only one loss per query (and the share's event counts, so that every rank holds
+the run's totals). A query's loss depends only on the query (noisy backends draw its noise from streams keyed by
 (step, query, layer), hwsim.objective), so a run gives the same numbers on any number of ranks.
 
 Launch: ``torchrun --nproc-per-node N -m hwsim train CONFIG ...`` (``--nnodes``/rendezvous for several
