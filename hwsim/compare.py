@@ -14,10 +14,11 @@ import csv
 import io
 import json
 import multiprocessing
+import signal
 import statistics
+import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -304,11 +305,18 @@ def compare(spec: Spec, out_dir: Path, jobs: int = 1, log: Callable[[str], None]
 
     if jobs > 1:
         threads = max(1, torch.get_num_threads() // jobs)     # the cores shared, not oversubscribed
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            futures = [pool.submit(run_job, spec, row, chip, reference, out_dir) for row, chip in work]
-            for k, future in enumerate(futures, 1):
-                done_one(k, future.result())
+        # a SIGTERM to this process ends the workers too (leaving the pool terminates them), not only Ctrl-C,
+        # which a terminal sends to the whole process group
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
+        try:
+            with multiprocessing.get_context("spawn").Pool(jobs, torch.set_num_threads, (threads,)) as pool:
+                pending = [pool.apply_async(run_job, (spec, row, chip, reference, out_dir)) for row, chip in work]
+                for k, result in enumerate(pending, 1):
+                    done_one(k, result.get())
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
     else:
         for k, (row, chip) in enumerate(work, 1):
             log(f"hwsim compare: [{k}/{len(work)}] {row.name}" + ("" if chip is None else f" chip {chip}") + " ...")
@@ -325,6 +333,10 @@ def compare(spec: Spec, out_dir: Path, jobs: int = 1, log: Callable[[str], None]
     log(f"hwsim compare: {report['wall_s']:.0f} s; table {out_dir / 'compare.md'}, plots "
         + ", ".join(str(p) for p in figures))
     return report
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _as_dict(spec: Spec) -> dict:

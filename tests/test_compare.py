@@ -1,7 +1,14 @@
 """`hwsim compare SPEC`: one model on many hardware rows; failing rows keep their reason, the others finish."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 
 import pytest
+from processes import gone, marked
 
 from hwsim.cli import main
 from hwsim.compare import load_spec
@@ -94,3 +101,28 @@ def test_compare_and_eval_take_a_run_that_did_not_finish(tmp_path, capsys):
     (stopped / "metrics.jsonl").write_text("")
     assert main(["compare", str(stopped)]) == 2
     assert "has no evaluation yet" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_compare_ends_its_workers(tmp_path):
+    """Regression: `hwsim compare --jobs 2` stopped by SIGTERM (a `kill`, not a terminal's Ctrl-C, which
+    reaches the whole group) left its worker processes running until their evaluations ended."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("finetune: {steps: 2,", "finetune: {steps: 100000,")
+                    .replace("  - {name: broken, backend: {name: fixed, bits: 99}}\n", ""))
+    mark = f"hwsim-compare-{uuid.uuid4().hex}"
+    proc = subprocess.Popen([sys.executable, "-m", "hwsim", "compare", str(spec), "--out", str(tmp_path / "out"),
+                             "--jobs", "2", "--quiet"], env={**os.environ, "HWSIM_TEST_MARK": mark},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(marked(mark)) < 3 and time.monotonic() < deadline:     # compare + 2 workers fine-tuning
+            time.sleep(0.2)
+        assert len(marked(mark)) >= 3, proc.communicate(timeout=60)
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert gone(mark, within=30), f"workers left after SIGTERM: {marked(mark)}"
+    finally:
+        proc.kill()
+        proc.wait()

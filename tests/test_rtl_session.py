@@ -17,6 +17,7 @@ from hwsim.backends.rtl import session as sessions
 from hwsim.backends.rtl import sim as simulators
 from hwsim.backends.rtl.program import CoreParams
 from hwsim.backends.rtl.run import run_tt_layer
+from processes import gone, marked
 from rtl_sims import SIMS, found
 
 SHAPES = ((1, 4, 3, 2), (2, 6, 2, 1))
@@ -70,21 +71,6 @@ def test_a_simulator_that_dies_is_reported_and_the_next_call_starts_a_new_one(si
     assert sessions.live_pids() and sessions.live_pids()[0] != session.proc.pid
 
 
-def _simulators_marked(mark: str) -> list[int]:
-    """Pids of live processes whose environment carries ``mark`` (the test's children and theirs)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if mark.encode() in (entry / "environ").read_bytes():
-                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                    if state != "Z":
-                        found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def _hwsim_train(tmp_path, extra, mark):
     sets = [a for k in RTL_RUN + extra for a in ("--set", k)]
     env = {**os.environ, "HWSIM_TEST_MARK": mark}
@@ -93,15 +79,6 @@ def _hwsim_train(tmp_path, extra, mark):
     return subprocess.Popen([sys.executable, "-m", "hwsim", "train", "mnist_tt_zo", "--quiet", "--out",
                              str(tmp_path / "run"), *sets], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def _gone(mark, within=10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not _simulators_marked(mark):
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.mark.skipif(not found("verilator"), reason="verilator not installed")
@@ -115,9 +92,9 @@ def test_no_simulator_outlives_its_run(tmp_path, ending):
     proc = _hwsim_train(tmp_path, extra, mark)
     if ending in ("interrupt", "killed"):
         deadline = time.monotonic() + 120
-        while len(_simulators_marked(mark)) < 2 and time.monotonic() < deadline:   # hwsim + its simulator
+        while len(marked(mark)) < 2 and time.monotonic() < deadline:   # hwsim + its simulator
             time.sleep(0.2)
-        assert len(_simulators_marked(mark)) >= 2
+        assert len(marked(mark)) >= 2
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT if ending == "interrupt" else signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
@@ -126,7 +103,7 @@ def test_no_simulator_outlives_its_run(tmp_path, ending):
     if ending == "error":                       # one line naming the call and the option, no traceback
         assert err.strip().splitlines()[-1].startswith("hwsim: error: verilator session: a TT layer call (")
         assert "backend.timeout_s" in err and "Traceback" not in err
-    assert _gone(mark), f"simulators left after a {ending} run: {_simulators_marked(mark)}"
+    assert gone(mark), f"simulators left after a {ending} run: {marked(mark)}"
 
 
 @pytest.mark.parametrize("sim", SIMS)
