@@ -167,7 +167,7 @@ def _plots(out_dir: Path, records: list[dict], network, backend, problem: Proble
         ax.axhline(100 * untrained, color="grey", ls="--", label=f"untrained: network off (N = 0), {100 * untrained:.3g} %")
         ax.set(xlabel="step", ylabel="error (%)", yscale="log", title=what)
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{out_dir.name}: {problem.name}{problem.dim}, {cfg.estimator.name}, "
