@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
             and not (i > 0 and argv[i - 1] == "--nproc")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "hwsim", *rest]
-    return subprocess.run(cmd).returncode
+    # the machine's cores shared by the ranks (torchrun would set 1 and print a banner saying so)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": threads}).returncode
 
 
 def _refuse_existing_run(out: Path, command: str) -> None:
