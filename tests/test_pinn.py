@@ -254,7 +254,8 @@ def test_pinn_runs_write_a_run_directory_and_are_deterministic(tmp_path, config,
     assert np.isfinite(m["rel_l2"]) and np.isfinite(m["rel_l2_learned"])
 
 
-def test_pinn_config_errors_are_clear(capsys):
+def test_pinn_config_errors_are_clear(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)          # the default --out runs/<config> must not meet a run of the developer's
     with pytest.raises(ConfigError, match=r"has a pde section: it is a PINN config; run it with `hwsim pinn`"):
         load_config("hjb20_zo_tt_sg")
     with pytest.raises(ConfigError, match=r"has a data section: it is a training config; run it with `hwsim train`"):
