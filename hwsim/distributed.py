@@ -163,8 +163,9 @@ def from_environment() -> Ranks:
 
 class ShardedObjective:
     """An objective (hwsim.objective.BatchObjective) whose queries are spread over ``ranks``: each rank
-    evaluates its share of every call with the queries' places in the step as their keys, and every rank
-    gets all losses in query order (one collective per call). The backend counts each rank's share apart;
+    evaluates its share of every call (:meth:`block_losses`: all of a step's RGE blocks in one call) with the
+    queries' places in the step as their keys, and every rank gets all losses in query order (one
+    collective per call). The backend counts each rank's share apart;
     :meth:`finish` (once per step) adds every rank's counts to every rank's backend, in rank order."""
 
     def __init__(self, objective, ranks: Ranks):
