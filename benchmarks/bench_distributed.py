@@ -80,7 +80,8 @@ def measure_collectives(out: str, queries: int, reps: int) -> None:
     half = queries // 2
     ranges = [[(0, half)], [(half, queries)]]
     counts = {f"counter_{k}": 1000.0 * k for k in range(20)}           # a backend's step counts, about as many
-    local = torch.zeros(len(range(*ranges[ranks.rank][0])), dtype=torch.float64)
+    lo, hi = ranges[ranks.rank][0]
+    local = torch.zeros(hi - lo, dtype=torch.float64)
     for i in range(reps + 50):
         if i == 50:                                                    # after a warm-up
             ranks.barrier()
@@ -91,6 +92,7 @@ def measure_collectives(out: str, queries: int, reps: int) -> None:
     seconds = (time.perf_counter() - t0) / reps
     if ranks.main:
         Path(out).write_text(json.dumps({"seconds_per_step": seconds}))
+    ranks.close()
 
 
 def main() -> None:

@@ -53,6 +53,8 @@ def _run(args, kind) -> int:
         if ranks.main and not args.resume:
             _discard_unstarted(out, existed)
         raise
+    finally:
+        ranks.close()
     return 0
 
 

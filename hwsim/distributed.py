@@ -142,6 +142,12 @@ class Ranks:
         if self.world > 1:
             self._collective(torch.distributed.barrier)
 
+    def close(self) -> None:
+        """Leave the process group (before the interpreter exits: gloo's threads torn down at exit abort
+        the process, which torchrun reports as a failed rank)."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
     def _collective(self, op, *args) -> None:
         try:
             op(*args)
