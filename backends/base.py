@@ -19,6 +19,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from hwsim.arch.mapping import Widths, core_shapes
+
 ENTRY_POINT_GROUP = "hwsim.backends"
 _BUILTIN = {"ideal": "hwsim.backends.ideal:IdealBackend", "fixed": "hwsim.backends.fixed.backend:FixedBackend",
             "rtl": "hwsim.backends.rtl.backend:RtlBackend",
@@ -51,6 +53,7 @@ class Backend(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    architecture: ClassVar[str] = "digital"       # the kind of hwsim.arch the backend's work is charged on
 
     @dataclass
     class Options:
@@ -82,6 +85,16 @@ class Backend(ABC):
     def bind(self, network: Any) -> None:
         """Prepare for ``network`` (a hwsim.model.Network) before any call; backends whose numerics
         depend on a layer's place (formats, mappings) set them up here."""
+
+    def architecture_keys(self) -> dict[str, tuple[Any, str]]:
+        """Architecture keys this backend's simulation itself sets: {key: (value, backend option)}."""
+        return {}
+
+    def layer_widths(self, index: int, layer: Any) -> "Widths":
+        """Operand widths of linear layer ``index`` on the device (hwsim.arch.mapping.Widths): float MACs at
+        this backend's dtype unless a backend says otherwise."""
+        bits = torch.finfo(self.dtype).bits
+        return Widths(True, bits, bits, (bits,) * len(core_shapes(layer)), bits)
 
     def param_space(self, network: Any) -> Any:
         """The hwsim.params.ParamSpace of what this backend trains: the network's float weights unless the
@@ -166,15 +179,16 @@ class Backend(ABC):
         """Add ``amount`` to counter ``key`` (ints stay exact; a float amount makes a float counter)."""
         self._counters[key] += amount if isinstance(amount, float) else int(amount)
 
-    def count_traffic(self, params: dict[str, torch.Tensor], queries: int | None, weight_bits: int,
-                      rows: int, in_features: int, in_bits: int, out_features: int, out_bits: int) -> None:
-        """Memory traffic of one linear call in bits: ``weight_read_bits`` (every distinct weight tensor read
-        once: a tensor shared by all queries once, not per query), ``act_read_bits`` (the input rows) and
-        ``act_write_bits`` (the output rows), each at its width."""
-        weights = sum(t.numel() // t.shape[0] if queries and t.stride(0) == 0 else t.numel() for t in params.values())
-        self.count("weight_read_bits", weights * weight_bits)
-        self.count("act_read_bits", rows * in_features * in_bits)
-        self.count("act_write_bits", rows * out_features * out_bits)
+    def count_passes(self, rows: int, passes: int = 1) -> None:
+        """``passes`` forward passes of ``rows`` input rows each through the whole network (a query's
+        evaluation, or one batch of an evaluation): the workload the architecture's mapping charges
+        (hwsim.arch.mapping.Workload), counted by the callers above the seam, whatever the simulator shared."""
+        self.count(f"passes_rows{rows}", passes)
+
+    def count_programs(self, layers, times: int = 1) -> None:
+        """The weights of linear ``layers`` (indices) are set on the device ``times`` times."""
+        for i in layers:
+            self.count(f"programs_layer{i}", times)
 
     @contextmanager
     def counted_apart(self):

@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from hwsim.arch.mapping import map_network
+from hwsim.arch.spec import resolve
 from hwsim.backends import Backend, create_backend
 from hwsim.config import BackendConfig, ConfigError, EstimatorConfig, ModelConfig, OptimizerConfig, check_steps
 from hwsim.host_memory import require
@@ -49,6 +51,12 @@ def build_backend(cfg: BackendConfig, network: Network) -> Backend:
     except (TypeError, ValueError) as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith("backend") else f"backend: {msg}") from None
+
+
+def build_mapping(architecture: dict, network: Network, backend: Backend):
+    """The backend's architecture with the config's ``architecture:`` keys, and ``network`` mapped onto it
+    (hwsim.arch.mapping); a bad key is a ConfigError naming it."""
+    return map_network(network, backend, resolve(backend, architecture))
 
 
 def perturbation_warnings(cfg: EstimatorConfig, backend: Backend) -> list[str]:

@@ -148,10 +148,11 @@ def _compare(args) -> int:
 
 
 def _energy(args) -> int:
-    """``hwsim energy RUN``: the run's energy and latency from its counters, every term with --explain."""
+    """``hwsim energy RUN``: the run's energy and latency from its counters, on the run's backend mapped onto
+    its architecture; with --explain the mapping and every term."""
     import json
 
-    from hwsim.build import build_backend, build_network
+    from hwsim.build import build_backend, build_mapping, build_network
     from hwsim.config import Config, ConfigError, PinnConfig, load_config, read_raw
     from hwsim.energy.model import estimate
     from hwsim.energy.report import explain, subtract
@@ -162,7 +163,13 @@ def _energy(args) -> int:
         if not (run / name).is_file():
             raise ConfigError(f"{run} has no {name}: give the directory of a finished `hwsim train` or `hwsim pinn` run")
     source = str(run / "config.yaml")
-    cfg = load_config(source, args.set or [], PinnConfig if "pde" in read_raw(source) else Config)
+    raw = read_raw(source)
+    cfg = load_config(source, args.set or [], PinnConfig if "pde" in raw else Config)
+    ran_on = (raw.get("backend") or {}).get("name", "ideal")
+    if cfg.backend.name != ran_on:
+        raise ConfigError(f"backend.name: {run} ran on {ran_on!r}; its counters are that backend's work, so they "
+                          f"cannot be charged to {cfg.backend.name!r}: deploy it there with `hwsim eval {run} "
+                          f"--set backend.name={cfg.backend.name}`")
     try:
         metrics = json.loads((run / "metrics.json").read_text())
         counters, evaluation = metrics["counters"], metrics.get("counters_evaluation", {})
@@ -170,14 +177,13 @@ def _energy(args) -> int:
         raise ConfigError(f"{run / 'metrics.json'}: not the metrics of a run ({e})") from None
     network = build_network(cfg.model)
     backend = build_backend(cfg.backend, network)
+    mapping = build_mapping(cfg.architecture, network, backend)
     table = load_table(cfg.energy, args.table or [])
-    d = backend.param_space(network).size
-    train = estimate(backend, subtract(counters, evaluation), table, d)
-    if train is None:
-        raise ConfigError(f"backend {backend.name!r} has no energy model; known: ideal, fixed, rtl, photonic")
-    infer = estimate(backend, metrics.get("counters_inference", {}), table, d)
+    train = estimate(mapping, subtract(counters, evaluation), table)
+    infer = estimate(mapping, metrics.get("counters_inference", {}), table)
     per = max(1, metrics.get("inferences", 0))
     if args.explain:
+        print(f"{run}: {backend.name} backend mapped onto its architecture\n{mapping.report()}\n")
         print(explain(train, table, f"{run}: training, {metrics['steps']} steps on {backend.name}"))
         print(explain(infer, table, f"{run}: one inference (mean of {per})", per))
     else:

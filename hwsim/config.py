@@ -1,6 +1,6 @@
 """YAML experiment configs validated into typed dataclasses, with errors that name the key path.
 
-Sections: seed, data, model, backend, estimator, optimizer, train. Unknown keys and bad values are
+Sections: seed, data, model, backend, architecture, estimator, optimizer, train, energy. Unknown keys and bad values are
 rejected (``ConfigError("estimator.rge.mu: expected a number > 0, got -1")``). ``--set a.b=value``
 overrides are applied to the raw YAML before validation; values are parsed as YAML scalars.
 """
@@ -216,12 +216,13 @@ class RunConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    architecture: dict = field(default_factory=dict)   # keys of the backend's architecture (hwsim.arch)
     energy: dict = field(default_factory=dict)   # device-table overrides by entry name (hwsim.energy)
 
     def to_dict(self) -> dict:
         raw = dataclasses.asdict(self)
         raw["backend"] = {"name": self.backend.name, **self.backend.options}
-        order = ("seed", "data", "pde", "model", "backend", "estimator", "optimizer", "train", "energy")
+        order = ("seed", "data", "pde", "model", "backend", "architecture", "estimator", "optimizer", "train", "energy")
         return {key: raw[key] for key in order if key in raw}
 
 

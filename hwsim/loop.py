@@ -31,7 +31,9 @@ from typing import Callable
 import torch
 
 from hwsim import checkpoint
-from hwsim.build import build_backend, build_estimator, build_optimizer, perturbation_warnings
+from hwsim.arch.mapping import Workload
+from hwsim.arch.spec import describe
+from hwsim.build import build_backend, build_estimator, build_mapping, build_optimizer, perturbation_warnings
 from hwsim.config import ConfigError, RunConfig
 from hwsim.distributed import Ranks, ShardedObjective
 from hwsim.energy.memory import device_memory
@@ -121,6 +123,7 @@ class Parts:
     generator: torch.Generator
     start: torch.Tensor
     steps: int
+    mapping: object = None           # the network on the backend's architecture (hwsim.arch.mapping)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -148,7 +151,8 @@ def build_parts(cfg: RunConfig, network, start: Callable[[torch.Generator], torc
     estimator = build_estimator(cfg.estimator, backend.param_space(network), backend)
     warnings = perturbation_warnings(cfg.estimator, backend) if estimator is not None else []
     load_table(cfg.energy)                          # a bad energy override fails here, before the run
-    return Parts(cfg, network, backend, estimator, gen, start(gen), steps, warnings)
+    mapping = build_mapping(cfg.architecture, network, backend)         # ... and a bad architecture key
+    return Parts(cfg, network, backend, estimator, gen, start(gen), steps, mapping, warnings)
 
 
 def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bool = True,
@@ -251,6 +255,7 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
                 queries, loss_value, differences, zeros = est.queries, est.loss, est.differences, est.zero_differences
             if isinstance(objective, ShardedObjective):
                 objective.finish()
+            backend.count_programs(network.linear_indices)     # the step's new weights, set once
             _guard(step, space, loss_value, theta.grad, "the gradient estimate", last_path)
             optimizer.step()
             scheduler.step()
@@ -307,17 +312,18 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
                "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed, "ranks": ranks.world,
                "exchanged_bytes_per_step": round(ranks.gathered_bytes / max(1, parts.steps - first_step))}
     counters = backend.counters()
-    inferences = last_eval.get("rows", 0) // max(1, network.linear_layers)
     metrics.update(counters=counters, counters_evaluation=tally.eval_counters, counters_inference=last_eval,
-                   inferences=inferences, warnings=warnings)
-    metrics.update(run_figures(backend, load_table(cfg.energy), space.size, subtract(counters, tally.eval_counters),
-                               last_eval, inferences, parts.steps))
+                   inferences=Workload.from_counters(last_eval).rows, warnings=warnings)
+    metrics.update(run_figures(parts.mapping, load_table(cfg.energy), subtract(counters, tally.eval_counters),
+                               last_eval, parts.steps))
     metrics.update(device_memory(network, backend, cfg.optimizer.name, cfg.optimizer.momentum, task.rows))
     metrics.update(wall_s=round(time.perf_counter() - t0, 3),
                    host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if writes:
         write_atomic(out_dir / "params.pt", checkpoint.params_bytes(state()))
         write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / "architecture.json", describe(parts.mapping.arch))
+        write_atomic(out_dir / "mapping.txt", parts.mapping.report() + "\n")
         task.plots(out_dir, records, final, metrics)
         if "energy_j_training" in metrics:
             plot_energy(metrics, out_dir / "energy.png", f"{task.command} on {backend.name}")

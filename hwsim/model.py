@@ -94,6 +94,7 @@ class Network:
         self.in_features, self.out_features = linears[0].in_features, linears[-1].out_features
         self.dense_params = sum(layer.dense_params for layer in linears)
         self.linear_layers = len(linears)
+        self.linear_indices = [i for i, layer in enumerate(self.layers) if isinstance(layer, Linear)]
 
     @property
     def trainable_params(self) -> int:

@@ -90,6 +90,7 @@ class BatchObjective:
 
     def loss_at(self, theta: torch.Tensor) -> torch.Tensor:
         """The loss (scalar) at theta (d,), differentiable in theta when it requires grad (FO training)."""
+        self._count_workload(1, ())
         return self._forward(self.space.unflatten(theta), None, set())
 
     def coordinate_losses(self, theta: torch.Tensor, idx: torch.Tensor, h: float, first: int | None = None) -> torch.Tensor:
@@ -128,6 +129,7 @@ class BatchObjective:
         losses = torch.empty(len(idx), dtype=theta.dtype, device=theta.device)
         for entry, sel in self._by_tensor(idx):
             i, local = net.layer_of(entry.name)
+            self._count_workload(len(sel), (i,))
             jvp = backend.coordinate_jvp(net.layers[i], self._layer_params(tensors, i), acts[i], local)
             for s in range(0, len(sel), self.chunk):
                 part = sel[s:s + self.chunk]
@@ -159,10 +161,11 @@ class BatchObjective:
     def _chunk_losses(self, theta: torch.Tensor, deltas: torch.Tensor, start: int, keys: torch.Tensor) -> torch.Tensor:
         """Losses (Q,) of one chunk of queries deltas (Q, w) whose places in the step are keys (Q,)."""
         queries, stop = len(deltas), start + deltas.shape[1]
-        tensors, batched = self.space.unflatten(theta), set()
+        tensors, batched, perturbed = self.space.unflatten(theta), set(), set()
         for e in self.space.entries:
             lo, hi = max(start, e.offset), min(stop, e.offset + e.numel)
             if lo < hi:
+                perturbed.add(e.name)
                 moved = theta[e.slice].expand(queries, e.numel).clone()
                 moved[:, lo - e.offset:hi - e.offset] += deltas[:, lo - start:hi - start]
                 tensors[e.name] = moved.reshape(queries, *e.shape)
@@ -171,9 +174,16 @@ class BatchObjective:
             else:
                 continue
             batched.add(e.name)
+        self._count_workload(queries, {self.network.layer_of(n)[0] for n in perturbed})
         keyed = self.backend.keyed(self.stream, keys) if self.stream is not None else nullcontext()
         with keyed:
             return self._forward(tensors, queries, batched).to(theta.dtype).expand(queries)
+
+    def _count_workload(self, queries: int, moved_layers) -> None:
+        """What the device does for ``queries`` evaluations, whatever the simulator shares between them:
+        each is a full forward pass of the batch, after programming the layers its perturbation moves."""
+        self.backend.count_passes(self.x.shape[0], queries)
+        self.backend.count_programs(sorted(moved_layers), queries)
 
     def _forward(self, tensors: dict, queries: int, batched: set) -> torch.Tensor:
         """Losses (Q,) of one chunk: ``tensors`` named in ``batched`` carry the query axis. The layers in

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from hwsim.build import build_backend, build_network, steps_per_epoch, total_steps
+from hwsim.build import build_backend, build_mapping, build_network, steps_per_epoch, total_steps
 from hwsim.checkpoint import CheckpointError, read_params
 from hwsim.config import Config, ConfigError, load_config
 from hwsim.data import load_dataset
@@ -31,7 +31,9 @@ def accuracy(network: Network, backend, theta: torch.Tensor, x: torch.Tensor, y:
     """Fraction of rows of x (N, in) whose argmax output equals y (N,)."""
     tensors = backend.param_space(network).unflatten(theta)
     correct = 0
+    backend.count_programs(network.linear_indices)
     for s in range(0, len(y), batch_size):
+        backend.count_passes(len(x[s:s + batch_size]))
         out = network.forward(backend, tensors, x[s:s + batch_size])
         correct += int((out.argmax(-1) == y[s:s + batch_size]).sum())
     return correct / max(1, len(y))
@@ -147,6 +149,7 @@ def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
     data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
     network = build_network(cfg.model)
     backend = build_backend(cfg.backend, network)
+    mapping, table = build_mapping(cfg.architecture, network, backend), load_table(cfg.energy)
     theta = backend.encode(backend.to_backend(initial_params(str(run_dir), network, "eval")))
     x = torch.from_numpy(data.test.x).to(backend.device, backend.data_dtype)
     y = torch.from_numpy(data.test.y).to(backend.device)
@@ -157,8 +160,7 @@ def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
               "backend_options": dict(cfg.backend.options), "counters": backend.counters(), "inferences": len(y)}
     if not (run_dir / "params.pt").is_file():          # a run not finished: deployed from its newest checkpoint
         result["partial"] = f"its newest checkpoint, {read_params(run_dir)[1].name}"
-    est = estimate(backend, spent, load_table(cfg.energy), backend.param_space(network).size)
-    if est is not None:
-        result.update(energy_j_per_inference=est.joules / len(y), latency_s_per_inference=est.latency_s / len(y),
-                      energy_breakdown_per_inference={k: v / len(y) for k, v in est.by_component().items()})
+    est = estimate(mapping, spent, table)
+    result.update(energy_j_per_inference=est.joules / len(y), latency_s_per_inference=est.latency_s / len(y),
+                  energy_breakdown_per_inference={k: v / len(y) for k, v in est.by_component().items()})
     return result

@@ -136,15 +136,41 @@ class TTShape:
         return queries * rows * total
 
 
+@dataclass(frozen=True)
+class Step:
+    """Core step k of the core-by-core contraction of one input row (docs/rtl.md, "Schedule"): every value
+    it produces is a sum of ``terms`` = r_k n_k products; it produces ``done`` x ``mr`` x ``rest`` values
+    (outputs finished so far x m_k r_k+1 x inputs not yet contracted), applying the core's (m_k r_k+1) x
+    (r_k n_k) matrix to ``done`` x ``rest`` sub-vectors."""
+
+    terms: int
+    mr: int
+    rest: int
+    done: int
+
+    @property
+    def values(self) -> int:
+        return self.done * self.mr * self.rest
+
+    @property
+    def subvectors(self) -> int:
+        return self.done * self.rest
+
+
+def tt_steps(core_shapes: Sequence[tuple[int, int, int, int]]) -> list[Step]:
+    """The steps of a TT layer with cores (r, n, m, r'), core 0 first."""
+    out, done, rest = [], 1, math.prod(s[1] for s in core_shapes)
+    for r, n, m, s in core_shapes:
+        rest //= n
+        out.append(Step(r * n, m * s, rest, done))
+        done *= m
+    return out
+
+
 def step_outputs(core_shapes: Sequence[tuple[int, int, int, int]], rows: int) -> list[int]:
     """Values every core step of the core-by-core contraction produces for ``rows`` input rows (each a sum
     of r_k * n_k products); the last step's are the layer outputs."""
-    out, done_out, rest_in = [], 1, math.prod(s[1] for s in core_shapes)
-    for (r, n, m, s) in core_shapes:
-        rest_in //= n
-        done_out *= m
-        out.append(rows * done_out * s * rest_in)
-    return out
+    return [rows * step.values for step in tt_steps(core_shapes)]
 
 
 def to_dense(cores: Sequence[torch.Tensor]) -> torch.Tensor:

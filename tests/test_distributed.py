@@ -26,24 +26,25 @@ PHOTONIC = ["backend.name=photonic", "backend.noise={preset: typical, drift: 0.5
             "backend.block=4"]
 PINN = ["pde.dim=3", "pde.points=8", "pde.test_points=100", "train.steps=5", "train.eval_every=2",
         "train.smoothed_points=10", "model.layers.0.in_features=4", "model.layers.0.in_factors=[2, 2]"]
-# Counts that depend on which queries one process evaluates in a row (simulator calls; settings a chip
-# keeps from its previous query) or are float sums taken in another order; on a noisy backend everything
-# else is counted per query, so 2 ranks count what 1 process does.
-ORDER_DEPENDENT = ("linear_calls", "phase_programs", "phase_writes", "phase_pi", "phase_pi_ns", "laser_on_ns",
-                   "shifter_hold_ns", "prefix_cache_values")
+# What the device is charged for (hwsim.arch.mapping.Workload): the same on any number of ranks, as are the
+# energy figures made from it. The simulator's own counts (calls, MACs it computed, activations it cached)
+# are not: on an exact backend each rank runs the shared prefix once.
+WORKLOAD = ("passes_rows", "programs_layer", "held_pi_rows:")
+ENERGY = ("energy_j_training", "latency_s_training", "energy_j_per_inference", "latency_s_per_inference")
+ORDER_DEPENDENT = ("linear_calls", "prefix_cache_values")
 
 
 def _hwsim(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hwsim", *args], capture_output=True, text=True, timeout=600, **kw)
 
 
-def _results(run: Path) -> tuple[list[dict], torch.Tensor, dict]:
+def _results(run: Path) -> tuple[list[dict], torch.Tensor, dict, dict]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for r in records:
         r.pop("wall_s")
     metrics = json.loads((run / "metrics.json").read_text())
     counters = {k: v for k, v in metrics["counters"].items() if not k.startswith(ORDER_DEPENDENT)}
-    return records, torch.load(run / "params.pt", weights_only=True)["backend_theta"], counters
+    return records, torch.load(run / "params.pt", weights_only=True)["backend_theta"], counters, metrics
 
 
 @pytest.mark.parametrize("command, config, extra", [
@@ -63,12 +64,16 @@ def test_two_ranks_give_the_numbers_of_one_process_bit_for_bit(tmp_path, command
     assert main([command, config, "--quiet", "--out", str(tmp_path / "one"), *sets]) == 0
     two = _hwsim([command, config, "--quiet", "--out", str(tmp_path / "two"), "--nproc", "2", *sets])
     assert two.returncode == 0, two.stderr[-3000:]
-    one_records, one_theta, one_counters = _results(tmp_path / "one")
-    two_records, two_theta, two_counters = _results(tmp_path / "two")
+    one_records, one_theta, one_counters, one = _results(tmp_path / "one")
+    two_records, two_theta, two_counters, two_metrics = _results(tmp_path / "two")
     assert two_records == one_records
     assert torch.equal(two_theta, one_theta)
-    if "backend.name=photonic" in extra:         # every query a fresh evaluation: the same events
-        assert two_counters == one_counters
+    workload = lambda c: {k: v for k, v in c.items() if k.startswith(WORKLOAD)}   # noqa: E731
+    assert workload(two_counters) == pytest.approx(workload(one_counters), rel=1e-12)   # held_pi: float sums
+    assert [two_metrics[k] for k in ENERGY] == pytest.approx([one[k] for k in ENERGY], rel=1e-12)
+    assert (tmp_path / "two" / "mapping.txt").read_text() == (tmp_path / "one" / "mapping.txt").read_text()
+    if "backend.name=photonic" in extra:         # every query a fresh evaluation: the same simulator events
+        assert two_counters == pytest.approx(one_counters, rel=1e-12)
     else:                                         # exact backends: each rank runs the shared prefix once
         assert two_counters.keys() == one_counters.keys()
         assert all(two_counters[k] >= one_counters[k] for k in one_counters)

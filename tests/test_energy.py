@@ -1,5 +1,6 @@
-"""Energy, latency and memory: the arithmetic against hand-computed cases, the backends' counters against
-analytic counts of a small model, device-table validation, and a run's figures end to end."""
+"""Energy, latency and memory: the arithmetic against hand-computed cases, the mapping of a small model onto
+each architecture against hand counts, workload counters that do not depend on how the simulator grouped
+its work, device-table validation, and a run's figures end to end."""
 import json
 import math
 
@@ -10,7 +11,9 @@ from hwsim.backends import create_backend
 from hwsim.cli import main
 from hwsim.config import ConfigError, load_config
 from hwsim.energy.memory import device_memory
-from hwsim.energy.model import adc_energy, add_energy, dac_energy, estimate, laser_power, mult_energy
+from hwsim.arch.mapping import Workload, map_network
+from hwsim.arch.spec import resolve
+from hwsim.energy.model import adc_energy, add_energy, dac_energy, estimate, laser_power, memory_per_bit, mult_energy
 from hwsim.energy.table import load_table, parse_table
 from hwsim.model import Activation, Linear, Network, TTLinear
 from hwsim.train import train
@@ -26,9 +29,10 @@ TABLE = load_table()
 ])
 def test_laser_link_budget_matches_the_worked_numbers(n, loss, bits, watts):
     """-25 dBm + 1.2 dB modulator + (2n + 1) MZIs + 10 log10(n outputs), wall-plug 0.2, x 2^bits."""
-    assert laser_power(TABLE, 2 * n + 1, n, bits, loss) == pytest.approx(watts, rel=2e-3)
+    table = load_table({"mzi_loss": loss})
+    assert laser_power(table, 2 * n + 1, n, bits) == pytest.approx(watts, rel=2e-3)
     db = -25 + 1.2 + loss * (2 * n + 1) + 10 * math.log10(n)
-    assert laser_power(TABLE, 2 * n + 1, n, bits, loss) == pytest.approx(10 ** (db / 10) * 1e-3 / 0.2 * 2 ** bits, rel=1e-12)
+    assert laser_power(table, 2 * n + 1, n, bits) == pytest.approx(10 ** (db / 10) * 1e-3 / 0.2 * 2 ** bits, rel=1e-12)
 
 
 def test_digital_and_converter_arithmetic_by_hand():
@@ -69,45 +73,93 @@ def _small():
     return Network([tt, Activation("relu"), Linear(16, 10, True)]), tt
 
 
-def test_counters_of_each_backend_equal_analytic_counts():
+def _mapped(name: str, arch: dict | None = None, **options):
     net, tt = _small()
-    theta = net.init_params(torch.Generator().manual_seed(0))
-    x = torch.rand(5, 784)
-    (r0, n0, m0, s0), (r1, n1, m1, s1) = tt.tt.core_shapes
-    tt_params, dense_params = r0 * n0 * m0 * s0 + r1 * n1 * m1 * s1, 16 * 10 + 10
-    # core step k of the direct method: B x (outputs so far) x r' x (inputs left) values, each a sum of r n products
-    tt_macs = 5 * (m0 * s0 * n1) * r0 * n0 + 5 * (m0 * m1 * s1) * r1 * n1
-    for name, opts, weight_bits in (("ideal", {"tt_method": "direct"}, 32), ("fixed", {"bits": 8}, 8)):
-        b = create_backend(name, **opts)
-        b.bind(net)
-        net.forward(b, b.param_space(net).unflatten(b.encode(theta.to(b.dtype))), x.to(b.data_dtype))
-        c = b.counters()
-        macs = c.get("macs_float32", 0) + c.get("macs_int8xint8", 0)
-        assert macs == tt_macs + 5 * 16 * 10
-        assert c["weight_read_bits"] == (tt_params + dense_params) * weight_bits
-        act = 5 * (784 + 16) * 32 + 5 * (16 + 10) * 32 if name == "ideal" else None
-        if act is not None:
-            assert c["act_read_bits"] + c["act_write_bits"] == act
-    p = create_backend("photonic", block=4)
-    p.bind(net)
-    net.forward(p, p.param_space(net).unflatten(theta.to(p.dtype)), x)
-    c = p.counters()
-    assert c["modulator_symbols"] == 5 * (784 + 16) and c["detections"] == 5 * (16 + 10)
-    assert c["phase_programs"] == 2 and c["laser_on_ns_layer0"] == c["laser_on_ns_layer2"] == pytest.approx(0.5)
-    assert c["phase_writes"] == p.mzi_counts()["total"]
-    hw = p.hardware()
-    assert [h["path_mzis"] for h in hw] == [2 * 9, 9] and sum(h["mzis"] for h in hw) == p.mzi_counts()["total"]
-    est = estimate(p, c, TABLE, p.param_space(net).size)
-    laser = [t for t in est.terms if t.component == "laser"]
-    assert laser[0].per == pytest.approx(laser_power(TABLE, 18, 16, 8)) and laser[1].count == pytest.approx(5e-10)
+    b = create_backend(name, **options)
+    b.bind(net)
+    return net, tt, b, map_network(net, b, resolve(b, arch))
+
+
+def test_the_engine_mapping_counts_by_hand():
+    """The TT engine (ideal: fp32, fixed: the spec's widths) on the small model, 3 passes of 20 rows
+    (16 lanes: 2 groups per pass): MACs, wide words, cycles, each by hand."""
+    for name, opts, bits in (("ideal", {}, 32), ("fixed", {"bits": 8}, 8)):
+        net, tt, b, m = _mapped(name, **opts)
+        (r0, n0, m0, s0), (r1, n1, m1, s1) = tt.tt.core_shapes
+        v0, v1 = m0 * s0 * n1, m0 * m1 * s1                      # values per row of the two core steps
+        t0, t1 = r0 * n0, r1 * n1                                # terms per value
+        layer0, layer2 = m.layers
+        assert layer0.macs_per_row == v0 * t0 + v1 * t1 and layer2.macs_per_row == 160
+        assert layer0.cycles_per_group == 1 + (v0 * t0 + 4) + (v1 * t1 + 4) and layer2.cycles_per_group == 1 + 160 + 4
+        ev = m.events(Workload(passes={20: 3}, programs={0: 5, 2: 1}))
+        groups = 3 * 2
+        assert sum(ev["macs"].values()) == 60 * (layer0.macs_per_row + 160)
+        issues = layer0.macs_per_row + 160
+        assert ev["bits"]["weight RAM"] == groups * issues * bits + (5 * layer0.weights + 160) * bits
+        reads = (v0 * t0 + v1 * t1) * bits + 160 * bits          # every issue reads one state wide word
+        writes = (v0 + v1) * bits + 10 * bits
+        assert ev["bits"]["state RAM"] == groups * 16 * (reads + writes)
+        assert ev["cycles"] == 3 * (784 + 16 + 3 + 2 * layer0.cycles_per_group) + 3 * (16 + 10 + 3 + 2 * layer2.cycles_per_group)
+        assert ev["requantizations"] == (0 if name == "ideal" else 60 * (v0 + v1 + 10))
+        assert ev["bits"]["bias RAM"] == groups * 10 * (32 if name == "ideal" else b.options.bias_bits)
+
+
+def test_the_photonic_mapping_of_the_mnist_layer():
+    """The paper's 784 -> 256 layer (cores 16x4, 16x28, 16x28, 4x16 matrices) on 8x8 blocks: 2 + 8 + 8 + 2
+    blocks applied to 196, 112, 64 and 64 sub-vectors of every row; replicated, a copy per sub-vector."""
+    cfg = load_config("mnist_tt_zo", ["backend.name=photonic"])
+    from hwsim.build import build_backend, build_network
+    net = build_network(cfg.model)
+    b = build_backend(cfg.backend, net)
+    tm = map_network(net, b, resolve(b))
+    cores = tm.layers[0].cores
+    assert [c.blocks for c in cores] == [2, 8, 8, 2] and [c.step.subvectors for c in cores] == [196, 112, 64, 64]
+    assert [c.symbols for c in cores] == [196, 112, 64, 64] and tm.layers[0].shifters == 20 * 64
+    wdm = map_network(net, b, resolve(b, {"wdm": 4}))
+    assert [c.symbols for c in wdm.layers[0].cores] == [49, 28, 16, 16] and wdm.blocks == tm.blocks
+    rep = map_network(net, b, resolve(b, {"cores": "replicated"}))
+    assert [c.blocks for c in rep.layers[0].cores] == [2 * 196, 8 * 112, 8 * 64, 2 * 64]
+    assert [c.symbols for c in rep.layers[0].cores] == [1, 1, 1, 1]
+    c1 = cores[1].per_row()                  # 16x28 on a 2x4 grid: 4 block columns of 8 inputs, 8 blocks of 8 outputs
+    assert c1 == {"modulations": 112 * 32, "detections": 112 * 64, "partial_sum_adds": 112 * 3 * 16,
+                  "buffer_writes": 112 * 16, "buffer_reads": 112 * 28}
+    text = tm.report()
+    assert "cores time-multiplexed" in text and "core0    16x4" in text and "20 physical" not in text
+
+
+def test_the_photonic_energy_holds_lasers_and_heaters_for_the_device_time():
+    net, tt, b, m = _mapped("photonic", block=4)
+    counters = {"passes_rows5": 2, "programs_layer0": 3, "programs_layer2": 1, "held_pi_rows:0.core0": 40.0,
+                "held_pi_rows:0.core1": 20.0, "held_pi_rows:2.weight": 10.0}
+    est = estimate(m, counters, TABLE)
+    ev = m.events(Workload.from_counters(counters))
+    seconds = 4 * 10e-6 + 10 * sum(layer.symbols_per_row for layer in m.layers) / 1e10
+    assert est.latency_s == pytest.approx(seconds, rel=1e-12) and ev["held_pi"] == pytest.approx(7.0)
+    terms = {t.component: t for t in est.terms if t.component in ("laser", "heaters")}
+    assert terms["laser"].joules == pytest.approx(seconds * m.blocks * laser_power(TABLE, 9, 4, 8), rel=1e-12)
+    assert terms["heaters"].joules == pytest.approx(seconds * 7.0 * TABLE["phase_shifter_p_pi"], rel=1e-12)
+    assert ev["phase_writes"] == 3 * m.layers[0].shifters + m.layers[1].shifters
+
+
+def test_the_ideal_row_is_charged_for_the_engine_whatever_the_simulation_method():
+    """Regression: the ideal backend was charged for the contraction the CPU simulation picked (the dense
+    rebuild: ~2x the MACs, the rebuilt weight never charged). Now the same workload costs the same."""
+    figures = []
+    for method in ("dense", "direct"):
+        net, _, b, m = _mapped("ideal", tt_method=method)
+        b.count_passes(7)
+        b.count_programs(net.linear_indices)
+        net.forward(b, net.space.unflatten(net.init_params(torch.Generator().manual_seed(0)).float()), torch.rand(7, 784))
+        est = estimate(m, b.counters(), TABLE)
+        figures.append((est.joules, est.latency_s))
+    assert figures[0] == figures[1]
 
 
 @pytest.mark.parametrize("params", ["weights", "phases"])
-def test_photonic_programs_once_per_setting_however_the_rows_are_blocked(params):
+def test_workload_counters_do_not_depend_on_how_rows_are_blocked(params):
     """Regression: the PINN objective streams the stencil points through in blocks of rows; each block
-    used to count a new programming (writes, heater settling) of every layer, so a paper-size step
-    counted 6,000 programmings instead of 63 (21 queries x 3 layers). A setting is programmed once per
-    query and layer whatever the block size; the losses do not depend on it either."""
+    used to count a new programming (writes, heater settling) of every layer. The workload (passes,
+    programmings, held load) is the same whatever the block size; the losses too."""
     from hwsim.pinn.derivatives import finite_differences
     from hwsim.pinn.objective import BLOCK_SHARE, stencil_objective
     from hwsim.pinn.problems import HJB
@@ -128,10 +180,9 @@ def test_photonic_programs_once_per_setting_however_the_rows_are_blocked(params)
         got[block] = (objective.losses(theta, deltas), b.counters())
     (blocked, c1), (whole, c6) = got[1], got[6]
     torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-15)
-    assert c1["phase_programs"] == c6["phase_programs"] == 5 * 3
-    assert c1["phase_writes"] == c6["phase_writes"] == 5 * b.mzi_counts()["total"]
-    assert c1["phase_pi"] == pytest.approx(c6["phase_pi"], rel=1e-12)
-    assert c1["detections"] == c6["detections"] and c1["laser_on_ns"] == pytest.approx(c6["laser_on_ns"])
+    w1, w6 = Workload.from_counters(c1), Workload.from_counters(c6)
+    assert w1.passes == w6.passes == {6 * stencil.size: 5} and w1.programs == w6.programs == {0: 5, 2: 5, 4: 5}
+    assert w1.held_pi == pytest.approx(w6.held_pi, rel=1e-12) and len(w1.held_pi) == 3
 
 
 def test_device_memory_by_hand():
@@ -156,44 +207,66 @@ def test_a_run_reports_energy_and_hwsim_energy_explains_it(tmp_path, capsys):
     assert metrics["energy_j_training"] == pytest.approx(sum(metrics["energy_breakdown_training"].values()))
     assert metrics["device_memory_bytes_bp"] > metrics["device_memory_bytes_zo"] > 0
     assert (tmp_path / "energy.png").read_bytes()[:4] == b"\x89PNG"
-    # evaluation counters are not training: the MACs of the steps alone are 4 x 81 queries x 64 rows x model MACs
-    train_macs = metrics["counters"]["macs_float32"] - metrics["counters_evaluation"]["macs_float32"]
-    assert train_macs > 0 and metrics["counters_inference"]["rows"] == 2 * 300
+    # the training workload: 4 steps x 81 queries of 64 rows (the base query and 40 move layer 0, 40 layer 2),
+    # every layer programmed once more per step; the evaluations apart
+    training = Workload.from_counters({k: v - metrics["counters_evaluation"].get(k, 0) for k, v in metrics["counters"].items()})
+    assert training.passes == {64: 4 * 81} and training.programs == {0: 4 * 42, 2: 4 * 41}
+    assert json.loads((tmp_path / "architecture.json").read_text())["lanes"] == 16
+    assert "TT-contraction engine (asic): 16 lanes at 500 MHz" in (tmp_path / "mapping.txt").read_text()
     assert main(["energy", str(tmp_path), "--explain"]) == 0
     out = capsys.readouterr().out
     assert f"training, 4 steps on ideal: {metrics['energy_j_training']:.4g} J" in out
-    assert "fp32_mult = 3.7 pJ (measured): M. Horowitz" in out
-    assert main(["energy", str(tmp_path), "--set", "energy.digital_static_power=0"]) == 0
-    assert main(["energy", str(tmp_path), "--set", "energy.nope=1"]) == 2
-    assert "energy.nope: unknown device-table entry" in capsys.readouterr().err
+    assert "fp32_mult = 3.7 pJ (measured): M. Horowitz" in out and "layer 0 (784 -> 256, 4 core step(s)" in out
+    assert main(["energy", str(tmp_path), "--set", "energy.sram_leakage_485b=0.1uW"]) == 0
+    assert main(["energy", str(tmp_path), "--set", "architecture.lanes=32"]) == 0
+    for bad, message in ((["energy.nope=1"], "energy.nope: unknown device-table entry"),
+                         (["energy.int8_mult=-0.2"], "energy.int8_mult.value: -0.2 pJ is not allowed; use a number > 0 (in pJ)"),
+                         (["energy.fp32_add=0"], "energy.fp32_add.value: 0 pJ is not allowed"),
+                         (["energy.mzi_loss=-1"], "energy.mzi_loss.value: -1 dB is not allowed; a loss is >= 0 dB"),
+                         (["energy.phase_shifter_p_pi=95pJ"], "energy.phase_shifter_p_pi: pJ does not measure phase_shifter_p_pi (W)"),
+                         (["architecture.lanes=0"], "architecture.lanes: expected an integer >= 1, got 0"),
+                         (["architecture.wdm=2"], "architecture.wdm: not a key of the digital architecture"),
+                         (["backend.name=photonic"], "backend.name: " + str(tmp_path) + " ran on 'ideal'")):
+        assert main(["energy", str(tmp_path), *[a for k in bad for a in ("--set", k)]]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
 
 
-def test_weights_beyond_the_on_chip_sram_are_read_from_dram():
-    net, _ = _small()
-    b = create_backend("ideal", tt_method="direct")
-    b.bind(net)
-    net.forward(b, net.space.unflatten(net.init_params(torch.Generator().manual_seed(0)).float()), torch.rand(3, 784))
-    d = net.space.size
-    small = estimate(b, b.counters(), load_table({"digital_sram_bytes": 4 * d - 1}), d)   # float32 weights: 4 d bytes
-    fits = estimate(b, b.counters(), load_table({"digital_sram_bytes": 4 * d}), d)
-    dram = [t for t in small.terms if "DRAM" in t.action]
-    assert len(dram) == 1 and dram[0].per == pytest.approx(1.95e-9 / 64)
-    assert not any("DRAM" in t.action for t in fits.terms)
-    assert dram[0].count == b.counters()["weight_read_bits"] > 0
+def test_unit_suffixes_and_the_buffer_tiers():
+    assert load_table({"phase_shifter_p_pi": "95uW"})["phase_shifter_p_pi"] == pytest.approx(95e-6)
+    assert load_table({"phase_shifter_settle": "1 us"})["phase_shifter_settle"] == pytest.approx(1e-6)
+    with pytest.raises(ConfigError, match=r"energy.dac_8b_sample: 'fast' is not a number with a unit; give e.g. 3.57pJ"):
+        load_table({"dac_8b_sample": "fast"})
+    assert memory_per_bit(TABLE, 8 << 10) == (pytest.approx(10e-12 / 64), "sram_read_64b_8kb")
+    assert memory_per_bit(TABLE, (8 << 10) + 1)[1] == "sram_read_64b_32kb"
+    assert memory_per_bit(TABLE, 1 << 20)[1] == "sram_read_64b_1mb"
+    assert memory_per_bit(TABLE, (1 << 20) + 1) == (pytest.approx(1.95e-9 / 64), "dram_64b")
 
 
-def test_rtl_latency_is_simulated_cycles_over_the_configured_clock():
-    """The rtl backend's clock is a config value (backend.clock_mhz), not a device-table entry; latency =
-    rtl_cycles / clock and the static energy follows it; a clock that is not a positive number is refused."""
+def test_a_larger_buffer_is_charged_at_its_tier():
+    net, _, b, small = _mapped("ideal")
+    _, _, _, big = _mapped("ideal", {"state_buffer_bytes": 2 << 20})
+    counters = {"passes_rows16": 1}
+    state = lambda m: next(t for t in estimate(m, counters, TABLE).terms if t.action.startswith("state RAM"))  # noqa: E731
+    assert state(small).entries[0] == "sram_read_64b_32kb" and state(big).entries[0] == "dram_64b"
+    assert state(big).count == state(small).count
+
+
+def test_fpga_latency_is_engine_cycles_over_the_cores_clock():
+    """The rtl backend's clock (backend.clock_mhz) sets the FPGA architecture's; latency = cycles / clock and
+    the static energy follows it; the key cannot be set under architecture:, a bad clock is refused."""
     net = Network([TTLinear(16, 4, False, TTShape.build(16, 4, 2, (4, 4), (2, 2)))])
-    counters = {"rtl_cycles": 1_000_000, "rtl_macs": 0}
     for mhz in (100.0, 400.0):
         b = create_backend("rtl", clock_mhz=mhz)
         b.bind(net)
-        est = estimate(b, counters, TABLE, net.space.size)
-        assert sum(s for _, s in est.latency) == pytest.approx(1e6 / (mhz * 1e6), rel=1e-12)
+        m = map_network(net, b, resolve(b))
+        est = estimate(m, {"passes_rows16": 10}, TABLE)
+        cycles = 10 * (16 + 4 + 3 + m.layers[0].cycles_per_group)
+        assert est.latency_s == pytest.approx(cycles / (mhz * 1e6), rel=1e-12)
         static = next(t for t in est.terms if t.component == "static")
-        assert static.joules == pytest.approx(1e6 / (mhz * 1e6) * TABLE["rtl_static_power"], rel=1e-12)
+        assert static.joules == pytest.approx(cycles / (mhz * 1e6) * TABLE["fpga_static_power"], rel=1e-12)
+    with pytest.raises(ConfigError, match=r"architecture.clock_mhz: set by the rtl backend's simulation; use backend.clock_mhz"):
+        resolve(b, {"clock_mhz": 300})
     for bad in (0, -5, "fast", True):
         with pytest.raises(ValueError, match=r"backend\.clock_mhz: .* is not allowed; use a clock in MHz > 0"):
             create_backend("rtl", clock_mhz=bad)

@@ -125,6 +125,34 @@ def test_backend_forward_equals_the_fixed_backend(sim, gen):
     assert counters["rtl"]["rtl_macs"] == counters["fixed"]["macs_int6xint6"]
 
 
+@pytest.mark.parametrize("sim", [VERILATOR])
+def test_the_fpga_mapping_counts_what_the_verilog_core_counts(sim, gen):
+    """The energy is charged from the mapping (hwsim.arch.mapping), not from the simulator's calls: its
+    per-group counts of a layer equal the core's own counters (3 jobs of 5 rows, 4 lanes), and its RAM bits
+    are those wide-word counts x lanes x word width (regression: state RAM was charged 8 bits per wide
+    word, 16x low with 16 lanes)."""
+    from hwsim.arch.mapping import Workload, map_network
+    from hwsim.arch.spec import resolve
+    net = Network([_tt_net().layers[0]])
+    b = create_backend("rtl", bits=6, sim=sim, lanes=4)
+    b.bind(net)
+    queries = net.init_params(gen) + 0.3 * torch.randn(3, net.space.size, generator=gen, dtype=torch.float64)
+    tensors = net.space.unflatten(queries)
+    net.forward(b, tensors, torch.rand(5, 24, generator=gen) * 2 - 1, queries=3, batched=set(tensors))
+    c = b.counters()
+    m = map_network(net, b, resolve(b))
+    layer, groups = m.layers[0], 3 * 2                       # 5 rows on 4 lanes: 2 groups per job
+    issues = layer.macs_per_row
+    assert c["rtl_macs"] == 15 * issues and c["rtl_issue"] == c["rtl_weight_reads"] == c["rtl_state_reads"] == groups * issues
+    assert c["rtl_state_writes"] == groups * layer.writes_per_group and c["rtl_bias_reads"] == groups * 8
+    assert c["rtl_cycles"] == 3 * (layer.stream_cycles + 2 * layer.cycles_per_group)
+    ev = m.events(Workload(passes={5: 3}))
+    widths = [6] * 3                                          # 6-bit input, intermediates and output
+    assert ev["cycles"] == c["rtl_cycles"] and sum(ev["macs"].values()) == c["rtl_macs"]
+    assert ev["bits"]["weight RAM"] == c["rtl_weight_reads"] * 6
+    assert ev["bits"]["state RAM"] == (c["rtl_state_reads"] + c["rtl_state_writes"]) * 4 * widths[0]
+
+
 FAST = ["data.train_limit=512", "data.val_size=64", "data.test_limit=64", "train.steps=3", "train.eval_every=3",
         "train.batch_size=16", "estimator.rge.num_queries=2"]
 SMALL_MODEL = ["model.layers=[{type: tt_linear, in_features: 784, out_features: 16, rank: 2}, {type: relu}, "

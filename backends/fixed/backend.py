@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hwsim.arch.mapping import Widths
 from hwsim.backends.base import Backend, Capabilities
 from hwsim.backends.fixed.layer import BIAS_BITS, LayerSpec, contract, dense_as_core, macs, requantized
 from hwsim.backends.fixed.numerics import (MAX_BITS, MAX_FRAC, OVERFLOWS, ROUNDINGS, Format, code_dtype,
@@ -169,6 +170,13 @@ class FixedBackend(Backend):
         return [(i, layer, self._layers[id(layer)][1]) for i, layer in enumerate(self._network.layers)
                 if id(layer) in self._layers]
 
+    def layer_widths(self, index: int, layer) -> Widths:
+        """The spec's widths: integer MACs of the step's input and the weight codes, results at the
+        intermediate formats, then the output format."""
+        spec = next(s for i, _, s in self.layer_specs() if i == index)
+        results = [f.bits for f in spec.intermediates(len(_core_shapes(layer)))] + [spec.output.bits]
+        return Widths(False, spec.input.bits, spec.weight.bits, tuple(results), spec.bias_bits)
+
     def encode(self, theta: torch.Tensor) -> torch.Tensor:
         if self.options.master == "float":
             return theta
@@ -232,11 +240,6 @@ class FixedBackend(Backend):
             self.count(f"macs_int{step.in_fmt.bits}xint{spec.weight.bits}", n_macs)
         produced = requantized(shapes, rows)
         self.count(f"requantizations_layer{index}", sum(produced))
-        self.count_traffic(params, queries, spec.weight.bits, rows, layer.in_features, spec.input.bits,
-                           layer.out_features, spec.output.bits)
-        middle = sum(n * f.bits for n, f in zip(produced[:-1], spec.intermediates(len(shapes))))
-        self.count("act_read_bits", middle)          # TT intermediate states: written by one step, read by
-        self.count("act_write_bits", middle)         # the next
         self.count(f"overflows_layer{index}", sum(overflows))
         self.count("linear_calls")
         self.count("rows", rows)

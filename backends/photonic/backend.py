@@ -51,6 +51,7 @@ class PhotonicBackend(Backend):
 
     name = "photonic"
     capabilities = Capabilities(exact=False, differentiable=False, multilinear=False)
+    architecture = "photonic"
 
     @dataclass
     class Options:
@@ -98,6 +99,14 @@ class PhotonicBackend(Backend):
     @property
     def dtype(self) -> torch.dtype:
         return DTYPES[self.options.dtype]
+
+    def architecture_keys(self) -> dict:
+        o = self.options
+        return {"block": (o.block, "block"), "mesh": (o.mesh, "mesh"), "symbol_rate_hz": (o.symbol_rate_hz, "symbol_rate_hz")}
+
+    def converter_widths(self) -> tuple[int | None, int | None]:
+        """(ADC bits, phase-DAC bits) of the chip's noise model (None: not modelled)."""
+        return self.noise.adc_bits, self.noise.dac_bits
 
     # --- set-up ------------------------------------------------------------------------------------
     def bind(self, network) -> None:
@@ -214,7 +223,7 @@ class PhotonicBackend(Backend):
         i = self._layers.get(id(layer))
         if i is None:
             raise RuntimeError("the photonic backend is not bound to this network: call backend.bind(network) first")
-        cores, heat, settings = self._programmed(i, layer, params)
+        cores, heat = self._programmed(i, layer, params)
         precision = self.dtype if not cores[0].is_complex() else self.dtype.to_complex()
         weight = to_dense([c.to(precision) for c in cores])                          # W in the GEMM's precision
         weight = weight.real if weight.is_complex() else weight     # coherent detection reads the real part
@@ -227,56 +236,40 @@ class PhotonicBackend(Backend):
         if layer.bias:
             b = params["bias"].to(self.dtype)
             y = y + (b.unsqueeze(-2) if b.dim() > 1 else b)
-        shifters = self._shifters(i, layer)
-        seconds = rows / self.options.symbol_rate_hz
-        if settings:
-            self.count("phase_writes", shifters * settings)
-            self.count("phase_programs", settings)
-            self.count("phase_pi", heat * settings)            # sum of |phase| / pi over programmed shifters
-        self.count("phase_pi_ns", heat * q * 1e9 * seconds)    # ... times the time they are held for light
-        self.count(f"laser_on_ns_layer{i}", 1e9 * q * seconds)
-        self.count("modulator_symbols", q * rows * layer.in_features)
-        self.count("detections", q * rows * layer.out_features)
-        self.count("laser_on_ns", 1e9 * q * seconds)
-        self.count("shifter_hold_ns", 1e9 * q * seconds * shifters)
-        flops = layer.tt.direct_flops(rows, q) if isinstance(layer, TTLinear) else q * rows * layer.dense_params
-        self.count("macs_optical", flops)
+        for name, load in heat.items():       # the load held while the q evaluations' rows pass, row-weighted
+            self.count(f"held_pi_rows:{name}", load * q * rows)
         self.count("linear_calls")
         self.count("rows", q * rows)
         return y
 
-    def _programmed(self, i: int, layer, params: dict) -> tuple[list[torch.Tensor], float, int]:
-        """The cores layer i realises for ``params`` (float64 / complex128), the heaters' load per setting
-        (see :meth:`_program`), and how many settings had to be programmed: a call with the tensors of the
-        layer's previous call, unchanged (the next block of rows of the same queries, or the next queries
-        sharing the layer), finds the phases still set and streams its rows through as they are (0)."""
+    def _programmed(self, i: int, layer, params: dict) -> tuple[list[torch.Tensor], dict[str, float]]:
+        """The cores layer i realises for ``params`` (float64 / complex128) and the heaters' load per region
+        (see :meth:`_program`). A call with the tensors of the layer's previous call, unchanged (the next
+        block of rows of the same queries, or the next queries sharing the layer), reuses them: a simulation
+        shortcut; what the device is charged for programming is counted above the seam
+        (``Backend.count_programs``)."""
         regions = [self._regions[f"{i}.{local}"] for local, _ in _core_shapes(layer)]
         dims = self._dims(regions)
         tensors = [_shared(params[r.name.split(".", 1)[1]], d) for r, d in zip(regions, dims)]
         # Same storage, layout and version counter = same values, since the held tensors stay alive; and the
         # same keyed stream (a training step's queries never reuse a setting held from outside the step, so
-        # a run resumed from a checkpoint counts the programmings an uninterrupted one does).
+        # a run resumed from a checkpoint draws what an uninterrupted one does).
         key = [self._keys[0] if self._keys else None] + [(t.data_ptr(), t.shape, t.stride(), t._version) for t in tensors]
         held = self._held.get(i)
         if held is not None and held[1] == key:
-            return held[2], held[3], 0
+            return held[2], held[3]
         cores, heat = self._program(regions, tensors)
-        settings = max(math.prod(t.shape[:t.dim() - d]) for t, d in zip(tensors, dims))
         self._held[i] = (tensors, key, cores, heat)
-        return cores, heat, settings
+        return cores, heat
 
     def _dims(self, regions: list[Region]) -> list[int]:
         """Dimensions of each region's parameter tensor without a query axis."""
         return [2 if self.options.params == "phases" else _param_dims(r.name) for r in regions]
 
-    def _shifters(self, i: int, layer) -> int:
-        """Phase shifters of layer i (n^2 per block of its weight tensors)."""
-        return sum(self._regions[f"{i}.{local}"].tiling.blocks for local, _ in _core_shapes(layer)) * self.layout.n ** 2
-
-    def _program(self, regions: list[Region], tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], float]:
+    def _program(self, regions: list[Region], tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict[str, float]]:
         """The cores (..., r, n, m, r') the chip realises for a layer's parameter tensors (weights or
-        phases), and the sum of |commanded phase| / pi over the layer's shifters (the heaters' load, mean
-        over queries). Tensors with the same leading (query) axes are realised together, in one call."""
+        phases), and per region the sum of |commanded phase| / pi over its shifters (the heaters' load,
+        mean over queries). Tensors with the same leading (query) axes are realised together, in one call."""
         phases_mode = self.options.params == "phases"
         dims = self._dims(regions)
         tensors = [_shared(t, d) for t, d in zip(tensors, dims)]
@@ -284,7 +277,7 @@ class PhotonicBackend(Backend):
         for k, (tensor, d) in enumerate(zip(tensors, dims)):
             groups.setdefault(tuple(tensor.shape[:tensor.dim() - d]), []).append(k)
         cores: list[torch.Tensor | None] = [None] * len(regions)
-        heat = 0.0
+        heat: dict[str, float] = {}
         for lead, group in groups.items():
             members = [regions[k] for k in group]
             if phases_mode:
@@ -296,7 +289,9 @@ class PhotonicBackend(Backend):
             else:
                 phases, gains, signs = encode_blocks(torch.cat([r.tiling.split(core_matrix(_as_core(r.name, tensors[k])))
                                                                 for k, r in zip(group, members)], -3), self.layout)
-            heat += float(commanded(phases, self.options.block, self.noise).abs().sum()) / (math.pi * math.prod(lead))
+            load = commanded(phases, self.options.block, self.noise).abs().sum(-1).reshape(-1, phases.shape[-2]).sum(0)
+            for r, part in zip(members, load.split([r.tiling.blocks for r in members])):
+                heat[r.name] = float(part.sum()) / (math.pi * math.prod(lead))
             state = members[0].state if len(members) == 1 else ChipState.concat([r.state for r in members])
             blocks = realise(phases, gains, signs, self.layout, self.noise, state)
             for k, r, part in zip(group, members, blocks.split([r.tiling.blocks for r in members], -3)):
@@ -339,16 +334,6 @@ class PhotonicBackend(Backend):
         """MZIs of every weight tensor's blocks (n^2 per block), and the total."""
         per = {name: r.tiling.blocks * self.layout.n ** 2 for name, r in self._regions.items()}
         return {**per, "total": sum(per.values())}
-
-    def hardware(self) -> list[dict]:
-        """Per linear layer of the bound network: its index, inputs, outputs, MZIs, and the MZIs light
-        passes in series from input to detector (every core is an SVD block U S V: n + 1 + n MZIs deep on
-        Clements meshes, the cores of a TT layer cascaded)."""
-        n, out = self.options.block, []
-        for layer, i in ((self._bound().layers[i], i) for i in sorted(self._layers.values())):
-            out.append({"index": i, "inputs": layer.in_features, "outputs": layer.out_features,
-                        "mzis": self._shifters(i, layer), "path_mzis": len(_core_shapes(layer)) * (2 * n + 1)})
-        return out
 
     def _bound(self):
         if self._network is None:

@@ -29,6 +29,7 @@ class RtlBackend(FixedBackend):
     """TT layers on the Verilog TT core in a simulator (cocotb), bit-exact with ``fixed``."""
 
     name = "rtl"
+    architecture = "fpga"
 
     @dataclass
     class Options(FixedBackend.Options):
@@ -60,6 +61,9 @@ class RtlBackend(FixedBackend):
                 raise ValueError(f"backend.waves: {self.waves!r} is not allowed; use the index (>= 0) of a layer call, or null")
             if not isinstance(self.session, bool):
                 raise ValueError(f"backend.session: {self.session!r} is not allowed; use true or false")
+
+    def architecture_keys(self) -> dict:
+        return {"lanes": (self.options.lanes, "lanes"), "clock_mhz": (self.options.clock_mhz, "clock_mhz")}
 
     def bind(self, network) -> None:
         """Also picks the core(s) to build: layers with the same intermediate and output widths share

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from hwsim.backends.fixed.layer import LayerSpec
 from hwsim.backends.fixed.numerics import Format
+from hwsim.tt import tt_steps
 
 REG_NUM_CORES, REG_ROWS, REG_MODE, REG_IN_LEN, REG_OUT_LEN = 0, 1, 2, 3, 4
 REG_STEP_BASE, REG_STEP_STRIDE = 8, 8          # + {0 T, 1 MR, 2 R, 3 D, 4 SHIFT, 5 WBASE}
@@ -36,13 +37,10 @@ class StepShape:
 
 def step_shapes(core_shapes: Sequence[tuple[int, int, int, int]], spec: LayerSpec, bias: bool) -> list[StepShape]:
     """The step descriptors of a TT layer with cores (r, n, m, r'), in the spec's order (core 0 first)."""
-    out, done, wbase = [], 1, 0
-    rest = math.prod(n for _, n, _, _ in core_shapes)
-    for (r, n, m, s), step in zip(core_shapes, spec.steps(core_shapes, bias)):
-        rest //= n
-        out.append(StepShape(r * n, m * s, rest, done, step.shift, wbase))
-        done *= m
-        wbase += r * n * m * s
+    out, wbase = [], 0
+    for shape, step, fixed in zip(core_shapes, tt_steps(core_shapes), spec.steps(core_shapes, bias)):
+        out.append(StepShape(step.terms, step.mr, step.rest, step.done, fixed.shift, wbase))
+        wbase += math.prod(shape)
     return out
 
 

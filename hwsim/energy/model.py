@@ -1,8 +1,11 @@
-"""Cost models: a backend's counters times device-table entries = joules and seconds on the device.
+"""Cost models: the events of a workload on a mapped architecture times device-table entries = joules
+and seconds on the device.
 
-Backends only count events (MACs by precision, bits moved, phases programmed, detections, simulated
-cycles); this module, above the Backend seam, turns counts into energy and latency. Every figure is a
-:class:`Term`: count x energy per action = joules, with the table entries (and so the sources) it used.
+A run counts its workload (forward passes, programmings, the heaters' held load; hwsim.arch.mapping.Workload);
+the mapping of the network onto the backend's architecture turns it into events (MACs by width, buffer
+bits, conversions, symbols, cycles); this module, above the Backend seam, turns events into energy and
+latency. Every figure is a :class:`Term`: count x energy per action = joules, with the table entries
+(and so the sources) it used.
 The equations, their assumptions and limits are in docs/energy.md.
 """
 from __future__ import annotations
@@ -11,8 +14,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import torch
-
+from hwsim.arch.mapping import EngineMap, PhotonicMap, Workload, fmt_bytes
 from hwsim.energy.table import Table
 
 COMPONENTS = ("compute", "memory", "converters", "laser", "heaters", "static")
@@ -71,101 +73,61 @@ def add_energy(table: Table, bits: int) -> tuple[float, str]:
     return table[name] * bits / base, name
 
 
-def sram_per_bit(table: Table) -> tuple[float, str]:
-    """Energy per bit of an SRAM access, from the 64-bit read of the smallest tabulated SRAM that holds
-    ``digital_sram_bytes`` (8 KB, 32 KB, 1 MB; larger SRAMs are charged as 1 MB)."""
-    size = table["digital_sram_bytes"]
-    name = next((n for n, cap in (("sram_read_64b_8kb", 8 << 10), ("sram_read_64b_32kb", 32 << 10))
-                 if size <= cap), "sram_read_64b_1mb")
-    return table[name] / 64, name
 
 
-def _digital_memory(est: Estimate, table: Table, c: dict, weight_bytes: float) -> None:
-    """Weight and activation traffic: SRAM per bit; weights from DRAM when the model's weights do not fit
-    the on-chip SRAM (``digital_sram_bytes``)."""
-    per_bit, tier = sram_per_bit(table)
-    if weight_bytes > table["digital_sram_bytes"]:
-        est.terms.append(Term("memory", "weight reads from DRAM (bits)", c.get("weight_read_bits", 0),
-                              table["dram_64b"] / 64, ("dram_64b", "digital_sram_bytes")))
-    else:
-        est.terms.append(Term("memory", "weight reads from SRAM (bits)", c.get("weight_read_bits", 0), per_bit,
-                              (tier, "digital_sram_bytes")))
-    traffic = c.get("act_read_bits", 0) + c.get("act_write_bits", 0)
-    est.terms.append(Term("memory", "activation reads + writes, SRAM (bits)", traffic, per_bit, (tier,),
-                          "a write charged as a read"))
+SRAM_TIERS = (("sram_read_64b_8kb", 8 << 10), ("sram_read_64b_32kb", 32 << 10), ("sram_read_64b_1mb", 1 << 20))
 
 
-def _digital_time(est: Estimate, table: Table, macs: float) -> None:
-    seconds = macs / (table["digital_mac_units"] * table["digital_clock"])
-    est.latency.append(("MACs / (digital_mac_units x digital_clock)", seconds))
-    est.terms.append(Term("static", "static power x device time (s)", seconds, table["digital_static_power"],
-                          ("digital_static_power", "digital_mac_units", "digital_clock")))
+def memory_per_bit(table: Table, size_bytes: int) -> tuple[float, str]:
+    """Energy per bit of an access to a buffer of ``size_bytes``: the 64-bit read of the smallest tabulated
+    SRAM that holds it (8 KB, 32 KB, 1 MB; a write charged as a read), DRAM beyond 1 MB."""
+    for name, capacity in SRAM_TIERS:
+        if size_bytes <= capacity:
+            return table[name] / 64, name
+    return table["dram_64b"] / 64, "dram_64b"
 
 
-def ideal_model(backend, counters: dict, table: Table, weight_count: int) -> Estimate:
-    """A digital float accelerator: a MAC = multiply + add at the simulation's precision (float32 or
-    float64), weights and activations through SRAM (DRAM beyond it), MAC-array latency, static power."""
-    est, macs = Estimate(), 0
-    for key, n in sorted(counters.items()):
-        if key.startswith("macs_float"):
-            fp = "fp" + key[len("macs_float"):]
-            est.terms.append(Term("compute", f"{fp} MACs", n, table[f"{fp}_mult"] + table[f"{fp}_add"],
-                                  (f"{fp}_mult", f"{fp}_add")))
-            macs += n
-    bits = torch.finfo(backend.dtype).bits
-    _digital_memory(est, table, counters, weight_count * bits / 8)
-    _digital_time(est, table, macs)
-    return est
+def float_mac(table: Table, bits: int) -> tuple[float, tuple[str, str]]:
+    """A floating-point multiply-add at ``bits`` (16, 32, 64)."""
+    names = (f"fp{bits}_mult", f"fp{bits}_add")
+    return table[names[0]] + table[names[1]], names
 
 
-def fixed_model(backend, counters: dict, table: Table, weight_count: int) -> Estimate:
-    """The integer spec on a digital accelerator: a MAC = a x w-bit multiply + 32-bit accumulate, a
-    requantization = one 32-bit add (shift, round, saturate), traffic in the spec's widths."""
-    est, macs = Estimate(), 0
+def engine_model(mapping: EngineMap, counters: dict, table: Table) -> Estimate:
+    """The TT-contraction engine (ASIC, or FPGA at ``fpga_factor`` x the ASIC's dynamic energies): MACs at
+    their operand widths, requantizations, every buffer's traffic at the tier its size selects, latency =
+    cycles / clock, static power x that time (FPGA: the device's; ASIC: the buffers' SRAM leakage)."""
+    est, arch = Estimate(), mapping.arch
+    ev = mapping.events(Workload.from_counters(counters))
+    fpga = arch.fabric == "fpga"
+    scale, extra = (table["fpga_factor"], ("fpga_factor",)) if fpga else (1.0, ())
+    where = "FPGA" if fpga else "ASIC"
     add32, add_name = add_energy(table, 32)
-    for key, n in sorted(counters.items()):
-        if key.startswith("macs_int"):
-            a, w = (int(v) for v in key[len("macs_int"):].split("xint"))
+    for (is_float, a, w), n in sorted(ev["macs"].items()):
+        if is_float:
+            per, names = float_mac(table, w)
+            label = f"fp{w} MACs"
+        else:
             mult, mult_name = mult_energy(table, a, w)
-            est.terms.append(Term("compute", f"int{a} x int{w} MACs (+ 32-bit accumulate)", n, mult + add32,
-                                  (mult_name, add_name)))
-            macs += n
-    requant = sum(n for k, n in counters.items() if k.startswith("requantizations_layer"))
-    est.terms.append(Term("compute", "requantizations (one 32-bit add each)", requant, add32, (add_name,)))
-    _digital_memory(est, table, counters, weight_count * backend.formats["weight"].bits / 8)
-    _digital_time(est, table, macs)
-    return est
-
-
-def rtl_model(backend, counters: dict, table: Table, weight_count: int) -> Estimate:
-    """The Verilog TT core on an FPGA: its own MAC and RAM counters (ASIC energies x ``fpga_factor``), the
-    emulated layers (dense ones) as on the fixed accelerator, latency = simulated cycles / the core's
-    clock (``backend.clock_mhz``), static power x that time."""
-    est = Estimate()
-    fpga = table["fpga_factor"]
-    f = backend.formats
-    mult, mult_name = mult_energy(table, f["input"].bits, f["weight"].bits)
-    add32, add_name = add_energy(table, 32)
-    core_macs = counters.get("rtl_macs", 0)
-    est.terms.append(Term("compute", "core MACs (FPGA)", core_macs, (mult + add32) * fpga,
-                          (mult_name, add_name, "fpga_factor")))
-    other = sum(n for k, n in counters.items() if k.startswith("macs_int")) - core_macs
-    if other > 0:
-        est.terms.append(Term("compute", "MACs of layers emulated off the core", other, mult + add32,
-                              (mult_name, add_name)))
-    per_bit, tier = sram_per_bit(table)
-    mid = f["intermediate"]
-    mid_bits = mid.bits if hasattr(mid, "bits") else max(m.bits for m in mid)
-    for key, bits, what in (("rtl_weight_reads", f["weight"].bits, "weight RAM reads"),
-                            ("rtl_state_reads", mid_bits, "state RAM reads"),
-                            ("rtl_state_writes", mid_bits, "state RAM writes"), ("rtl_bias_reads", 32, "bias reads")):
-        est.terms.append(Term("memory", f"{what} (bits, FPGA)", counters.get(key, 0) * bits, per_bit * fpga,
-                              (tier, "fpga_factor")))
-    clock = backend.options.clock_mhz
-    seconds = counters.get("rtl_cycles", 0) / (clock * 1e6)
-    est.latency.append((f"simulated core cycles / {clock:g} MHz (backend.clock_mhz)", seconds))
-    est.terms.append(Term("static", "FPGA static power x core time (s)", seconds, table["rtl_static_power"],
-                          ("rtl_static_power",), f"clock {clock:g} MHz (backend.clock_mhz)"))
+            per, names, label = mult + add32, (mult_name, add_name), f"int{a} x int{w} MACs (+ 32-bit accumulate)"
+        est.terms.append(Term("compute", f"{label}, {where}", n, per * scale, names + extra))
+    est.terms.append(Term("compute", f"requantizations (one 32-bit add each), {where}", ev["requantizations"],
+                          add32 * scale, (add_name,) + extra))
+    sizes = mapping.buffer_bytes()
+    for buffer, bits in sorted(ev["bits"].items()):
+        per, tier = memory_per_bit(table, sizes[buffer])
+        est.terms.append(Term("memory", f"{buffer} ({fmt_bytes(sizes[buffer])}) bits, {where}", bits, per * scale,
+                              (tier,) + extra, "wide words charged at lanes x width; a write as a read"))
+    seconds = ev["cycles"] / (arch.clock_mhz * 1e6)
+    est.latency.append((f"engine cycles / {arch.clock_mhz:g} MHz (architecture.clock_mhz)", seconds))
+    if fpga:
+        est.terms.append(Term("static", "FPGA static power x device time (s)", seconds, table["fpga_static_power"],
+                              ("fpga_static_power",)))
+    else:
+        held = sizes["weight RAM"] + 2 * sizes["state RAM"] + 3 * sizes["I/O buffers"]
+        est.terms.append(Term("static", f"SRAM leakage of {fmt_bytes(held)} of buffers x device time (s)", seconds,
+                              table["sram_leakage_485b"] * held / 485, ("sram_leakage_485b",),
+                              "weight RAM, 2 state banks, input, output and bias buffers; logic leakage not counted"))
     return est
 
 
@@ -180,62 +142,60 @@ def adc_energy(table: Table, bits: int) -> float:
     return table["adc_8b_sample"] * bits / 8
 
 
-def laser_power(table: Table, path_mzis: int, outputs: int, bits: int, mzi_loss_db: float | None = None) -> float:
+def laser_power(table: Table, path_mzis: int, outputs: int, bits: int) -> float:
     """Wall-plug laser power (W) so that every one of ``outputs`` detectors still receives its sensitivity
     after the modulator and ``path_mzis`` MZIs in series, times 2^bits for the read-out precision (the SNR
     rule of SimPhony and Lightening-Transformer: an assumption): 10^((S + IL_mod + IL_mzi depth +
-    10 log10 N_out) / 10) mW / eta. ``mzi_loss_db``: the chip's own loss per MZI (else the table's)."""
-    loss = table["mzi_loss"] if mzi_loss_db is None else mzi_loss_db
-    db = table["detector_sensitivity"] + table["modulator_loss"] + loss * path_mzis + 10 * math.log10(outputs)
+    10 log10 N_out) / 10) mW / eta x 2^bits."""
+    db = (table["detector_sensitivity"] + table["modulator_loss"] + table["mzi_loss"] * path_mzis
+          + 10 * math.log10(outputs))
     return 10 ** (db / 10) * 1e-3 / table["laser_wall_plug"] * 2 ** bits
 
 
-def photonic_model(backend, counters: dict, table: Table, weight_count: int) -> Estimate:
-    """The photonic chip: lasers (per layer, from the link budget of the mesh built), heaters (from the
-    phases programmed, held while settling and while light passes), DACs per phase written and per input
-    value, modulators per input value, ADCs and TIAs per detection; latency = settling per programming of
-    a layer (sequential: an upper bound) + optical time."""
-    est = Estimate()
-    noise, default = backend.noise, int(table["converter_default_bits"])
-    adc_bits, dac_bits = noise.adc_bits or default, noise.dac_bits or default
-    rate = backend.options.symbol_rate_hz
-    chip_loss = noise.insertion_loss_db or None          # the simulated chip's own MZI loss, when it has one
-    loss_entries = ("detector_sensitivity", "modulator_loss", "laser_wall_plug") + (("mzi_loss",) if chip_loss is None else ())
-    for layer in backend.hardware():
-        i = layer["index"]
-        power = laser_power(table, layer["path_mzis"], layer["outputs"], adc_bits, chip_loss)
-        where = f"{chip_loss} dB/MZI of backend.noise" if chip_loss is not None else "mzi_loss"
-        est.terms.append(Term("laser", f"layer {i} laser on (s): {layer['path_mzis']} MZIs deep ({where}), "
-                                       f"{layer['outputs']} outputs, {adc_bits} bits -> {power:.4g} W",
-                              counters.get(f"laser_on_ns_layer{i}", 0) * 1e-9, power, loss_entries))
-    settle = table["phase_shifter_settle"]
-    p_pi = table["phase_shifter_p_pi"]
-    est.terms.append(Term("heaters", "heater load (sum |phase|/pi) x settling time (s)",
-                          counters.get("phase_pi", 0) * settle, p_pi, ("phase_shifter_p_pi", "phase_shifter_settle")))
-    est.terms.append(Term("heaters", "heater load x time light passes (s)", counters.get("phase_pi_ns", 0) * 1e-9,
-                          p_pi, ("phase_shifter_p_pi",)))
-    est.terms.append(Term("converters", f"phase DAC writes ({dac_bits} bits)", counters.get("phase_writes", 0),
-                          dac_energy(table, dac_bits), ("dac_8b_sample", "converter_default_bits")))
-    symbols = counters.get("modulator_symbols", 0)
-    est.terms.append(Term("converters", f"input DAC samples ({default} bits)", symbols, dac_energy(table, default),
-                          ("dac_8b_sample", "converter_default_bits")))
-    est.terms.append(Term("converters", "input modulator symbols", symbols, table["modulator_symbol"],
-                          ("modulator_symbol",)))
-    detections = counters.get("detections", 0)
-    est.terms.append(Term("converters", f"ADC samples ({adc_bits} bits)", detections, adc_energy(table, adc_bits),
-                          ("adc_8b_sample", "converter_default_bits")))
-    est.terms.append(Term("converters", "TIA on per detection (s)", detections / rate, table["tia_power"],
-                          ("tia_power",), f"symbol rate {rate:g}/s (backend.symbol_rate_hz)"))
-    est.latency.append(("layer programmings x phase_shifter_settle", counters.get("phase_programs", 0) * settle))
-    est.latency.append(("light through the chip (symbols / rate)", counters.get("laser_on_ns", 0) * 1e-9))
+LASER_ENTRIES = ("detector_sensitivity", "modulator_loss", "mzi_loss", "laser_wall_plug")
+
+
+def photonic_model(mapping: PhotonicMap, counters: dict, table: Table) -> Estimate:
+    """The photonic chip of ``mapping``: lasers and held heaters powered for the whole device time,
+    phase DACs per shifter programmed, per sub-vector the modulators' DACs and modulators, detectors'
+    ADCs and TIAs, digital partial sums and the SRAM between cores; latency = every layer programming's
+    settling, one after another, + the symbols, core after core."""
+    est, arch = Estimate(), mapping.arch
+    ev = mapping.events(Workload.from_counters(counters))
+    settle, rate, n = table["phase_shifter_settle"], arch.symbol_rate_hz, arch.block
+    programming, optical = ev.get("programs", 0) * settle, ev.get("symbols", 0) / rate
+    seconds = programming + optical
+    est.latency.append(("layer programmings x phase_shifter_settle (one after another)", programming))
+    est.latency.append((f"symbols / {rate:g} per s (architecture.symbol_rate_hz; cores one after another)", optical))
+    block = laser_power(table, 2 * n + 1, n, mapping.adc_bits)
+    lasers = mapping.blocks * arch.wdm
+    est.terms.append(Term("laser", f"lasers on for the device time (s): {lasers:,} block inputs ({mapping.blocks:,} "
+                                   f"blocks x {arch.wdm} wavelength(s)) x {block:.4g} W ({2 * n + 1} MZIs deep, "
+                                   f"{n} outputs, {mapping.adc_bits} bits)", seconds, lasers * block, LASER_ENTRIES))
+    held = ev.get("held_pi", 0.0)
+    est.terms.append(Term("heaters", f"held heater load (mean sum |phase|/pi = {held:.5g}) x device time (pi-s)",
+                          held * seconds, table["phase_shifter_p_pi"], ("phase_shifter_p_pi",),
+                          "a thermo-optic shifter dissipates P_pi |phase| / pi while it holds its phase"))
+    est.terms.append(Term("converters", f"phase DAC writes ({mapping.dac_bits} bits)", ev.get("phase_writes", 0),
+                          dac_energy(table, mapping.dac_bits), ("dac_8b_sample",)))
+    mods, dets = ev.get("modulations", 0), ev.get("detections", 0)
+    est.terms.append(Term("converters", f"input DAC samples ({arch.input_bits} bits)", mods,
+                          dac_energy(table, arch.input_bits), ("dac_8b_sample",)))
+    est.terms.append(Term("converters", "modulator symbols", mods, table["modulator_symbol"], ("modulator_symbol",)))
+    est.terms.append(Term("converters", f"ADC samples ({mapping.adc_bits} bits)", dets,
+                          adc_energy(table, mapping.adc_bits), ("adc_8b_sample",)))
+    est.terms.append(Term("converters", "TIA on for one symbol per detection (s)", dets / rate, table["tia_power"],
+                          ("tia_power",)))
+    add32, add_name = add_energy(table, 32)
+    est.terms.append(Term("compute", "digital partial sums of block columns (32-bit adds)",
+                          ev.get("partial_sum_adds", 0), add32, (add_name,)))
+    per, tier = memory_per_bit(table, mapping.buffer_bytes)
+    est.terms.append(Term("memory", f"SRAM between cores ({fmt_bytes(mapping.buffer_bytes)}) bits",
+                          ev.get("buffer_bits", 0), per, (tier,), "a write charged as a read"))
     return est
 
 
-MODELS = {"ideal": ideal_model, "fixed": fixed_model, "rtl": rtl_model, "photonic": photonic_model}
-
-
-def estimate(backend, counters: dict, table: Table, weight_count: int) -> Estimate | None:
-    """The estimate of ``counters`` on ``backend`` (bound to the run's network; ``weight_count`` trained
-    parameters), or None for a backend without a cost model."""
-    model = MODELS.get(backend.name)
-    return None if model is None else model(backend, counters, table, weight_count)
+def estimate(mapping: EngineMap | PhotonicMap, counters: dict, table: Table) -> Estimate:
+    """The energy and latency of a workload (``counters`` of a run or of part of it) on ``mapping``."""
+    model = photonic_model if isinstance(mapping, PhotonicMap) else engine_model
+    return model(mapping, counters, table)

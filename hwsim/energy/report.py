@@ -1,6 +1,7 @@
 """A run's energy, latency and memory figures (metrics.json fields) and the ``--explain`` listing."""
 from __future__ import annotations
 
+from hwsim.arch.mapping import Workload
 from hwsim.energy.model import Estimate, estimate
 from hwsim.energy.table import Table
 
@@ -10,14 +11,11 @@ def subtract(total: dict, part: dict) -> dict:
     return {k: v - part.get(k, 0) for k, v in total.items() if isinstance(v, (int, float))}
 
 
-def run_figures(backend, table: Table, weight_count: int, training: dict, inference: dict, inferences: int,
-                steps: int) -> dict:
-    """metrics.json fields from the counters of the training steps and of one evaluation of
-    ``inferences`` inputs; {} for a backend without a cost model."""
-    train, infer = estimate(backend, training, table, weight_count), estimate(backend, inference, table, weight_count)
-    if train is None:
-        return {}
-    per = max(1, inferences)
+def run_figures(mapping, table: Table, training: dict, inference: dict, steps: int) -> dict:
+    """metrics.json fields from the counters of the training steps and of one evaluation (its inputs are
+    the inferences) on ``mapping`` (hwsim.arch.mapping)."""
+    train, infer = estimate(mapping, training, table), estimate(mapping, inference, table)
+    per = max(1, Workload.from_counters(inference).rows)
     overrides = sorted(name for name, e in table.entries.items() if e.source == "user")
     return {"energy_j_training": train.joules, "latency_s_training": train.latency_s,
             "energy_j_per_step": train.joules / max(1, steps), "latency_s_per_step": train.latency_s / max(1, steps),

@@ -7,6 +7,8 @@ is recorded with ``source: user`` so every report shows it was not a cited figur
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -72,7 +74,9 @@ class Table:
             if name not in out:
                 raise ConfigError(f"{where}.{name}: unknown device-table entry; known: {', '.join(sorted(out))}")
             old = out[name]
-            if not isinstance(spec, dict):
+            if isinstance(spec, str):
+                spec = _with_unit(spec, old, f"{where}.{name}")
+            elif not isinstance(spec, dict):
                 spec = {"value": spec}
             spec = {"unit": old.given_unit, "kind": "assumption", "locator": f"replaces {old.cite()}",
                     **spec, "source": "user"}
@@ -83,10 +87,28 @@ class Table:
         return {name: asdict(e) for name, e in self.entries.items()}
 
 
-def _number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+def _number(value, where: str, unit: str) -> float:
+    """A finite number in ``unit``: > 0 (energies, powers, times, rates, sizes, factors), >= 0 for a loss
+    in dB; any finite level in dBm."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a number (in {unit}), got {value!r}")
+    if unit == "dB" and value < 0:
+        raise ConfigError(f"{where}: {value:g} dB is not allowed; a loss is >= 0 dB")
+    if unit not in ("dB", "dBm") and value <= 0:
+        raise ConfigError(f"{where}: {value:g} {unit} is not allowed; use a number > 0 (in {unit})")
     return float(value)
+
+
+def _with_unit(text: str, old: Entry, where: str) -> dict:
+    """``"95uW"`` -> {value: 95, unit: uW}; the unit must measure what the entry measures."""
+    match = re.fullmatch(r"\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z1]+)\s*", text)
+    if not match or match[2] not in UNITS:
+        raise ConfigError(f"{where}: {text!r} is not a number with a unit; give e.g. {old.given:g}{old.given_unit} "
+                          f"(a bare number is in {old.given_unit}; units: {', '.join(UNITS)})")
+    if SI[match[2]] != old.unit:
+        same = ", ".join(u for u in UNITS if SI[u] == old.unit)
+        raise ConfigError(f"{where}: {match[2]} does not measure {old.name} ({old.unit}); use one of {same}")
+    return {"value": float(match[1]), "unit": match[2]}
 
 
 def _entry(name: str, spec, where: str) -> Entry:
@@ -103,8 +125,8 @@ def _entry(name: str, spec, where: str) -> Entry:
     if spec.get("kind") not in KINDS:
         raise ConfigError(f"{where}.kind: {spec.get('kind')!r} is not allowed; use one of {', '.join(KINDS)}")
     scale = UNITS[unit]
-    value = _number(spec.get("value"), f"{where}.value")
-    band = {k: _number(spec[k], f"{where}.{k}") * scale for k in ("low", "high") if spec.get(k) is not None}
+    value = _number(spec.get("value"), f"{where}.value", unit)
+    band = {k: _number(spec[k], f"{where}.{k}", unit) * scale for k in ("low", "high") if spec.get(k) is not None}
     return Entry(name, value * scale, SI[unit], spec["kind"], spec["source"], spec.get("locator", ""),
                  band.get("low"), band.get("high"), value, unit)
 

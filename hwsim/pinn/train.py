@@ -27,13 +27,16 @@ def predict(network, backend, problem: Problem, theta: torch.Tensor, x: torch.Te
     """u at points x (N, D) (float64): the ansatz of the raw model, or of the Gaussian-smoothed model
     u_s = E[u(x + s z)] when a Stein ``stencil`` is given (its value row)."""
     tensors, out = backend.param_space(network).unflatten(theta), []
+    backend.count_programs(network.linear_indices)
     for s in range(0, len(x), batch):
         part = x[s:s + batch]
         if stencil is None:
+            backend.count_passes(len(part))
             n = network.forward(backend, tensors, part.to(backend.device, backend.data_dtype))[..., 0]
             out.append(problem.ansatz(part, n.to("cpu", torch.float64)))
         else:
             points = stencil.points(part)
+            backend.count_passes(len(points))
             n = network.forward(backend, tensors, points.to(backend.device, backend.data_dtype))[..., 0]
             u = problem.ansatz(points, n.to("cpu", torch.float64))
             out.append(stencil.combine(u).value)
