@@ -82,9 +82,10 @@ class Backend(ABC):
         """Move host data or parameters to this backend's device and dtype."""
         return t.to(device=self.device, dtype=self.dtype)
 
-    def bind(self, network: Any) -> None:
-        """Prepare for ``network`` (a hwsim.model.Network) before any call; backends whose numerics
-        depend on a layer's place (formats, mappings) set them up here."""
+    def bind(self, network: Any, architecture: Any = None) -> None:
+        """Prepare for ``network`` (a hwsim.model.Network) on ``architecture`` (hwsim.arch.spec; None: the
+        shipped one) before any call; backends whose numerics depend on a layer's place (formats, the
+        blocks of a mapping) set them up here."""
 
     def architecture_keys(self) -> dict[str, tuple[Any, str]]:
         """Architecture keys this backend's simulation itself sets: {key: (value, backend option)}."""

@@ -44,7 +44,7 @@ def main() -> None:
     for name, overrides in {"ideal": [], **CHIPS[args.chip]}.items():
         cfg = load_config("mnist_tt_zo", overrides)
         net = build_network(cfg.model)
-        backend = build_backend(cfg.backend, net)
+        backend = build_backend(cfg.backend, net, cfg.architecture)
         theta = torch.load(args.params)["theta"] if args.params else net.init_params(torch.Generator().manual_seed(0))
         theta = backend.encode(backend.to_backend(theta))
         x = torch.from_numpy(data.train.x[idx]).to(backend.data_dtype)

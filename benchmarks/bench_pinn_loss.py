@@ -41,7 +41,7 @@ MODELS = {"paper 21-512-512-1": "hjb20_zo_tt_sg_paper", "cpu 21-64-64-1": "hjb20
 def _setup(config: str, dtype: str):
     cfg = load_config(config, [f"backend.dtype={dtype}", "backend.device=cpu"], PinnConfig)
     problem, net = build_problem(cfg.pde.problem, cfg.pde.dim), build_network(cfg.model)
-    backend = build_backend(cfg.backend, net)
+    backend = build_backend(cfg.backend, net, cfg.architecture)
     gen = torch.Generator().manual_seed(0)
     theta = net.init_params(gen).to(backend.dtype)
     x = problem.sample(cfg.pde.points, gen)

@@ -28,7 +28,7 @@ def main() -> None:
         for fmt, overrides in FORMATS:
             cfg = load_config(config, overrides, kind)
             network = build_network(cfg.model)
-            backend = build_backend(cfg.backend, network)
+            backend = build_backend(cfg.backend, network, cfg.architecture)
             if kind is PinnConfig:
                 per_point = derivative_method(cfg.pde.derivatives, network.in_features, torch.Generator()).per_point
                 rows_per_pass = cfg.pde.points * per_point

@@ -40,17 +40,25 @@ def build_network(cfg: ModelConfig) -> Network:
     return network
 
 
-def build_backend(cfg: BackendConfig, network: Network) -> Backend:
-    """The configured backend, bound to ``network``."""
+def build_backend(cfg: BackendConfig, network: Network, architecture: dict | None = None) -> Backend:
+    """The configured backend on its architecture (the config's ``architecture:`` keys), bound to ``network``."""
     try:
         backend = create_backend(cfg.name, **cfg.options)
-        backend.bind(network)
-        return backend
     except KeyError as e:
         raise ConfigError(f"backend: {e.args[0]}") from None
     except (TypeError, ValueError) as e:
-        msg = str(e)
-        raise ConfigError(msg if msg.startswith("backend") else f"backend: {msg}") from None
+        raise _backend_error(e) from None
+    arch = resolve(backend, architecture)
+    try:
+        backend.bind(network, arch)
+        return backend
+    except (TypeError, ValueError) as e:
+        raise _backend_error(e) from None
+
+
+def _backend_error(e: Exception) -> ConfigError:
+    msg = str(e)
+    return ConfigError(msg if msg.startswith("backend") else f"backend: {msg}")
 
 
 def build_mapping(architecture: dict, network: Network, backend: Backend):

@@ -176,7 +176,7 @@ def _energy(args) -> int:
     except (ValueError, KeyError) as e:
         raise ConfigError(f"{run / 'metrics.json'}: not the metrics of a run ({e})") from None
     network = build_network(cfg.model)
-    backend = build_backend(cfg.backend, network)
+    backend = build_backend(cfg.backend, network, cfg.architecture)
     mapping = build_mapping(cfg.architecture, network, backend)
     table = load_table(cfg.energy, args.table or [])
     train = estimate(mapping, subtract(counters, evaluation), table)

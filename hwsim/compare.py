@@ -161,8 +161,8 @@ def summarize(spec: Spec, results: list[dict]) -> list[dict]:
                 line[key] = statistics.fmean(values)
                 line[key + "_std"] = statistics.pstdev(values)
                 line[key + "_min"], line[key + "_max"] = min(values), max(values)
-        for key in ("energy_j_per_inference", "latency_s_per_inference", "energy_j_training", "latency_s_training",
-                    "forward_queries", "device_memory_bytes_zo", "device_memory_bytes_bp"):
+        for key in ("inferences", "energy_j_per_inference", "latency_s_per_inference", "energy_j_training",
+                    "latency_s_training", "forward_queries", "device_memory_bytes_zo", "device_memory_bytes_bp"):
             values = [r[key] for r in ok if key in r]
             if values:
                 line[key] = statistics.fmean(values)
@@ -175,7 +175,7 @@ def summarize(spec: Spec, results: list[dict]) -> list[dict]:
     return out
 
 
-COLUMNS = [("row", "hardware"), ("chips", "chips"), ("deployed", "deployed acc. (%)"),
+COLUMNS = [("row", "hardware"), ("chips", "chips"), ("inferences", "test images"), ("deployed", "deployed acc. (%)"),
            ("finetuned", "fine-tuned acc. (%)"), ("energy_j_per_inference", "J / inference"),
            ("latency_s_per_inference", "s / inference"), ("energy_j_training", "fine-tune J"),
            ("latency_s_training", "fine-tune s (device)"), ("forward_queries", "forward queries"),
@@ -196,6 +196,7 @@ def table(lines: list[dict]) -> str:
     shown = [{**line, "deployed": _accuracy_cell(line, "deployed_accuracy"),
               "finetuned": _accuracy_cell(line, "finetuned_accuracy"),
               "forward_queries": int(line["forward_queries"]) if "forward_queries" in line else "",
+              "inferences": int(line["inferences"]) if "inferences" in line else "",
               **{k: int(line[k]) for k in ("device_memory_bytes_zo", "device_memory_bytes_bp") if k in line}}
              for line in lines]
     return markdown_table(shown, COLUMNS)
@@ -209,6 +210,16 @@ def _csv(lines: list[dict]) -> str:
     for line in lines:
         writer.writerow({k: line.get(k, "") for k in keys})
     return buffer.getvalue()
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (energy, accuracy) points no other point beats on both (lower energy and higher accuracy, one
+    of them strictly), by increasing energy."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
 
 
 def plots(lines: list[dict], results: list[dict], out_dir: Path, title: str) -> list[Path]:
@@ -226,6 +237,12 @@ def plots(lines: list[dict], results: list[dict], out_dir: Path, title: str) -> 
             if key in line:
                 ax.errorbar(line["energy_j_per_inference"], 100 * line[key], yerr=100 * line[key + "_std"],
                             fmt=marker, color=color, capsize=3, label=f"{line['row']} ({what})")
+    front = pareto_front([(line["energy_j_per_inference"], 100 * line[key]) for line in ok
+                          for key in ("deployed_accuracy", "finetuned_accuracy") if key in line])
+    if front:
+        xs, ys = zip(*front)
+        ax.step(xs, ys, where="post", color="0.4", lw=1, ls="--", zorder=0, label="Pareto front (no row is both "
+                                                                                    "cheaper and more accurate)")
     ax.set(xscale="log", xlabel="energy per inference (J, log; hwsim energy model)", ylabel="test accuracy (%)",
            title=f"{title}: accuracy vs energy (error bars: std over chips)")
     ax.tick_params(axis="x", which="both", labelsize=7, labelrotation=30)

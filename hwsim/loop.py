@@ -147,7 +147,7 @@ def build_parts(cfg: RunConfig, network, start: Callable[[torch.Generator], torc
     ``start(generator)`` (in this order: the run's generator is shared by everything random after it)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    backend = build_backend(cfg.backend, network)
+    backend = build_backend(cfg.backend, network, cfg.architecture)
     estimator = build_estimator(cfg.estimator, backend.param_space(network), backend)
     warnings = perturbation_warnings(cfg.estimator, backend) if estimator is not None else []
     load_table(cfg.energy)                          # a bad energy override fails here, before the run

@@ -120,9 +120,11 @@ def test_the_photonic_mapping_of_the_mnist_layer():
     rep = map_network(net, b, resolve(b, {"cores": "replicated"}))
     assert [c.blocks for c in rep.layers[0].cores] == [2 * 196, 8 * 112, 8 * 64, 2 * 64]
     assert [c.symbols for c in rep.layers[0].cores] == [1, 1, 1, 1]
-    c1 = cores[1].per_row()                  # 16x28 on a 2x4 grid: 4 block columns of 8 inputs, 8 blocks of 8 outputs
-    assert c1 == {"modulations": 112 * 32, "detections": 112 * 64, "partial_sum_adds": 112 * 3 * 16,
+    c1 = cores[1].per_row()                  # 16x28 on a 2x4 grid: 4 block columns of 8 inputs, 2 block rows
+    assert c1 == {"modulations": 112 * 32, "detections": 112 * 16, "partial_sum_adds": 0,   # photocurrents add
                   "buffer_writes": 112 * 16, "buffer_reads": 112 * 28}
+    digital = map_network(net, b, resolve(b, {"partial_sums": "digital"})).layers[0].cores[1].per_row()
+    assert digital["detections"] == 112 * 64 and digital["partial_sum_adds"] == 112 * 3 * 16
     text = tm.report()
     assert "cores time-multiplexed" in text and "core0    16x4" in text and "20 physical" not in text
 

@@ -138,7 +138,7 @@ class FixedBackend(Backend):
         return dict(self.options.resolved)
 
     # --- parametrization ---------------------------------------------------------------------------
-    def bind(self, network) -> None:
+    def bind(self, network, architecture=None) -> None:
         fmts, o = self.options.resolved, self.options
         linears = [i for i, layer in enumerate(network.layers) if isinstance(layer, Linear)]
         self._layers.clear()

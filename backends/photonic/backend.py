@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from hwsim.arch.mapping import map_photonic
+from hwsim.arch.spec import resolve
 from hwsim.backends.base import Backend, Capabilities
 from hwsim.backends.fixed.layer import dense_as_core
 from hwsim.backends.photonic import calibration
@@ -27,7 +29,6 @@ from hwsim.backends.photonic.mesh import LAYOUTS, layout
 from hwsim.backends.photonic.noise import Noise, build_noise
 from hwsim.model import Linear, TTLinear
 from hwsim.params import ParamSpace
-from hwsim.tt import to_dense
 
 PARAMS = ("weights", "phases")
 CALIBRATE = (False, "gain", True)
@@ -41,7 +42,8 @@ class Region:
     name: str
     core_shape: tuple[int, int, int, int]
     tiling: Tiling
-    state: ChipState
+    state: ChipState                          # copies x blocks, copy-major: every copy its own variations
+    copies: int = 1                           # physical copies of the blocks (architecture.cores: replicated)
     gains: torch.Tensor | None = None        # (blocks,) fixed in phases mode, set by encode
     signs: torch.Tensor | None = None        # (blocks, 2n)
 
@@ -104,14 +106,18 @@ class PhotonicBackend(Backend):
         o = self.options
         return {"block": (o.block, "block"), "mesh": (o.mesh, "mesh"), "symbol_rate_hz": (o.symbol_rate_hz, "symbol_rate_hz")}
 
-    def converter_widths(self) -> tuple[int | None, int | None]:
-        """(ADC bits, phase-DAC bits) of the chip's noise model (None: not modelled)."""
-        return self.noise.adc_bits, self.noise.dac_bits
+    def converter_widths(self) -> tuple[int | None, int | None, int | None]:
+        """(ADC, phase-DAC, modulator-DAC bits) of the chip's noise model (None: not modelled)."""
+        return self.noise.adc_bits, self.noise.dac_bits, self.noise.input_bits
 
     # --- set-up ------------------------------------------------------------------------------------
-    def bind(self, network) -> None:
-        """Place every weight tensor of ``network`` on its own blocks and draw the chip's variations."""
+    def bind(self, network, architecture=None) -> None:
+        """Map ``network`` onto the chip of ``architecture`` (hwsim.arch.spec.PhotonicChip; default: the
+        shipped one with this backend's options): every weight tensor on its own blocks, a copy per
+        sub-vector when the cores are replicated; then draw the chip's variations, every copy its own."""
         self._network = network
+        self.mapping = map_photonic(network, architecture or resolve(self), *self.converter_widths())
+        placed = {c.region: c for layer in self.mapping.layers for c in layer.cores}
         gen = torch.Generator().manual_seed(self.options.chip_seed)
         n = self.options.block
         for i, layer in enumerate(network.layers):
@@ -120,9 +126,10 @@ class PhotonicBackend(Backend):
             self._layers[id(layer)] = i
             for local, shape in _core_shapes(layer):
                 r, k, m, s = shape
-                tiling = Tiling(m * s, r * k, n)
-                name = f"{i}.{local}"
-                self._regions[name] = Region(name, shape, tiling, ChipState(tiling.blocks, n, self.noise, gen))
+                tiling, name = Tiling(m * s, r * k, n), f"{i}.{local}"
+                copies = placed[name].copies
+                self._regions[name] = Region(name, shape, tiling, ChipState(tiling.blocks * copies, n, self.noise, gen),
+                                             copies)
         if self.options.calibrate:
             self.calibrate(self.options.calibrate)
 
@@ -220,19 +227,29 @@ class PhotonicBackend(Backend):
 
     # --- execution ---------------------------------------------------------------------------------
     def linear(self, layer, params, x, queries):
+        """The layer core after core, as the chip's mapping runs it: each core's sub-vectors (r_k n_k values)
+        are converted by the modulators' DACs, pass the core's blocks (one sub-vector per block set and
+        symbol; a replicated core: sub-vector j on copy j), every block's outputs are detected (noise,
+        ADC), the block columns' partial sums added digitally; the bias is added after the last core."""
         i = self._layers.get(id(layer))
         if i is None:
             raise RuntimeError("the photonic backend is not bound to this network: call backend.bind(network) first")
-        cores, heat = self._programmed(i, layer, params)
-        precision = self.dtype if not cores[0].is_complex() else self.dtype.to_complex()
-        weight = to_dense([c.to(precision) for c in cores])                          # W in the GEMM's precision
-        weight = weight.real if weight.is_complex() else weight     # coherent detection reads the real part
-        y = torch.matmul(x.to(self.dtype), weight.transpose(-1, -2))
-        if queries is not None and y.dim() == 2:     # one setting shared by the queries, each run on its own
-            y = y.expand(queries, *y.shape)
-        q = math.prod(y.shape[:-2])
-        rows = x.shape[-2]
-        y = self._read_out(y, i)
+        blocks, heat = self._programmed(i, layer, params)
+        t = x.to(self.dtype)
+        if queries is not None and t.dim() == 2:      # a setting shared by the queries: each runs on its own
+            t = t.expand(queries, *t.shape)
+        queried = t.dim() == 3 or any(b.dim() == 4 for b in blocks.values())
+        q = math.prod(torch.broadcast_shapes(t.shape[:-2], *(b.shape[:-3] for b in blocks.values())))
+        rows, n_rest = x.shape[-2], layer.in_features
+        t = t.reshape(*t.shape[:-1], 1, 1, n_rest)                               # (Q?, B, Md, r, Nr)
+        for (local, (r, n, m, s)), core in zip(_core_shapes(layer), self.mapping.layer(i).cores):
+            n_rest //= n
+            t = t.reshape(*t.shape[:-2], r, n, n_rest)                           # (Q?, B, Md, r, n, Nr)
+            d = t.shape[-4]
+            v = t.movedim(-1, -3).reshape(*t.shape[:-5], rows, d * n_rest, r * n)   # sub-vectors (Q?, B, S, r n)
+            y = self._core_pass(self._modulate(v, queried), blocks[f"{i}.{local}"], core, i, queried)
+            t = y.reshape(*y.shape[:-2], d, n_rest, m, s).movedim(-3, -1).reshape(*y.shape[:-2], d * m, s, n_rest)
+        y = t[..., 0, 0]
         if layer.bias:
             b = params["bias"].to(self.dtype)
             y = y + (b.unsqueeze(-2) if b.dim() > 1 else b)
@@ -242,8 +259,36 @@ class PhotonicBackend(Backend):
         self.count("rows", q * rows)
         return y
 
-    def _programmed(self, i: int, layer, params: dict) -> tuple[list[torch.Tensor], dict[str, float]]:
-        """The cores layer i realises for ``params`` (float64 / complex128) and the heaters' load per region
+    def _modulate(self, v: torch.Tensor, queried: bool) -> torch.Tensor:
+        """The modulators' DACs: values (Q?, B, S, L) on ``noise.input_bits`` signed levels of each query's
+        largest |value| (continuous when None)."""
+        bits = self.noise.input_bits
+        if not bits:
+            return v
+        return _quantize(v, bits, _largest(v, v.dim() - 1 if queried else v.dim()))
+
+    def _core_pass(self, v: torch.Tensor, blocks: torch.Tensor, core, layer: int, queried: bool) -> torch.Tensor:
+        """Sub-vectors v (Q?, B, S, r n) through a core's realised blocks (Q?, copies x grid, n, n) ->
+        detected, digitised, the block columns' partial sums added: (Q?, B, S, m r'). Photocurrent partial
+        sums (``architecture.partial_sums``): the core's blocks joined into its (m r') x (r n) matrix, one
+        read-out per output; digital: every block's n outputs read on their own, then added."""
+        n, (gr, gc), copies = self.options.block, core.grid, core.copies
+        w = blocks.reshape(*blocks.shape[:-3], copies, gr * gc, n, n)
+        per_query = v.dim() - 1 if queried else v.dim()
+        if core.digital and gc > 1:
+            v = torch.nn.functional.pad(v, (0, gc * n - v.shape[-1])).reshape(*v.shape[:-1], gc, n)
+            w = w.reshape(*w.shape[:-3], gr, gc, n, n)
+            y = (torch.einsum("...bsjc,...ijoc->...bsijo", v, w[..., 0, :, :, :, :]) if copies == 1 else
+                 torch.einsum("...bsjc,...sijoc->...bsijo", v, w))                # (Q?, B, S, gr, gc, n)
+            y = self._read_out(y, layer, per_query + 2).sum(-2).flatten(-2)[..., :core.step.mr]
+            return y
+        w = Tiling(core.step.mr, core.step.terms, n).join(w)                      # (Q?, copies, m r', r n)
+        y = (torch.einsum("...bsk,...ok->...bso", v, w[..., 0, :, :]) if copies == 1 else
+             torch.einsum("...bsk,...sok->...bso", v, w))
+        return self._read_out(y, layer, per_query)
+
+    def _programmed(self, i: int, layer, params: dict) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The blocks layer i realises for ``params`` and the heaters' load, per region
         (see :meth:`_program`). A call with the tensors of the layer's previous call, unchanged (the next
         block of rows of the same queries, or the next queries sharing the layer), reuses them: a simulation
         shortcut; what the device is charged for programming is counted above the seam
@@ -258,76 +303,80 @@ class PhotonicBackend(Backend):
         held = self._held.get(i)
         if held is not None and held[1] == key:
             return held[2], held[3]
-        cores, heat = self._program(regions, tensors)
-        self._held[i] = (tensors, key, cores, heat)
-        return cores, heat
+        blocks, heat = self._program(regions, tensors)
+        self._held[i] = (tensors, key, blocks, heat)
+        return blocks, heat
 
     def _dims(self, regions: list[Region]) -> list[int]:
         """Dimensions of each region's parameter tensor without a query axis."""
         return [2 if self.options.params == "phases" else _param_dims(r.name) for r in regions]
 
-    def _program(self, regions: list[Region], tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict[str, float]]:
-        """The cores (..., r, n, m, r') the chip realises for a layer's parameter tensors (weights or
-        phases), and per region the sum of |commanded phase| / pi over its shifters (the heaters' load,
-        mean over queries). Tensors with the same leading (query) axes are realised together, in one call."""
+    def _program(self, regions: list[Region], tensors: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """What the chip realises for a layer's parameter tensors (weights or phases): per region its blocks
+        (..., copies x blocks, n, n) as the detectors read them (the real part; copy-major, row-major grid),
+        and the sum of |commanded phase| / pi over one copy's shifters (the heaters' load, mean over
+        queries). Tensors with the same leading (query) axes are realised together, in one call."""
         phases_mode = self.options.params == "phases"
         dims = self._dims(regions)
         tensors = [_shared(t, d) for t, d in zip(tensors, dims)]
         groups: dict[tuple, list[int]] = {}
         for k, (tensor, d) in enumerate(zip(tensors, dims)):
             groups.setdefault(tuple(tensor.shape[:tensor.dim() - d]), []).append(k)
-        cores: list[torch.Tensor | None] = [None] * len(regions)
+        out: dict[str, torch.Tensor] = {}
         heat: dict[str, float] = {}
         for lead, group in groups.items():
             members = [regions[k] for k in group]
             if phases_mode:
                 if any(r.gains is None for r in members):
                     raise RuntimeError("params: phases needs the start weights programmed first: call backend.encode(theta)")
-                phases = torch.cat([tensors[k] for k in group], -2)
-                gains = torch.cat([r.gains for r in members])
-                signs = torch.cat([r.signs for r in members])
+                parts = [(tensors[k], r.gains, r.signs) for k, r in zip(group, members)]
             else:
-                phases, gains, signs = encode_blocks(torch.cat([r.tiling.split(core_matrix(_as_core(r.name, tensors[k])))
-                                                                for k, r in zip(group, members)], -3), self.layout)
-            load = commanded(phases, self.options.block, self.noise).abs().sum(-1).reshape(-1, phases.shape[-2]).sum(0)
-            for r, part in zip(members, load.split([r.tiling.blocks for r in members])):
-                heat[r.name] = float(part.sum()) / (math.pi * math.prod(lead))
+                parts = [encode_blocks(r.tiling.split(core_matrix(_as_core(r.name, tensors[k]))), self.layout)
+                         for k, r in zip(group, members)]
+            for r, (phases, _, _) in zip(members, parts):
+                heat[r.name] = float(commanded(phases, self.options.block, self.noise).abs().sum()) / (math.pi * math.prod(lead))
+            phases = torch.cat([_copies(p, r.copies, 2) for r, (p, _, _) in zip(members, parts)], -2)
+            gains = torch.cat([_copies(g, r.copies, 1) for r, (_, g, _) in zip(members, parts)], -1)
+            signs = torch.cat([_copies(sg, r.copies, 2) for r, (_, _, sg) in zip(members, parts)], -2)
             state = members[0].state if len(members) == 1 else ChipState.concat([r.state for r in members])
             blocks = realise(phases, gains, signs, self.layout, self.noise, state)
-            for k, r, part in zip(group, members, blocks.split([r.tiling.blocks for r in members], -3)):
-                cores[k] = matrix_core(r.tiling.join(part), r.core_shape)
-        return cores, heat
+            blocks = (blocks.real if blocks.is_complex() else blocks).to(self.dtype)   # coherent detection
+            for r, part in zip(members, blocks.split([r.tiling.blocks * r.copies for r in members], -3)):
+                out[r.name] = part
+        return out, heat
 
-    def _read_out(self, y: torch.Tensor, layer: int = -1) -> torch.Tensor:
-        """Photodetection and ADC of outputs (..., B, out) of linear layer ``layer``; the full scale is each
-        query's largest |y|."""
+    def _read_out(self, y: torch.Tensor, layer: int = -1, scale_dims: int = 2) -> torch.Tensor:
+        """Photodetection and ADC of detector outputs y; the full scale is the largest |y| over the last
+        ``scale_dims`` dimensions (a query's outputs of a core pass; a block's response in calibration)."""
         nz = self.noise
         if not (nz.shot_noise or nz.thermal_noise or nz.adc_bits):
             return y
-        magnitude = y.abs()
-        fs = magnitude.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
-        if nz.shot_noise or nz.thermal_noise:        # std = sqrt((thermal fs)^2 + shot^2 fs |y|), in place
-            std = magnitude.mul_(nz.shot_noise ** 2 * fs).add_((nz.thermal_noise * fs) ** 2).sqrt_()
-            y = y + std.mul_(self._standard_normal(y.shape, y.dtype, layer))
+        fs = _largest(y, scale_dims)
+        if nz.shot_noise or nz.thermal_noise:        # std = sqrt((thermal fs)^2 + shot^2 fs |y|)
+            std = y.abs().mul_(nz.shot_noise ** 2 * fs).add_((nz.thermal_noise * fs) ** 2).sqrt_()
+            y = std.mul_(self._standard_normal(y.shape, y.dtype, layer, scale_dims)).add_(y)
         if nz.adc_bits:
-            top = 2 ** (nz.adc_bits - 1) - 1
-            step = fs / top
-            y = y.div(step).round_().clamp_(-top, top).mul_(step)
+            y = _quantize(y, nz.adc_bits, fs)
         return y
 
-    def _standard_normal(self, shape: torch.Size, dtype: torch.dtype, layer: int) -> torch.Tensor:
-        """Read-out noise of shape (..., B, out). Inside :meth:`keyed` each query's (B, out) comes from its
-        own stream (chip seed, step, query, layer), consumed in order by the calls of that query (blocks of
-        rows); outputs without a query axis (a prefix the host caches for all queries) use query -1.
-        Outside, from the chip's read-noise generator in call order (evaluation, calibration)."""
+    def _standard_normal(self, shape: torch.Size, dtype: torch.dtype, layer: int, per: int = 2) -> torch.Tensor:
+        """Read-out noise of ``shape``, whose last ``per`` dimensions belong to one query. Inside
+        :meth:`keyed` each query's part comes from its own stream (chip seed, step, query, layer), consumed in
+        order by the calls of that query (its cores, blocks of rows); outputs without a query axis (a prefix
+        the host caches for all queries) use query -1. Outside, from the chip's read-noise generator in
+        call order (evaluation, calibration)."""
         if self._keys is None:
             return torch.randn(shape, generator=self._read_gen, dtype=dtype)
         stream, queries = self._keys
-        ids = queries.tolist() if len(shape) > 2 else [-1]
-        if len(shape) > 2 and math.prod(shape[:-2]) != len(ids):
-            raise RuntimeError(f"keyed read-out: {math.prod(shape[:-2])} queries in the output, {len(ids)} keys")
-        draws = [torch.randn(shape[-2:], generator=self.noise_stream(stream, q, layer, self.options.chip_seed), dtype=dtype) for q in ids]
-        return torch.stack(draws).reshape(shape)
+        lead = shape[:len(shape) - per]
+        ids = queries.tolist() if lead else [-1]
+        if lead and math.prod(lead) != len(ids):
+            raise RuntimeError(f"keyed read-out: {math.prod(lead)} queries in the output, {len(ids)} keys")
+        out = torch.empty(len(ids), *shape[len(lead):], dtype=dtype)
+        for k, q in enumerate(ids):
+            torch.randn(shape[len(lead):], generator=self.noise_stream(stream, q, layer, self.options.chip_seed),
+                        dtype=dtype, out=out[k])
+        return out.reshape(shape)
 
     # --- reporting ---------------------------------------------------------------------------------
     def mzi_counts(self) -> dict[str, int]:
@@ -339,6 +388,28 @@ class PhotonicBackend(Backend):
         if self._network is None:
             raise RuntimeError("the photonic backend is not bound to a network: call backend.bind(network) first")
         return self._network
+
+
+def _copies(t: torch.Tensor, copies: int, dims: int) -> torch.Tensor:
+    """t (..., blocks, *rest) whose last ``dims`` dimensions are the block axis and its own -> (..., copies x
+    blocks, *rest), copy-major (every physical copy commanded alike)."""
+    if copies == 1:
+        return t
+    lead = t.dim() - dims
+    return t.unsqueeze(lead).expand(*t.shape[:lead], copies, *t.shape[lead:]).flatten(lead, lead + 1)
+
+
+def _largest(v: torch.Tensor, dims: int) -> torch.Tensor:
+    """The largest |value| over the last ``dims`` dimensions (> 0), broadcastable against v."""
+    flat = v.reshape(*v.shape[:v.dim() - dims], -1)
+    largest = torch.maximum(flat.amax(-1), flat.amin(-1).neg_())        # faster than abs() or aminmax on CPU
+    return largest.clamp_min(1e-30).reshape(*flat.shape[:-1], *([1] * dims))
+
+
+def _quantize(y: torch.Tensor, bits: int, fs: torch.Tensor) -> torch.Tensor:
+    """Signed converter levels k fs / (2^(bits-1) - 1), |k| <= 2^(bits-1) - 1."""
+    top = 2 ** (bits - 1) - 1
+    return (y * (top / fs)).round_().clamp_(-top, top).mul_(fs / top)
 
 
 def _core_shapes(layer) -> list[tuple[str, tuple[int, int, int, int]]]:

@@ -8,7 +8,9 @@ Phase path of every shifter (commanded phase -> phase the light sees):
 Optics: MZI insertion loss (dB on power, so amplitude 10^(-dB/20) per MZI passed) and beam-splitter
 imbalance (each coupler's splitting angle pi/4 + N(0, sigma^2), frozen). Read-out: photodetector thermal
 noise (std ``thermal_noise`` x full scale) and shot noise (variance ``shot_noise``^2 x full scale x |y|),
-then a signed ADC of ``adc_bits`` (levels k x full scale / (2^(bits-1) - 1)) (full scale: the largest |output| of the call).
+then a signed ADC of ``adc_bits`` (levels k x full scale / (2^(bits-1) - 1)) (full scale: the largest |output| of a
+query's detections in a core pass). Input: the modulators' DACs put every value a core receives on ``input_bits``
+signed levels of the largest |value| of the query's sub-vectors.
 """
 from __future__ import annotations
 
@@ -34,9 +36,10 @@ class Noise:
     shot_noise: float = 0.0
     thermal_noise: float = 0.0
     adc_bits: int | None = None
+    input_bits: int | None = None
 
     def __post_init__(self):
-        for key in ("dac_bits", "adc_bits"):
+        for key in ("dac_bits", "adc_bits", "input_bits"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or not 2 <= value <= 24):
                 raise ValueError(f"backend.noise.{key}: {value!r} is not allowed; use an integer in 2..24 or null (off)")
@@ -61,7 +64,7 @@ _PRESET_VALUES = {
     "ideal": {},
     "typical": dict(dac_bits=8, gamma_spread=0.002, crosstalk=0.005, phase_bias=1.0, drift=0.02,
                     insertion_loss_db=0.1, splitter_imbalance=0.01, shot_noise=1e-3, thermal_noise=1e-3,
-                    adc_bits=8),
+                    adc_bits=8, input_bits=8),
     "pessimistic": dict(dac_bits=6, gamma_spread=0.01, crosstalk=0.02, phase_bias=1.0, drift=0.1,
                         insertion_loss_db=0.3, splitter_imbalance=0.03, shot_noise=5e-3, thermal_noise=5e-3,
                         adc_bits=6),

@@ -65,10 +65,10 @@ class RtlBackend(FixedBackend):
     def architecture_keys(self) -> dict:
         return {"lanes": (self.options.lanes, "lanes"), "clock_mhz": (self.options.clock_mhz, "clock_mhz")}
 
-    def bind(self, network) -> None:
+    def bind(self, network, architecture=None) -> None:
         """Also picks the core(s) to build: layers with the same intermediate and output widths share
         one build (the larger of their depths and input widths); a layer that fits no core fails here."""
-        super().bind(network)
+        super().bind(network, architecture)
         self._calls = 0                               # TT layer calls so far (backend.waves picks one)
         self._cores: dict[int, CoreParams] = {}
         shared: dict[tuple, CoreParams] = {}

@@ -127,7 +127,7 @@ def config_builds(config: str, overrides: list[str], lanes: int) -> list[dict]:
 
     cfg = load_config(config, list(overrides) + ["backend.name=rtl", f"backend.lanes={lanes}"])
     network = build_network(cfg.model)
-    backend = build_backend(cfg.backend, network)
+    backend = build_backend(cfg.backend, network, cfg.architecture)
     builds: dict[str, dict] = {}
     for index, layer, spec in backend.layer_specs():
         if not isinstance(layer, TTLinear):

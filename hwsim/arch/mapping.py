@@ -216,8 +216,9 @@ class CoreMap:
     """One weight tensor (region) of a layer on the chip: its (m_k r_k+1) x (r_k n_k) matrix on a
     ``grid`` (rows, columns) of n x n blocks, ``copies`` physical copies of them, ``symbols`` per row.
     Per sub-vector: every block column's n inputs are converted (DAC) and modulated once and split to
-    the blocks of that column; every block's n outputs are detected (TIA, ADC); the column blocks'
-    partial sums are added digitally; the result is written to the buffer, the next core's input read."""
+    the blocks of that column; the block rows' outputs are read (TIA, ADC) once per output with the block
+    columns' photocurrents summed, or (``digital``) every block's outputs are read and added digitally;
+    the result is written to the buffer, the next core's input read."""
 
     region: str
     step: Step
@@ -225,6 +226,7 @@ class CoreMap:
     copies: int
     symbols: int
     n: int
+    digital: bool = False         # partial sums digitised block by block (else summed as photocurrents)
 
     @property
     def blocks(self) -> int:
@@ -235,8 +237,12 @@ class CoreMap:
         return self.blocks * self.n ** 2
 
     def per_row(self) -> dict[str, int]:
+        """Conversions and digital work per input row; ``digital``: the block columns' partial sums are
+        digitised one by one and added, else their photocurrents add before one TIA and ADC per output."""
         s, (gr, gc), n = self.step.subvectors, self.grid, self.n
-        return {"modulations": s * gc * n, "detections": s * gr * gc * n, "partial_sum_adds": s * (gc - 1) * gr * n,
+        readouts = gr * gc * n if self.digital else gr * n
+        return {"modulations": s * gc * n, "detections": s * readouts,
+                "partial_sum_adds": s * (gc - 1) * gr * n if self.digital else 0,
                 "buffer_writes": s * self.step.mr, "buffer_reads": s * self.step.terms}
 
 
@@ -264,10 +270,14 @@ class PhotonicMap:
     buffer_bytes: int
     adc_bits: int
     dac_bits: int
+    input_bits: int
 
     @property
     def blocks(self) -> int:
         return sum(c.blocks for layer in self.layers for c in layer.cores)
+
+    def layer(self, index: int) -> PhotonicLayer:
+        return next(layer for layer in self.layers if layer.index == index)
 
     def events(self, w: Workload) -> dict:
         """Counts of a workload: per-row conversions (``modulations``, ``detections``, ``partial_sum_adds``,
@@ -291,14 +301,14 @@ class PhotonicMap:
         a = self.arch
         lines = [f"photonic chip: {a.block}x{a.block} {a.mesh} MZI blocks, cores {a.cores.replace('_', '-')}, "
                  f"{a.wdm} wavelength(s), {a.symbol_rate_hz / 1e9:g} GS/s; {self.blocks:,} physical blocks, "
-                 f"{sum(l.shifters for l in self.layers):,} phase shifters; modulator DACs {a.input_bits} bits, "
-                 f"ADCs {self.adc_bits} bits, phase DACs {self.dac_bits} bits; between cores: detect, ADC, "
-                 f"digital partial sums, SRAM buffer {fmt_bytes(self.buffer_bytes)}, DAC, modulate"]
+                 f"{sum(l.shifters for l in self.layers):,} phase shifters; modulator DACs {self.input_bits} bits, "
+                 f"ADCs {self.adc_bits} bits, phase DACs {self.dac_bits} bits; partial sums {a.partial_sums}; between "
+                 f"cores: detect, ADC, SRAM buffer {fmt_bytes(self.buffer_bytes)}, DAC, modulate"]
         for layer in self.layers:
             lines.append(f"  layer {layer.index} ({layer.in_features} -> {layer.out_features}): "
                          f"{layer.symbols_per_row:,} symbols per row, {layer.shifters:,} shifters")
             lines.append("    tensor   matrix     blocks (grid x copies)  sub-vectors/row  symbols/row  "
-                         "DAC+mod/row  detections/row  adds/row")
+                         "DAC+mod/row  ADC reads/row  adds/row")
             for c in layer.cores:
                 r = c.per_row()
                 matrix = f"{c.step.mr}x{c.step.terms}"
@@ -308,9 +318,10 @@ class PhotonicMap:
         return "\n".join(lines)
 
 
-def map_photonic(network, arch: PhotonicChip, adc_bits: int | None, dac_bits: int | None) -> PhotonicMap:
-    """The chip's blocks for every weight tensor; ``adc_bits`` / ``dac_bits``: the noise model's widths
-    (None: the architecture's ``converter_bits``)."""
+def map_photonic(network, arch: PhotonicChip, adc_bits: int | None, dac_bits: int | None,
+                 input_bits: int | None) -> PhotonicMap:
+    """The chip's blocks for every weight tensor; the converter widths of the noise model (ADC, phase
+    DAC, modulator DAC; None: not simulated, charged at the architecture's ``converter_bits``)."""
     n, layers, need = arch.block, [], 0
     adc = adc_bits or arch.converter_bits
     for i, layer in enumerate(network.layers):
@@ -321,11 +332,11 @@ def map_photonic(network, arch: PhotonicChip, adc_bits: int | None, dac_bits: in
             grid = (-(-step.mr // n), -(-step.terms // n))
             copies = 1 if arch.cores == "time_multiplexed" else step.subvectors
             symbols = -(-step.subvectors // (copies * arch.wdm))
-            cores.append(CoreMap(f"{i}.{name}", step, grid, copies, symbols, n))
+            cores.append(CoreMap(f"{i}.{name}", step, grid, copies, symbols, n, arch.partial_sums == "digital"))
             need = max(need, step.values * adc)
         layers.append(PhotonicLayer(i, layer.in_features, layer.out_features, tuple(cores)))
     buffer = pow2_bytes(2 * need) if arch.buffer_bytes == "auto" else arch.buffer_bytes
-    return PhotonicMap(arch, tuple(layers), buffer, adc, dac_bits or arch.converter_bits)
+    return PhotonicMap(arch, tuple(layers), buffer, adc, dac_bits or arch.converter_bits, input_bits or arch.converter_bits)
 
 
 def map_network(network, backend, arch: "Engine | PhotonicChip") -> "EngineMap | PhotonicMap":

@@ -49,16 +49,17 @@ class Engine:
 class PhotonicChip:
     """The photonic chip: TT cores on ``block`` x ``block`` MZI blocks (``mesh`` layout), each core
     ``time_multiplexed`` (one physical copy, one sub-vector per symbol and wavelength) or ``replicated``
-    (a copy per sub-vector of a row); ``wdm`` wavelengths; converters at ``input_bits`` (modulator DACs)
-    and ``converter_bits`` (phase DACs and ADCs where the noise model sets none); ``buffer_bytes`` of SRAM
-    between cores."""
+    (a copy per sub-vector of a row); the partial sums of a core's block columns added as ``photocurrent``
+    (the detectors of one output wired to one TIA and ADC) or ``digital`` (every block's outputs digitised,
+    then added); ``wdm`` wavelengths; converters charged at ``converter_bits`` where the
+    noise model simulates none; ``buffer_bytes`` of SRAM between cores."""
 
     block: int = 8
     mesh: str = "clements"
     symbol_rate_hz: float = 1e10
     cores: Literal["time_multiplexed", "replicated"] = "time_multiplexed"
+    partial_sums: Literal["photocurrent", "digital"] = "photocurrent"
     wdm: int = 1
-    input_bits: int = 8
     converter_bits: int = 8
     buffer_bytes: Auto = "auto"
 
@@ -67,10 +68,8 @@ class PhotonicChip:
     def check(self, p: str) -> None:
         _at_least(f"{p}.wdm", self.wdm, 1)
         _positive(f"{p}.symbol_rate_hz", self.symbol_rate_hz)
-        for key in ("input_bits", "converter_bits"):
-            value = getattr(self, key)
-            if not 1 <= value <= 24:
-                raise ConfigError(f"{p}.{key}: {value!r} is not allowed; use a width in 1..24 bits")
+        if not 2 <= self.converter_bits <= 24:
+            raise ConfigError(f"{p}.converter_bits: {self.converter_bits!r} is not allowed; use a width in 2..24 bits")
         if self.buffer_bytes != "auto":
             _at_least(f"{p}.buffer_bytes", self.buffer_bytes, 1)
 

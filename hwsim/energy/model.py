@@ -179,8 +179,8 @@ def photonic_model(mapping: PhotonicMap, counters: dict, table: Table) -> Estima
     est.terms.append(Term("converters", f"phase DAC writes ({mapping.dac_bits} bits)", ev.get("phase_writes", 0),
                           dac_energy(table, mapping.dac_bits), ("dac_8b_sample",)))
     mods, dets = ev.get("modulations", 0), ev.get("detections", 0)
-    est.terms.append(Term("converters", f"input DAC samples ({arch.input_bits} bits)", mods,
-                          dac_energy(table, arch.input_bits), ("dac_8b_sample",)))
+    est.terms.append(Term("converters", f"modulator DAC samples ({mapping.input_bits} bits)", mods,
+                          dac_energy(table, mapping.input_bits), ("dac_8b_sample",)))
     est.terms.append(Term("converters", "modulator symbols", mods, table["modulator_symbol"], ("modulator_symbol",)))
     est.terms.append(Term("converters", f"ADC samples ({mapping.adc_bits} bits)", dets,
                           adc_energy(table, mapping.adc_bits), ("adc_8b_sample",)))
