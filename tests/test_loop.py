@@ -96,8 +96,8 @@ def test_train_resumed_equals_uninterrupted(tmp_path, name, extra):
     if name == "mnist_tt_hybrid":
         phases = [json.loads(r)["phase"] for r in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
         assert "cge" in phases                       # the switch happened (its state crossed a checkpoint)
-    if "photonic" in str(extra):
-        assert metrics["counters"]["phase_writes"] > 0
+    if "photonic" in str(extra):                  # the heaters' load crossed the checkpoints too
+        assert any(k.startswith("held_pi_rows:") and v > 0 for k, v in metrics["counters"].items())
 
 
 @pytest.mark.parametrize("name, extra", [

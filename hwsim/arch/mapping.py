@@ -215,10 +215,11 @@ def map_engine(network, arch: Engine, widths) -> EngineMap:
 class CoreMap:
     """One weight tensor (region) of a layer on the chip: its (m_k r_k+1) x (r_k n_k) matrix on a
     ``grid`` (rows, columns) of n x n blocks, ``copies`` physical copies of them, ``symbols`` per row.
-    Per sub-vector: every block column's n inputs are converted (DAC) and modulated once and split to
-    the blocks of that column; the block rows' outputs are read (TIA, ADC) once per output with the block
-    columns' photocurrents summed, or (``digital``) every block's outputs are read and added digitally;
-    the result is written to the buffer, the next core's input read."""
+    Per sub-vector: every input value is converted (DAC) and modulated once and split to the blocks of
+    its block column; every output is read (TIA, ADC) once with the block columns' photocurrents summed,
+    or (``digital``) every block's outputs are read and added digitally; the result is written to the
+    buffer, the next core's input read. Zero padding of the last block row and column is neither
+    modulated nor read."""
 
     region: str
     step: Step
@@ -239,11 +240,10 @@ class CoreMap:
     def per_row(self) -> dict[str, int]:
         """Conversions and digital work per input row; ``digital``: the block columns' partial sums are
         digitised one by one and added, else their photocurrents add before one TIA and ADC per output."""
-        s, (gr, gc), n = self.step.subvectors, self.grid, self.n
-        readouts = gr * gc * n if self.digital else gr * n
-        return {"modulations": s * gc * n, "detections": s * readouts,
-                "partial_sum_adds": s * (gc - 1) * gr * n if self.digital else 0,
-                "buffer_writes": s * self.step.mr, "buffer_reads": s * self.step.terms}
+        s, gc, mr, terms = self.step.subvectors, self.grid[1], self.step.mr, self.step.terms
+        return {"modulations": s * terms, "detections": s * (gc * mr if self.digital else mr),
+                "partial_sum_adds": s * (gc - 1) * mr if self.digital else 0,
+                "buffer_writes": s * mr, "buffer_reads": s * terms}
 
 
 @dataclass(frozen=True)
