@@ -155,7 +155,7 @@ def _energy(args) -> int:
     from hwsim.build import build_backend, build_mapping, build_network
     from hwsim.config import Config, ConfigError, PinnConfig, load_config, read_raw
     from hwsim.energy.model import estimate
-    from hwsim.energy.report import explain, subtract
+    from hwsim.energy.report import assumptions, explain, subtract
     from hwsim.energy.table import load_table
 
     run = Path(args.run)
@@ -164,7 +164,8 @@ def _energy(args) -> int:
             raise ConfigError(f"{run} has no {name}: give the directory of a finished `hwsim train` or `hwsim pinn` run")
     source = str(run / "config.yaml")
     raw = read_raw(source)
-    cfg = load_config(source, args.set or [], PinnConfig if "pde" in raw else Config)
+    assumed = assumptions(args.assume) if args.assume else []
+    cfg = load_config(source, assumed + (args.set or []), PinnConfig if "pde" in raw else Config)
     ran_on = (raw.get("backend") or {}).get("name", "ideal")
     if cfg.backend.name != ran_on:
         raise ConfigError(f"backend.name: {run} ran on {ran_on!r}; its counters are that backend's work, so they "
@@ -352,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="change the config first, e.g. energy.phase_shifter_p_pi=0.1 (a device-table entry)")
     p.add_argument("--table", action="append", metavar="FILE", help="a YAML file of device-table overrides")
+    p.add_argument("--assume", metavar="NAME|FILE", help="a named set of charging assumptions (shipped: "
+                   "tonn_hjb_2024), applied before --set")
     p.set_defaults(func=_energy)
     p = sub.add_parser("rtl", help="the Verilog TT core: check it against the fixed-point spec")
     rtl = p.add_subparsers(dest="rtl_command", required=True)

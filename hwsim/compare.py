@@ -230,7 +230,7 @@ def plots(lines: list[dict], results: list[dict], out_dir: Path, title: str) -> 
 
     ok = [line for line in lines if "energy_j_per_inference" in line and "deployed_accuracy" in line]
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for i, line in enumerate(ok):
         color = f"C{i % 10}"
         for key, marker, what in (("deployed_accuracy", "o", "deployed"), ("finetuned_accuracy", "^", "fine-tuned")):
@@ -247,7 +247,7 @@ def plots(lines: list[dict], results: list[dict], out_dir: Path, title: str) -> 
            title=f"{title}: accuracy vs energy (error bars: std over chips)")
     ax.tick_params(axis="x", which="both", labelsize=7, labelrotation=30)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")       # beside the points, not over them
     paths.append(out_dir / "accuracy_vs_energy.png")
     save_figure(fig, paths[-1])
 

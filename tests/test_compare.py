@@ -43,6 +43,7 @@ def test_a_spec_compares_rows_and_a_failing_row_does_not_stop_the_others(tmp_pat
         assert r["energy_j_per_inference"] > 0 and r["energy_j_training"] > 0
         assert r["device_memory_bytes_bp"] > r["device_memory_bytes_zo"] > 0
     assert rows["photonic"]["chips"] == 2 and rows["ideal"]["chips"] == 1
+    assert {rows[n]["inferences"] for n in ("ideal", "fixed 8-bit", "photonic")} == {100}   # the same images
     chips = [r for r in report["results"] if r["row"] == "photonic"]
     assert sorted(r["chip"] for r in chips) == [0, 1]
     accs = [r["deployed_accuracy"] for r in chips]
@@ -54,7 +55,7 @@ def test_a_spec_compares_rows_and_a_failing_row_does_not_stop_the_others(tmp_pat
     for name in ("compare.md", "compare.csv", "accuracy_vs_energy.png", "energy_breakdown.png", "chips.png"):
         assert (out / name).stat().st_size > 0
     md = (out / "compare.md").read_text()
-    assert "| broken | 1 |" in md and "ConfigError" in md
+    assert "| broken | 1 |" in md and "ConfigError" in md and "| test images |" in md
     assert "[5/5] broken: ConfigError" in capsys.readouterr().out
 
 
@@ -126,3 +127,18 @@ def test_a_sigterm_to_compare_ends_its_workers(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.lists(st.tuples(st.floats(1e-9, 1.0), st.floats(0.0, 100.0)), min_size=1, max_size=30))
+def test_the_pareto_front_holds_exactly_the_undominated_points(points):
+    """No point of the front is beaten on both axes by any point; every point off the front is beaten (or
+    equalled) by one on it; the front goes up in accuracy as energy grows."""
+    from hwsim.compare import pareto_front
+    front = pareto_front(points)
+    beats = lambda a, b: a[0] <= b[0] and a[1] >= b[1] and a != b     # noqa: E731
+    assert all(not any(beats(p, f) and (p[0] < f[0] or p[1] > f[1]) for p in points) for f in front)
+    assert all(any(f[0] <= p[0] and f[1] >= p[1] for f in front) for p in points)
+    assert all(a[0] <= b[0] and a[1] < b[1] for a, b in zip(front, front[1:]))

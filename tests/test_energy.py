@@ -234,6 +234,22 @@ def test_a_run_reports_energy_and_hwsim_energy_explains_it(tmp_path, capsys):
         assert message in err and err.count("\n") == 1, err
 
 
+def test_assumption_sets_change_the_charging_not_the_run(tmp_path, capsys):
+    fast = ["data.train_limit=300", "data.val_size=50", "data.test_limit=50", "train.batch_size=32", "train.steps=1",
+            "train.eval_every=1", "model.layers=[{type: linear, in_features: 784, out_features: 10}]"]
+    train(load_config("mnist_tt_zo", fast), tmp_path / "run", progress=False, log=lambda s: None)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("description: fast adders\nset: [energy.fp32_add=0.1pJ, architecture.lanes=4]\n")
+    assert main(["energy", str(tmp_path / "run"), "--assume", str(mine), "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "fp32_add = 0.1 pJ [" not in out and "fp32_add = 0.1 pJ (assumption): user" in out and "4 lanes" in out
+    mine.write_text("set: [train.steps=5]\n")
+    assert main(["energy", str(tmp_path / "run"), "--assume", str(mine)]) == 2
+    assert "train.steps changes the run, not its charging" in capsys.readouterr().err
+    from hwsim.energy.report import assumptions
+    assert "architecture.cores=replicated" in assumptions("tonn_hjb_2024")
+
+
 def test_unit_suffixes_and_the_buffer_tiers():
     assert load_table({"phase_shifter_p_pi": "95uW"})["phase_shifter_p_pi"] == pytest.approx(95e-6)
     assert load_table({"phase_shifter_settle": "1 us"})["phase_shifter_settle"] == pytest.approx(1e-6)

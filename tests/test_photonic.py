@@ -417,3 +417,26 @@ def test_phases_of_a_block_do_not_depend_on_the_blocks_decomposed_with_it():
             alone, g, s = encode_blocks(blocks[lo:hi], lay)
             assert torch.equal(commanded(together[lo:hi], 8, noise), commanded(alone, 8, noise))
             assert torch.equal(signs[lo:hi], s) and torch.equal(gains[lo:hi], g)
+
+
+def test_replicated_cores_give_every_copy_its_own_variations():
+    """architecture.cores: replicated places a copy of a core's blocks per sub-vector of a row: on an ideal
+    chip the same numbers as one time-multiplexed copy (and the ideal backend); with fabrication biases
+    every copy errs on its own, so the outputs differ from the time-multiplexed chip's."""
+    from hwsim.arch.spec import resolve
+    net = tt_net()
+    theta = net.init_params(torch.Generator().manual_seed(0))
+    x = torch.randn(7, 16, generator=torch.Generator().manual_seed(2), dtype=F64)
+    want = net.forward(create_backend("ideal", dtype="float64"), net.space.unflatten(theta), x)
+    outs = {}
+    for noise in ("ideal", {"phase_bias": 0.3}):
+        for cores in ("time_multiplexed", "replicated"):
+            chip = create_backend("photonic", dtype="float64", noise=noise)
+            chip.bind(net, resolve(chip, {"cores": cores}))
+            outs[str(noise), cores] = net.forward(chip, net.space.unflatten(theta), x)
+    assert (outs["ideal", "replicated"] - want).abs().max() < 1e-10
+    region = chip._regions["0.core0"]
+    subvectors = chip.mapping.layer(0).cores[0].step.subvectors
+    assert region.copies == subvectors > 1 and region.state.bias.shape[0] == subvectors * region.tiling.blocks
+    biased = str({"phase_bias": 0.3})
+    assert not torch.allclose(outs[biased, "replicated"], outs[biased, "time_multiplexed"])

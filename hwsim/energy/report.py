@@ -1,9 +1,41 @@
 """A run's energy, latency and memory figures (metrics.json fields) and the ``--explain`` listing."""
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
+
+from hwsim import yaml12
 from hwsim.arch.mapping import Workload
+from hwsim.config import ConfigError
 from hwsim.energy.model import Estimate, estimate
 from hwsim.energy.table import Table
+
+
+ASSUMABLE = ("energy.", "architecture.", "backend.noise.")     # what changes the charging, not the run
+
+
+def assumptions(name: str) -> list[str]:
+    """The ``--set`` overrides of a named set of charging assumptions (hwsim/energy/assumptions/NAME.yaml)
+    or of a YAML file {description, set: [key=value, ...]}; only device-table, architecture and converter
+    keys (``ASSUMABLE``)."""
+    folder = resources.files("hwsim.energy") / "assumptions"
+    shipped = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    path = Path(name)
+    if name in shipped:
+        text = (folder / f"{name}.yaml").read_text()
+    elif path.suffix in (".yaml", ".yml") and path.is_file():
+        text = path.read_text()
+    else:
+        raise ConfigError(f"--assume {name}: not a shipped assumption set ({', '.join(shipped)}) or a YAML file")
+    raw = yaml12.load(text)
+    items = raw.get("set") if isinstance(raw, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, str) and "=" in i for i in items):
+        raise ConfigError(f"--assume {name}: expected a mapping with set: [key=value, ...]")
+    for item in items:
+        if not item.startswith(ASSUMABLE):
+            raise ConfigError(f"--assume {name}: {item.split('=')[0]} changes the run, not its charging; "
+                              f"allowed: {', '.join(k + '*' for k in ASSUMABLE)}")
+    return items
 
 
 def subtract(total: dict, part: dict) -> dict:
