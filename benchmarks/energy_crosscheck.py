@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from hwsim.arch.mapping import Workload, map_network
+from hwsim.arch.mapping import map_network
 from hwsim.arch.spec import resolve
 from hwsim.backends import create_backend
 from hwsim.energy.model import estimate

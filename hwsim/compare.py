@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import torch
 import yaml
 
-from hwsim.config import Config, ConfigError, from_dict, load_config, read_raw
+from hwsim.config import ConfigError, from_dict, load_config, read_raw
 from hwsim.report import markdown_table, save_figure, write_atomic, write_json
 
 NOISY = ("photonic",)          # backends whose chips differ by chip_seed

@@ -93,7 +93,6 @@ class Network:
                 raise ValueError(f"layer sizes do not chain: {a.out_features} outputs feed {b.in_features} inputs")
         self.in_features, self.out_features = linears[0].in_features, linears[-1].out_features
         self.dense_params = sum(layer.dense_params for layer in linears)
-        self.linear_layers = len(linears)
         self.linear_indices = [i for i, layer in enumerate(self.layers) if isinstance(layer, Linear)]
 
     @property

@@ -301,3 +301,30 @@ def test_the_independent_crosscheck_agrees_to_the_last_digit():
         for row in part["rows"]:
             assert row["hwsim_j"] == pytest.approx(row["independent_j"], rel=1e-12, abs=0), row
             assert row["hwsim_j"] > 0
+
+
+@pytest.mark.parametrize("name, options", [("ideal", {}), ("fixed", {"bits": 8}), ("photonic", {"noise": "typical", "block": 4})])
+def test_workload_counters_do_not_depend_on_the_query_chunks(name, options):
+    """The same step's queries evaluated one per chunk or all in one chunk: the same workload, so the same
+    joules (on an exact backend the simulator shares the prefix layers differently in the two cases)."""
+    from hwsim.objective import BatchObjective
+    net, _ = _small()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 784, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    directions = 0.01 * torch.randn(6, net.space.entries[1].numel, generator=gen, dtype=torch.float64)
+    got = []
+    for chunk in (1, 10 ** 9):
+        b = create_backend(name, **options)
+        b.bind(net)
+        theta = b.encode(net.init_params(torch.Generator().manual_seed(1)).to(b.dtype))
+        objective = BatchObjective(net, b, x.to(b.data_dtype), y, chunk_elements=chunk)
+        objective.key_noise(0)
+        deltas = directions.to(theta.dtype)
+        objective.losses(theta, deltas, net.space.entries[1].offset)       # 6 queries moving layer 0's core 1
+        objective.losses(theta, deltas[:2, :10], net.space.entries[-1].offset)   # 2 moving layer 2's bias
+        got.append((Workload.from_counters(b.counters()), b))
+    (w1, b1), (w2, _) = got
+    assert w1.passes == w2.passes == {8: 8} and w1.programs == w2.programs == {0: 6, 2: 2}
+    assert w1.held_pi == pytest.approx(w2.held_pi, rel=1e-12)
+    m = map_network(net, b1, resolve(b1))
+    assert estimate(m, b1.counters(), TABLE).joules == pytest.approx(estimate(m, got[1][1].counters(), TABLE).joules, rel=1e-12)

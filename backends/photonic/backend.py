@@ -378,12 +378,6 @@ class PhotonicBackend(Backend):
                         dtype=dtype, out=out[k])
         return out.reshape(shape)
 
-    # --- reporting ---------------------------------------------------------------------------------
-    def mzi_counts(self) -> dict[str, int]:
-        """MZIs of every weight tensor's blocks (n^2 per block), and the total."""
-        per = {name: r.tiling.blocks * self.layout.n ** 2 for name, r in self._regions.items()}
-        return {**per, "total": sum(per.values())}
-
     def _bound(self):
         if self._network is None:
             raise RuntimeError("the photonic backend is not bound to a network: call backend.bind(network) first")
