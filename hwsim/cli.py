@@ -18,6 +18,7 @@ def _run(args, kind) -> int:
     from hwsim.config import Config, ConfigError, load_config
     from hwsim.distributed import from_environment
     from hwsim.loop import RunStopped
+    from hwsim.rundir import RunDirBusy
     from hwsim.pinn.train import pinn
     from hwsim.train import train
 
@@ -47,7 +48,7 @@ def _run(args, kind) -> int:
     existed = out.exists()
     try:
         run(cfg, out, progress=not args.quiet, resume=bool(args.resume), allow_changes=args.allow_changes, ranks=ranks)
-    except RunStopped:                 # stopped by the user (a second Ctrl-C too): what was written stays
+    except (RunStopped, RunDirBusy):   # stopped by the user (what was written stays); another process's run
         raise
     except Exception:
         if ranks.main and not args.resume:
@@ -63,6 +64,7 @@ def _discard_unstarted(out: Path, existed: bool) -> None:
     import shutil
 
     from hwsim import checkpoint
+    from hwsim.rundir import LOCK_NAME
 
     if not out.is_dir():
         return
@@ -72,7 +74,7 @@ def _discard_unstarted(out: Path, existed: bool) -> None:
     if not existed:
         shutil.rmtree(out, ignore_errors=True)
         return
-    for path in saved + [out / "config.yaml", out / "metrics.jsonl"]:
+    for path in saved + [out / "config.yaml", out / "metrics.jsonl", out / LOCK_NAME]:
         path.unlink(missing_ok=True)
 
 

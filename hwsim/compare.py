@@ -28,6 +28,7 @@ import yaml
 
 from hwsim.config import ConfigError, from_dict, load_config, read_raw
 from hwsim.report import markdown_table, save_figure, write_atomic, write_json
+from hwsim.rundir import RunLock
 
 NOISY = ("photonic",)          # backends whose chips differ by chip_seed
 
@@ -289,10 +290,19 @@ def plots(lines: list[dict], results: list[dict], out_dir: Path, title: str) -> 
 def compare(spec: Spec, out_dir: Path, jobs: int = 1, log: Callable[[str], None] = print,
             progress: bool = True) -> dict:
     """Run a spec; returns {"rows": per-row summary, "results": per chip} (also written to ``out_dir``)."""
-    from hwsim.train import train
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock()
+    lock.acquire(out_dir)             # one compare per out dir (its reference and rows lock their own)
+    try:
+        return _compare(spec, out_dir, jobs, log, progress)
+    finally:
+        lock.release()
+
+
+def _compare(spec: Spec, out_dir: Path, jobs: int, log: Callable[[str], None], progress: bool) -> dict:
+    from hwsim.train import train
+
     t0 = time.perf_counter()
     if spec.reference:
         reference = Path(spec.reference)

@@ -40,6 +40,7 @@ from hwsim.energy.memory import device_memory
 from hwsim.energy.report import run_figures, subtract
 from hwsim.energy.table import load_table
 from hwsim.progress import Progress
+from hwsim.rundir import RunLock
 from hwsim.report import plot_energy, write_atomic, write_json, write_jsonl, write_yaml
 
 FORMAT_VERSION = 1
@@ -160,7 +161,17 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
              allow_changes: bool = False, ranks: Ranks | None = None) -> dict:
     """Train ``parts`` on ``task``; returns the final metrics (written to ``out_dir`` when given: config.yaml,
     metrics.jsonl, metrics.json, params.pt, checkpoints/ and the task's plots). ``ranks``: the processes
-    sharing every step's queries (hwsim.distributed); only rank 0 writes and logs."""
+    sharing every step's queries (hwsim.distributed); only rank 0 writes and logs, holding the run
+    directory's lock (hwsim.rundir) until it returns."""
+    lock = RunLock()
+    try:
+        return _run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes, ranks, lock)
+    finally:
+        lock.release()
+
+
+def _run_loop(task: Task, parts: Parts, out_dir: Path | None, progress: bool, log: Callable[[str], None],
+              header: str, resume: bool, allow_changes: bool, ranks: Ranks | None, lock: RunLock) -> dict:
     cfg, backend, network = parts.cfg, parts.backend, parts.network
     ranks = ranks or Ranks()
     if not ranks.main:
@@ -188,6 +199,8 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
     if resume:
         if out_dir is None:
             raise ConfigError("resume: needs the run directory (out_dir)")
+        if ranks.main:
+            lock.acquire(Path(out_dir))
         path = checkpoint.latest(out_dir)
         saved = checkpoint.load(path)
         _check_resumable(saved, path, task, cfg, allow_changes)
@@ -217,7 +230,7 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
             if writes:
                 write_jsonl(out_dir / "metrics.jsonl", records)
         elif writes:
-            last_path = _start_run_dir(out_dir, cfg, state, ck.keep)
+            last_path = _start_run_dir(out_dir, cfg, state, ck.keep, lock)
         ranks.barrier()                      # the others wait until rank 0 has started the run directory
     if header:
         log(header)
@@ -358,14 +371,16 @@ def _guard(step: int, space, loss: float, values: torch.Tensor, what: str, last:
                          f"or estimator mu may help)")
 
 
-def _start_run_dir(out_dir: Path, cfg: RunConfig, state: Callable[[], dict], keep: int) -> Path:
-    """Create ``out_dir`` (and its parents) and write config.yaml and the step-0 checkpoint, so that an
-    out dir that cannot be written fails here, before the first step; a failure leaves nothing behind."""
+def _start_run_dir(out_dir: Path, cfg: RunConfig, state: Callable[[], dict], keep: int, lock: RunLock) -> Path:
+    """Create ``out_dir`` (and its parents), take its lock and write config.yaml and the step-0 checkpoint,
+    so that an out dir that cannot be written fails here, before the first step; a failure leaves nothing
+    behind (a directory another process holds is left as it is)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir}: is a file, not a directory")
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire(out_dir)
         data = checkpoint.encode(state())
         free = shutil.disk_usage(out_dir).free
         if free < 4 * len(data) * (keep + 1):

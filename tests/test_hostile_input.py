@@ -5,6 +5,7 @@ CASES is the table of docs/reliability.md (a test checks that every class is lis
 need a run directory, a checkpoint or a dataset on disk build it in ``tmp_path`` first (``setup``)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -239,3 +240,32 @@ def test_every_case_is_in_the_reliability_table():
     doc = DOC.read_text()
     missing = [what for what, *_ in CASES if f"| {what} |" not in doc]
     assert not missing, f"docs/reliability.md lacks rows for: {missing}"
+
+
+def test_a_run_directory_has_one_writer_and_a_killed_holder_leaves_no_stale_lock(tmp_path, monkeypatch, capsys):
+    """Another process holding RUN/.hwsim.lock: a fresh run with --force into it and a --resume of it exit 2
+    with one line naming the holder's PID and touch nothing; once the holder is SIGKILLed, the same command
+    runs (the kernel released the lock)."""
+    import signal
+    import subprocess
+    import sys
+    monkeypatch.chdir(tmp_path)
+    _run_dir(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from hwsim.rundir import RunLock\nRunLock().acquire(Path('run'))\n"
+                               "print('held', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+        for argv in ([*TRAIN, "--out", "run", "--force"], ["train", "--resume", "run", "--quiet"]):
+            capsys.readouterr()
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err == f"hwsim: error: --out run: in use by another hwsim process (PID {holder.pid}); wait for it " \
+                          f"to end or choose another --out\n"
+            assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main([*TRAIN, "--out", "run", "--force"]) == 0
+    assert (tmp_path / "run" / ".hwsim.lock").read_text().strip() == str(os.getpid())   # this process held it last
