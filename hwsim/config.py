@@ -7,6 +7,7 @@ overrides are applied to the raw YAML before validation; values are parsed as YA
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,6 +22,17 @@ from hwsim.objective import DEFAULT_CHUNK_ELEMENTS
 
 class ConfigError(ValueError):
     """A config key has a bad value; the message starts with the key path."""
+
+
+EXCERPT = 120          # characters of a value an error message quotes
+MAX_INT = 2 ** 63      # integers (seeds, sizes) must fit int64; floats must be finite and below it
+
+
+def excerpt(value, limit: int = EXCERPT) -> str:
+    """repr(value) (escaped: one line), at most ``limit`` characters of it and how long it was: an error
+    message quotes a hostile value without printing all of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 # The most optimizer steps a run may take: 10^9 steps are decades at the fastest step hwsim measures
@@ -308,14 +320,14 @@ def _convert(tp, value, path: str):
                 return _convert(arg, value, path)
             except ConfigError:
                 continue
-        raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {excerpt(value)}")
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{path}: {value!r} is not allowed; expected {_describe(tp)}")
+            raise ConfigError(f"{path}: {excerpt(value)} is not allowed; expected {_describe(tp)}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+            raise ConfigError(f"{path}: expected {_describe(tp)}, got {excerpt(value)}")
         return [_convert(typing.get_args(tp)[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
@@ -324,7 +336,11 @@ def _convert(tp, value, path: str):
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
           dict: isinstance(value, dict)}[tp]
     if not ok:
-        raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {excerpt(value)}")
+    if tp is int and not -MAX_INT <= value < MAX_INT:
+        raise ConfigError(f"{path}: {excerpt(value)} is not allowed; use an integer of magnitude below 2^63")
+    if tp is float and not (math.isfinite(value) and abs(value) < MAX_INT):
+        raise ConfigError(f"{path}: {excerpt(value)} is not allowed; use a finite number")
     return float(value) if tp is float else value
 
 
@@ -334,7 +350,7 @@ def from_dict(cls, raw: Any, path: str = ""):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {excerpt(raw)}")
     if cls is BackendConfig:
         raw = {"name": raw.get("name", "ideal"), "options": {k: v for k, v in raw.items() if k != "name"}}
     hints = typing.get_type_hints(cls)
@@ -358,11 +374,11 @@ def apply_override(raw: dict, assignment: str) -> None:
 
     Setting ``backend.name`` to another backend drops the previous backend's options."""
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+        raise ConfigError(f"--set {excerpt(assignment)}: expected key.path=value")
     key, text = assignment.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"--set {assignment!r}: {key.strip()!r} is not a key path; use names joined by dots, "
+        raise ConfigError(f"--set {excerpt(assignment)}: {excerpt(key.strip())} is not a key path; use names joined by dots, "
                           f"e.g. train.steps=200")
     node = raw
     for i, part in enumerate(parts[:-1]):
@@ -378,7 +394,7 @@ def apply_override(raw: dict, assignment: str) -> None:
     last = parts[-1]
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"--set {key}: {last!r} is not an index of that list")
+            raise ConfigError(f"--set {key}: {excerpt(last)} is not an index of that list")
         node[int(last)] = _scalar(key, text)
     elif isinstance(node, dict):
         value = _scalar(key, text)
@@ -394,7 +410,7 @@ def _scalar(key: str, text: str):
     try:
         return yaml12.load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: {text!r} is not a valid YAML value ({_problem(e)})") from None
+        raise ConfigError(f"--set {key}: {excerpt(text)} is not a valid YAML value ({_problem(e)})") from None
 
 
 def _problem(e: yaml.YAMLError) -> str:
@@ -411,16 +427,16 @@ def read_raw(source: str) -> dict:
     """Raw mapping from a YAML file path or a shipped config name (e.g. ``mnist_tt_zo``)."""
     path = Path(source)
     if path.is_dir():
-        raise ConfigError(f"config {source!r}: is a directory; give a YAML file or a shipped config name")
+        raise ConfigError(f"config {excerpt(source)}: is a directory; give a YAML file or a shipped config name")
     if path.is_file():
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config {source!r}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+            raise ConfigError(f"config {excerpt(source)}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     else:
         shipped = resources.files("hwsim.configs") / f"{source}.yaml"
         if not shipped.is_file():
-            raise ConfigError(f"config {source!r}: no such file and no shipped config of that name; "
+            raise ConfigError(f"config {excerpt(source)}: no such file and no shipped config of that name; "
                               f"shipped: {', '.join(shipped_configs())}")
         text = shipped.read_text()
     try:
@@ -428,9 +444,9 @@ def read_raw(source: str) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"config {source!r}: not valid YAML{where} ({_problem(e)})") from None
+        raise ConfigError(f"config {excerpt(source)}: not valid YAML{where} ({_problem(e)})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config {source!r}: the YAML must be a mapping of sections")
+        raise ConfigError(f"config {excerpt(source)}: the YAML must be a mapping of sections")
     return raw
 
 
@@ -441,7 +457,7 @@ def load_config(source: str, overrides: list[str] = (), kind: type = Config):
     for assignment in overrides:
         apply_override(raw, assignment)
     if kind is Config and "pde" in raw:
-        raise ConfigError(f"config {source!r} has a pde section: it is a PINN config; run it with `hwsim pinn`")
+        raise ConfigError(f"config {excerpt(source)} has a pde section: it is a PINN config; run it with `hwsim pinn`")
     if kind is PinnConfig and "data" in raw:
-        raise ConfigError(f"config {source!r} has a data section: it is a training config; run it with `hwsim train`")
+        raise ConfigError(f"config {excerpt(source)} has a data section: it is a training config; run it with `hwsim train`")
     return from_dict(kind, raw)
