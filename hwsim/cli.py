@@ -131,10 +131,13 @@ def _eval(args) -> int:
 def _compare(args) -> int:
     """A compare spec (one model on many hardware rows), or finished run directories side by side."""
     from hwsim.compare import compare, is_spec, load_spec
+    from hwsim.config import ConfigError
     from hwsim.report import compare_runs, write_atomic
 
     if len(args.runs) == 1 and not Path(args.runs[0]).is_dir() and is_spec(args.runs[0]):
         spec = load_spec(args.runs[0])
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs: {args.jobs} is not allowed; use a number of processes >= 1")
         out = Path(args.out) if args.out else Path("runs") / Path(args.runs[0]).stem
         report = compare(spec, out, jobs=args.jobs, progress=not args.quiet)
         return 0 if all("error" not in line for line in report["rows"]) else 1
@@ -155,7 +158,7 @@ def _energy(args) -> int:
     import json
 
     from hwsim.build import build_backend, build_mapping, build_network
-    from hwsim.config import Config, ConfigError, PinnConfig, load_config, read_raw
+    from hwsim.config import Config, ConfigError, PinnConfig, excerpt, load_config, read_raw
     from hwsim.energy.model import estimate
     from hwsim.energy.report import assumptions, explain, subtract
     from hwsim.energy.table import load_table
@@ -176,22 +179,28 @@ def _energy(args) -> int:
     try:
         metrics = json.loads((run / "metrics.json").read_text())
         counters, evaluation = metrics["counters"], metrics.get("counters_evaluation", {})
-    except (ValueError, KeyError) as e:
-        raise ConfigError(f"{run / 'metrics.json'}: not the metrics of a run ({e})") from None
+        inference, steps = metrics.get("counters_inference", {}), int(metrics["steps"])
+        per = max(1, int(metrics.get("inferences", 0)))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{run / 'metrics.json'}: not the metrics of a run ({type(e).__name__}: {excerpt(str(e))})") from None
+    for key, table_ in (("counters", counters), ("counters_evaluation", evaluation), ("counters_inference", inference)):
+        bad = [k for k, v in table_.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0] \
+            if isinstance(table_, dict) else ["(not a mapping)"]
+        if bad:
+            raise ConfigError(f"{run / 'metrics.json'}: {key}.{str(bad[0])[:60]}: expected counts >= 0")
     network = build_network(cfg.model)
     backend = build_backend(cfg.backend, network, cfg.architecture)
     mapping = build_mapping(cfg.architecture, network, backend)
     table = load_table(cfg.energy, args.table or [])
     train = estimate(mapping, subtract(counters, evaluation), table)
-    infer = estimate(mapping, metrics.get("counters_inference", {}), table)
-    per = max(1, metrics.get("inferences", 0))
+    infer = estimate(mapping, inference, table)
     if args.explain:
         print(f"{run}: {backend.name} backend mapped onto its architecture\n{mapping.report()}\n")
-        print(explain(train, table, f"{run}: training, {metrics['steps']} steps on {backend.name}"))
+        print(explain(train, table, f"{run}: training, {steps} steps on {backend.name}"))
         print(explain(infer, table, f"{run}: one inference (mean of {per})", per))
     else:
         print(f"{run} on {backend.name}: training {train.joules:.4g} J, {train.latency_s:.4g} s on the device "
-              f"({metrics['steps']} steps); per inference {infer.joules / per:.4g} J, {infer.latency_s / per:.4g} s")
+              f"({steps} steps); per inference {infer.joules / per:.4g} J, {infer.latency_s / per:.4g} s")
         for name, parts in (("training", train.by_component()), ("per inference", {k: v / per for k, v in infer.by_component().items()})):
             print(f"  {name}: " + ", ".join(f"{k} {v:.3g} J" for k, v in parts.items()))
     return 0

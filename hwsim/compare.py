@@ -79,6 +79,8 @@ class Spec:
             raise ConfigError(f"{p}.rows: row names must differ; got {names}")
         if self.chips <= 0:
             raise ConfigError(f"{p}.chips: expected a number > 0, got {self.chips}")
+        if self.test_limit is not None and self.test_limit <= 0:
+            raise ConfigError(f"{p}.test_limit: expected a number > 0 (or null: every test image), got {self.test_limit}")
 
 
 def load_spec(source: str) -> Spec:

@@ -5,6 +5,7 @@ CASES is the table of docs/reliability.md (a test checks that every class is lis
 need a run directory, a checkpoint or a dataset on disk build it in ``tmp_path`` first (``setup``)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -51,6 +52,18 @@ def _idx(root: Path, truncate: int = 0) -> None:
 def _run_dir(root: Path) -> None:
     """'run': a finished tiny run."""
     assert main(["train", "mnist_tt_zo", "--quiet", "--out", str(root / "run"), *TINY]) == 0
+
+
+def _damaged_metrics(root: Path) -> None:
+    _run_dir(root)
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    metrics["counters"]["passes_rows64"] = "many"
+    (root / "run" / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _metrics_list(root: Path) -> None:
+    _run_dir(root)
+    (root / "run" / "metrics.json").write_text("[]")
 
 
 def _garbage_params(root: Path) -> None:
@@ -164,6 +177,19 @@ CASES = [
     ("non-finite number", None, [*TRAIN, "--set", "optimizer.lr=.nan"], r"optimizer\.lr: nan is not allowed; use a finite number"),
     ("a huge value", None, [*TRAIN, "--set", "seed=" + str([list(range(3000))] * 20)],
      r"^hwsim: error: seed: expected an integer, got \[\[0, 1, 2, .{60,120}\.\.\. \(3[0-9,]+ characters\)\n$"),
+    ("a key given twice", _files(**{"dup.yaml": "seed: 0\nseed: 1\n"}), ["train", "dup.yaml"],
+     r"config 'dup\.yaml': not valid YAML at line 2, column 1 \(the key 'seed' is given twice\)"),
+    ("compare with no worker", None, ["compare", "mnist_backends", "--jobs", "0"],
+     r"--jobs: 0 is not allowed; use a number of processes >= 1"),
+    ("compare spec with no test image", _files(**{"s.yaml": "test_limit: 0\nrows: [{name: a, backend: {name: ideal}}]\n"}),
+     ["compare", "s.yaml"], r"test_limit: expected a number > 0 \(or null: every test image\), got 0"),
+    ("device-table band upside down", _run_dir, ["energy", "run", "--set", "energy.mzi_loss={value: 1, low: 2, high: 0.5}"],
+     r"energy\.mzi_loss: low 2 is above high 0\.5 \(dB\)"),
+    ("device-table entry in another quantity's unit", _run_dir, ["energy", "run", "--set", "energy.int8_mult={value: 5, unit: ns}"],
+     r"energy\.int8_mult\.unit: ns does not measure int8_mult \(J\)"),
+    ("damaged metrics.json counters", _damaged_metrics, ["energy", "run"],
+     r"run/metrics\.json: counters\.passes_rows64: expected counts >= 0"),
+    ("metrics.json not a mapping", _metrics_list, ["energy", "run"], r"run/metrics\.json: not the metrics of a run \(TypeError"),
     ("energy of a run on another backend", _run_dir, ["energy", "run", "--set", "backend.name=photonic"],
      r"backend\.name: run ran on 'ideal'; .* deploy it there with `hwsim eval run --set backend\.name=photonic`"),
     ("device-table entry not positive", _run_dir, ["energy", "run", "--set", "energy.int8_mult=-0.2"],

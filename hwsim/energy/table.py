@@ -78,6 +78,9 @@ class Table:
                 spec = _with_unit(spec, old, f"{where}.{name}")
             elif not isinstance(spec, dict):
                 spec = {"value": spec}
+            unit = spec.get("unit", old.given_unit)
+            if unit in SI and SI[unit] != old.unit:
+                raise ConfigError(f"{where}.{name}.unit: {unit} does not measure {name} ({old.unit})")
             spec = {"unit": old.given_unit, "kind": "assumption", "locator": f"replaces {old.cite()}",
                     **spec, "source": "user"}
             out[name] = _entry(name, spec, f"{where}.{name}")
@@ -127,6 +130,8 @@ def _entry(name: str, spec, where: str) -> Entry:
     scale = UNITS[unit]
     value = _number(spec.get("value"), f"{where}.value", unit)
     band = {k: _number(spec[k], f"{where}.{k}", unit) * scale for k in ("low", "high") if spec.get(k) is not None}
+    if len(band) == 2 and band["low"] > band["high"]:
+        raise ConfigError(f"{where}: low {spec['low']:g} is above high {spec['high']:g} ({unit})")
     return Entry(name, value * scale, SI[unit], spec["kind"], spec["source"], spec.get("locator", ""),
                  band.get("low"), band.get("high"), value, unit)
 
