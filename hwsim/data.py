@@ -26,6 +26,9 @@ FASHION_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 DATASETS = ("mnist", "fashion_mnist", "idx")
 
 
+CLASSES = 10            # MNIST and Fashion-MNIST (and IDX directories in their format)
+
+
 class DataError(RuntimeError):
     """A dataset is missing or corrupt; the message says how to get it."""
 
@@ -45,7 +48,7 @@ class Dataset:
     train: Split
     val: Split
     test: Split
-    num_classes: int = 10
+    num_classes: int = CLASSES
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -127,10 +130,14 @@ def load_idx_dir(directory: Path) -> tuple[Split, Split]:
         raise DataError(f"data.path: IDX directory {directory} {what}; give a directory with the four IDX files")
     splits = []
     for prefix in ("train", "t10k"):
-        x = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
-        y = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
+        images, labels = _find(directory, f"{prefix}-images-idx3-ubyte"), _find(directory, f"{prefix}-labels-idx1-ubyte")
+        x, y = read_idx(images), read_idx(labels)
+        if x.ndim != 3 or len(x) == 0:
+            raise DataError(f"{images}: images of shape {x.shape}; expected (count >= 1, rows, columns)")
         if len(x) != len(y) or y.ndim != 1:
             raise DataError(f"{directory}: {len(x)} {prefix} images but labels of shape {y.shape}")
+        if int(y.max()) >= CLASSES:
+            raise DataError(f"{labels}: label {int(y.max())} found; labels are the classes 0..{CLASSES - 1}")
         splits.append(Split(x.reshape(len(x), -1).astype(np.float32) / 255.0, y.astype(np.int64)))
     return splits[0], splits[1]
 

@@ -33,17 +33,18 @@ def _files(**named):
     return setup
 
 
-def _idx(root: Path, truncate: int = 0) -> None:
-    """A directory 'idx' with the four MNIST-style IDX files (train labels cut by ``truncate`` bytes)."""
+def _idx(root: Path, truncate: int = 0, classes: int = 10, train_images: tuple[int, ...] = (600, 28, 28)) -> None:
+    """A directory 'idx' with the four MNIST-style IDX files (train labels cut by ``truncate`` bytes, labels
+    0..classes-1, train images of shape ``train_images``)."""
     def write(name: str, dims: tuple[int, ...], cut: int = 0) -> None:
         header = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
         n = 1
         for d in dims:
             n *= d
-        data = header + bytes(i % 10 for i in range(n))           # labels 0..9; any pixels
+        data = header + bytes(i % classes for i in range(n))      # labels 0..classes-1; any pixels
         (root / "idx" / name).write_bytes(data[:len(data) - cut])
     (root / "idx").mkdir()
-    write("train-images-idx3-ubyte", (600, 28, 28))
+    write("train-images-idx3-ubyte", train_images)
     write("train-labels-idx1-ubyte", (600,), truncate)
     write("t10k-images-idx3-ubyte", (100, 28, 28))
     write("t10k-labels-idx1-ubyte", (100,))
@@ -177,6 +178,11 @@ CASES = [
     ("non-finite number", None, [*TRAIN, "--set", "optimizer.lr=.nan"], r"optimizer\.lr: nan is not allowed; use a finite number"),
     ("a huge value", None, [*TRAIN, "--set", "seed=" + str([list(range(3000))] * 20)],
      r"^hwsim: error: seed: expected an integer, got \[\[0, 1, 2, .{60,120}\.\.\. \(3[0-9,]+ characters\)\n$"),
+    ("IDX labels beyond the classes", lambda root: _idx(root, classes=12), [*TRAIN, "--set", "data.name=idx", "--set", "data.path=idx"],
+     r"idx/train-labels-idx1-ubyte: label 11 found; labels are the classes 0\.\.9"),
+    ("IDX images not a stack of 2-D images", lambda root: _idx(root, train_images=(600, 784)),
+     [*TRAIN, "--set", "data.name=idx", "--set", "data.path=idx"],
+     r"idx/train-images-idx3-ubyte: images of shape \(600, 784\); expected \(count >= 1, rows, columns\)"),
     ("a key given twice", _files(**{"dup.yaml": "seed: 0\nseed: 1\n"}), ["train", "dup.yaml"],
      r"config 'dup\.yaml': not valid YAML at line 2, column 1 \(the key 'seed' is given twice\)"),
     ("compare with no worker", None, ["compare", "mnist_backends", "--jobs", "0"],
