@@ -204,6 +204,7 @@ def _run_loop(task: Task, parts: Parts, out_dir: Path | None, progress: bool, lo
         path = checkpoint.latest(out_dir)
         saved = checkpoint.load(path)
         _check_resumable(saved, path, task, cfg, allow_changes)
+        _check_state_sizes(saved, path, theta, parts.steps)
         with torch.no_grad():
             theta.copy_(saved["backend_theta"].to(theta))
         optimizer.load_state_dict(saved["optimizer"])
@@ -418,7 +419,16 @@ def _save(out_dir: Path, step: int, state: dict, keep: int) -> Path:
     return path
 
 
+STATE_KEYS = ("format", "command", "step", "config", "backend_theta", "optimizer", "scheduler", "estimator", "rng",
+              "backend_state", "task", "tally", "records", "warnings", "elapsed_s")
+
+
 def _check_resumable(saved: dict, path: Path, task: Task, cfg: RunConfig, allow_changes: bool) -> None:
+    if not isinstance(saved, dict):
+        raise checkpoint.CheckpointError(f"checkpoint {path}: holds a {type(saved).__name__}, not a run's state")
+    missing = [k for k in STATE_KEYS if k not in saved]
+    if missing:
+        raise checkpoint.CheckpointError(f"checkpoint {path}: not a run's state (no {', '.join(missing[:4])})")
     if saved.get("format") != FORMAT_VERSION:
         raise checkpoint.CheckpointError(f"checkpoint {path}: format {saved.get('format')!r}, this hwsim reads "
                                          f"{FORMAT_VERSION}")
@@ -430,6 +440,17 @@ def _check_resumable(saved: dict, path: Path, task: Task, cfg: RunConfig, allow_
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:5])
         raise ConfigError(f"--resume: the config differs from the checkpoint's in {len(changed)} key(s): {shown} "
                           f"(resume without changes, or allow them with --allow-changes)")
+
+
+def _check_state_sizes(saved: dict, path: Path, theta: torch.Tensor, steps: int) -> None:
+    """The saved parameters fit the model and the saved step lies within the run."""
+    held = saved["backend_theta"]
+    if not isinstance(held, torch.Tensor) or held.shape != theta.shape:
+        size = held.numel() if isinstance(held, torch.Tensor) else type(held).__name__
+        raise checkpoint.CheckpointError(f"checkpoint {path}: holds {size} parameters, the model has {theta.numel()}")
+    step = saved["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= steps:
+        raise checkpoint.CheckpointError(f"checkpoint {path}: step {str(step)[:40]} is outside the run's 0..{steps} steps")
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:

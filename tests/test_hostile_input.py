@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -65,6 +66,16 @@ def _damaged_metrics(root: Path) -> None:
 def _metrics_list(root: Path) -> None:
     _run_dir(root)
     (root / "run" / "metrics.json").write_text("[]")
+
+
+def _rewritten_checkpoint(change) -> Callable[[Path], None]:
+    """A finished tiny run whose newest checkpoint is re-encoded (a valid file) with ``change(state)``."""
+    def setup(root: Path) -> None:
+        from hwsim import checkpoint
+        _run_dir(root)
+        path = checkpoint.latest(root / "run")
+        path.write_bytes(checkpoint.encode(change(checkpoint.load(path))))
+    return setup
 
 
 def _garbage_params(root: Path) -> None:
@@ -183,6 +194,14 @@ CASES = [
     ("IDX images not a stack of 2-D images", lambda root: _idx(root, train_images=(600, 784)),
      [*TRAIN, "--set", "data.name=idx", "--set", "data.path=idx"],
      r"idx/train-images-idx3-ubyte: images of shape \(600, 784\); expected \(count >= 1, rows, columns\)"),
+    ("checkpoint that is not a run's state", _rewritten_checkpoint(lambda state: [1, 2, 3]), ["train", "--resume", "run"],
+     r"checkpoint run/checkpoints/step-0+1\.pt: holds a list, not a run's state"),
+    ("checkpoint missing keys", _rewritten_checkpoint(lambda state: {"format": state["format"]}), ["train", "--resume", "run"],
+     r"checkpoint run/checkpoints/step-0+1\.pt: not a run's state \(no command, step, config, backend_theta\)"),
+    ("checkpoint of another model size", _rewritten_checkpoint(lambda state: {**state, "backend_theta": state["backend_theta"][:7]}),
+     ["train", "--resume", "run"], r"checkpoint run/checkpoints/step-0+1\.pt: holds 7 parameters, the model has 1504"),
+    ("checkpoint beyond the run's steps", _rewritten_checkpoint(lambda state: {**state, "step": 10 ** 6}),
+     ["train", "--resume", "run"], r"checkpoint run/checkpoints/step-0+1\.pt: step 1000000 is outside the run's 0\.\.1 steps"),
     ("a key given twice", _files(**{"dup.yaml": "seed: 0\nseed: 1\n"}), ["train", "dup.yaml"],
      r"config 'dup\.yaml': not valid YAML at line 2, column 1 \(the key 'seed' is given twice\)"),
     ("compare with no worker", None, ["compare", "mnist_backends", "--jobs", "0"],
