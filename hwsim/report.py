@@ -129,12 +129,29 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     """(metrics, metrics.jsonl records) of a run directory. A run that has not finished (stopped, killed,
     still going) has no metrics.json: its metrics are those of its last evaluation, with ``partial`` set to
     "step N of M". FileNotFoundError names what is missing."""
+    from hwsim.config import ConfigError
+
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: metrics.jsonl is missing")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    records = []
+    for number, line in enumerate((run_dir / "metrics.jsonl").read_text(errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            record = "garbage"
+        if record is not None and not (isinstance(record, dict) and isinstance(record.get("step"), int)):
+            raise ConfigError(f"{run_dir / 'metrics.jsonl'}: line {number} is not an evaluation record")
+        if record is not None:
+            records.append(record)
     if (run_dir / "metrics.json").is_file():
-        return json.loads((run_dir / "metrics.json").read_text()), records
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text(errors="replace"))
+        except ValueError:
+            metrics = None
+        if not isinstance(metrics, dict):
+            raise ConfigError(f"{run_dir / 'metrics.json'}: not the metrics of a run")
+        return metrics, records
     if not records:
         raise FileNotFoundError(f"{run_dir} has no evaluation yet (metrics.jsonl is empty)")
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}

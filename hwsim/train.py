@@ -111,6 +111,9 @@ def initial_params(path: str, network, what: str = "train.init") -> torch.Tensor
         raise ConfigError(f"{what}: {e}") from None
     if theta.shape != (network.space.size,):
         raise ConfigError(f"{what}: {file} holds {theta.numel()} parameters, the model has {network.space.size}")
+    bad = int((~torch.isfinite(theta)).sum()) if theta.is_floating_point() else 0
+    if bad:
+        raise ConfigError(f"{what}: {file} holds {bad} non-finite parameters (NaN or infinite)")
     return theta.to(torch.float64)
 
 

@@ -37,5 +37,9 @@ Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
 def load(text: str):
-    """The Python value of YAML ``text`` (raises yaml.YAMLError on a syntax error)."""
-    return yaml.load(text, Loader=Loader)
+    """The Python value of YAML ``text`` (raises yaml.YAMLError on a syntax error, a duplicate key, or
+    nesting deeper than the parser can follow)."""
+    try:
+        return yaml.load(text, Loader=Loader)
+    except RecursionError:
+        raise yaml.YAMLError("nested deeper than can be read") from None

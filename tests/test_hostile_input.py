@@ -78,6 +78,20 @@ def _rewritten_checkpoint(change) -> Callable[[Path], None]:
     return setup
 
 
+def _garbage_jsonl(root: Path) -> None:
+    _run_dir(root)
+    lines = (root / "run" / "metrics.jsonl").read_text().splitlines()
+    (root / "run" / "metrics.jsonl").write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+
+
+def _nan_params(root: Path) -> None:
+    import torch
+    _run_dir(root)
+    params = torch.load(root / "run" / "params.pt", weights_only=True)
+    params["theta"][3] = float("nan")
+    torch.save(params, root / "run" / "params.pt")
+
+
 def _garbage_params(root: Path) -> None:
     _run_dir(root)
     shutil.rmtree(root / "run" / "checkpoints")
@@ -202,6 +216,10 @@ CASES = [
      ["train", "--resume", "run"], r"checkpoint run/checkpoints/step-0+1\.pt: holds 7 parameters, the model has 1504"),
     ("checkpoint beyond the run's steps", _rewritten_checkpoint(lambda state: {**state, "step": 10 ** 6}),
      ["train", "--resume", "run"], r"checkpoint run/checkpoints/step-0+1\.pt: step 1000000 is outside the run's 0\.\.1 steps"),
+    ("garbage in metrics.jsonl", _garbage_jsonl, ["compare", "run"], r"run/metrics\.jsonl: line 2 is not an evaluation record"),
+    ("YAML nested beyond reading", _files(**{"deep.yaml": "seed: " + "[" * 5000 + "]" * 5000 + "\n"}), ["train", "deep.yaml"],
+     r"config 'deep\.yaml': not valid YAML \(nested deeper than can be read\)"),
+    ("parameters that are not finite", _nan_params, ["eval", "run"], r"eval: run/params\.pt holds 1 non-finite parameters"),
     ("a key given twice", _files(**{"dup.yaml": "seed: 0\nseed: 1\n"}), ["train", "dup.yaml"],
      r"config 'dup\.yaml': not valid YAML at line 2, column 1 \(the key 'seed' is given twice\)"),
     ("compare with no worker", None, ["compare", "mnist_backends", "--jobs", "0"],
