@@ -339,7 +339,7 @@ def _compare(spec: Spec, out_dir: Path, jobs: int, log: Callable[[str], None], p
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
         try:
-            with multiprocessing.get_context("spawn").Pool(jobs, torch.set_num_threads, (threads,)) as pool:
+            with multiprocessing.get_context("spawn").Pool(jobs, _worker_init, (threads,)) as pool:
                 pending = [pool.apply_async(run_job, (spec, row, chip, reference, out_dir)) for row, chip in work]
                 for k, result in enumerate(pending, 1):
                     done_one(k, result.get())
@@ -362,6 +362,13 @@ def _compare(spec: Spec, out_dir: Path, jobs: int, log: Callable[[str], None], p
     log(f"hwsim compare: {report['wall_s']:.0f} s; table {out_dir / 'compare.md'}, plots "
         + ", ".join(str(p) for p in figures))
     return report
+
+
+def _worker_init(threads: int) -> None:
+    """A pool worker: its share of the cores; Ctrl-C (sent by a terminal to the whole process group) is the
+    parent's to handle: it ends the pool, so the workers do not print tracebacks of their own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
 
 
 def _exit_on_sigterm(signum: int, frame) -> None:

@@ -129,6 +129,34 @@ def test_a_sigterm_to_compare_ends_its_workers(tmp_path):
         proc.wait()
 
 
+@pytest.mark.slow
+def test_ctrl_c_to_compare_and_its_workers_is_one_line(tmp_path):
+    """Regression: Ctrl-C during `hwsim compare SPEC --jobs 2` (a terminal signals the whole process group)
+    printed a 33-line traceback from the workers. Now the workers leave Ctrl-C to the parent, which stops
+    with one line (exit 130) and ends them."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("finetune: {steps: 2,", "finetune: {steps: 100000,")
+                    .replace("  - {name: broken, backend: {name: fixed, bits: 99}}\n", ""))
+    mark = f"hwsim-compare-{uuid.uuid4().hex}"
+    proc = subprocess.Popen([sys.executable, "-m", "hwsim", "compare", str(spec), "--out", str(tmp_path / "out"),
+                             "--jobs", "2", "--quiet"], env={**os.environ, "HWSIM_TEST_MARK": mark},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(marked(mark)) < 3 and time.monotonic() < deadline:     # compare + 2 workers fine-tuning
+            time.sleep(0.2)
+        assert len(marked(mark)) >= 3, proc.communicate(timeout=60)
+        time.sleep(2.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith("hwsim: stopped at once"), err
+        assert gone(mark, within=30), f"workers left after Ctrl-C: {marked(mark)}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 from hypothesis import given, strategies as st  # noqa: E402
 
 
