@@ -417,15 +417,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:                         # a path given on the command line that cannot be read or written
         print(f"hwsim: error: {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as e:     # what the size checks (hwsim.host_memory) did not foresee
-        if not _out_of_memory(e):
-            raise
-        print(f"hwsim: error: out of memory ({str(e).splitlines()[0] if str(e) else 'an allocation failed'}); "
-              f"use smaller sizes (train.batch_size, estimator.chunk_elements, pde.points, ...)", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("hwsim: stopped at once; files written so far are complete (written atomically)", file=sys.stderr)
         return 130
+    except Exception as e:                       # the one boundary: no traceback unless --debug
+        if _out_of_memory(e):                    # what the size checks (hwsim.host_memory) did not foresee
+            print(f"hwsim: error: out of memory ({str(e).splitlines()[0] if str(e) else 'an allocation failed'}); "
+                  f"use smaller sizes (train.batch_size, estimator.chunk_elements, pde.points, ...)", file=sys.stderr)
+            return 1
+        first = (str(e).splitlines() or [""])[0]
+        print(f"hwsim: error: internal error ({type(e).__name__}: {first[:160]}); run again with --debug for the "
+              f"traceback and report it", file=sys.stderr)
+        return 1
 
 
 def _out_of_memory(e: BaseException) -> bool:

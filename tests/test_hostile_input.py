@@ -282,8 +282,8 @@ def test_a_failure_in_the_first_step_leaves_no_run_directory(tmp_path, monkeypat
     def broken(*args, **kwargs):
         raise RuntimeError("injected failure in the first step")
     monkeypatch.setattr(zo.RGE, "estimate", broken)
-    with pytest.raises(RuntimeError, match="injected"):
-        main([*TRAIN, "--out", str(tmp_path / "a" / "b")])
+    assert main([*TRAIN, "--out", str(tmp_path / "a" / "b")]) == 1        # an internal failure: one line
+    assert "internal error (RuntimeError: injected failure in the first step)" in capsys.readouterr().err
     assert not (tmp_path / "a" / "b").exists()
 
 
@@ -343,3 +343,20 @@ def test_a_run_directory_has_one_writer_and_a_killed_holder_leaves_no_stale_lock
         holder.wait()
     assert main([*TRAIN, "--out", "run", "--force"]) == 0
     assert (tmp_path / "run" / ".hwsim.lock").read_text().strip() == str(os.getpid())   # this process held it last
+
+
+def test_an_unforeseen_failure_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    """The one exception boundary: an exception no handler foresaw reaches the user as one line naming its
+    type (exit 1, an internal failure, not bad input); --debug shows the traceback."""
+    import hwsim.train
+    monkeypatch.chdir(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise TypeError("an unforeseen failure\nwith a second line")
+    monkeypatch.setattr(hwsim.train, "evaluate", broken)
+    assert main(["eval", "run"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("hwsim: error: internal error (TypeError: an unforeseen failure); run again with --debug for the "
+                   "traceback and report it\n")
+    with pytest.raises(TypeError, match="unforeseen"):
+        main(["--debug", "eval", "run"])
