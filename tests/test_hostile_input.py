@@ -220,6 +220,8 @@ CASES = [
     ("YAML nested beyond reading", _files(**{"deep.yaml": "seed: " + "[" * 5000 + "]" * 5000 + "\n"}), ["train", "deep.yaml"],
      r"config 'deep\.yaml': not valid YAML \(nested deeper than can be read\)"),
     ("parameters that are not finite", _nan_params, ["eval", "run"], r"eval: run/params\.pt holds 1 non-finite parameters"),
+    ("backend option not finite", None, [*TRAIN, "--set", "backend.name=photonic", "--set", "backend.symbol_rate_hz=.inf"],
+     r"backend\.symbol_rate_hz: inf is not allowed; use a rate > 0"),
     ("a key given twice", _files(**{"dup.yaml": "seed: 0\nseed: 1\n"}), ["train", "dup.yaml"],
      r"config 'dup\.yaml': not valid YAML at line 2, column 1 \(the key 'seed' is given twice\)"),
     ("compare with no worker", None, ["compare", "mnist_backends", "--jobs", "0"],

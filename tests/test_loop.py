@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from hwsim import checkpoint
 from hwsim.backends.rtl import sim as simulators
@@ -366,3 +367,23 @@ def test_a_fresh_run_does_not_replace_another_silently(tmp_path, capsys):
     assert main(args + ["--set", "seed=5", "--force"]) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["seed"] == 5
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)][-1] == "step-00000009.pt"
+
+
+@given(st.binary(max_size=400), st.integers(0, 399), st.binary(min_size=1, max_size=8))
+@settings(max_examples=60, deadline=None)
+def test_the_checkpoint_reader_refuses_any_damage_with_a_checkpoint_error(tail, at, patch):
+    """Fuzzing the checkpoint reader: random bytes, and a real checkpoint with bytes overwritten or cut,
+    load or raise CheckpointError naming the file; nothing else escapes."""
+    import tempfile
+    state = {"format": 1, "step": 3, "theta": torch.arange(5.0)}
+    good = checkpoint.encode(state)
+    with tempfile.TemporaryDirectory() as root:
+        path = Path(root) / "step-00000003.pt"
+        for data in (tail, good[:at] + patch + good[at + len(patch):], good[:at]):
+            path.write_bytes(data)
+            try:
+                loaded = checkpoint.load(path)
+            except checkpoint.CheckpointError as e:
+                assert str(path) in str(e)
+            else:
+                assert data == good and torch.equal(loaded["theta"], state["theta"])

@@ -82,7 +82,8 @@ class PhotonicBackend(Backend):
             if self.calibrate not in CALIBRATE or not isinstance(self.calibrate, (bool, str)):
                 raise ValueError(f"backend.calibrate: {self.calibrate!r} is not allowed; use false, gain (block "
                                  f"gains only) or true (phase biases and gains)")
-            if not self.symbol_rate_hz > 0:
+            if not (isinstance(self.symbol_rate_hz, (int, float)) and math.isfinite(self.symbol_rate_hz)
+                    and self.symbol_rate_hz > 0):
                 raise ValueError(f"backend.symbol_rate_hz: {self.symbol_rate_hz!r} is not allowed; use a rate > 0")
             self.noise = build_noise(self.noise)
 

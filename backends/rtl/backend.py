@@ -6,6 +6,7 @@ the fixed backend's; a TT layer's forward pass for all queries of a call is one 
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +54,9 @@ class RtlBackend(FixedBackend):
             _check("sim", self.sim, SIMULATORS)
             if not isinstance(self.lanes, int) or not 1 <= self.lanes <= 64:
                 raise ValueError(f"backend.lanes: {self.lanes!r} is not allowed; use an integer in 1..64")
-            if not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0:
+            if not _finite_positive(self.timeout_s):
                 raise ValueError(f"backend.timeout_s: {self.timeout_s!r} is not allowed; use a positive number")
-            if not isinstance(self.clock_mhz, (int, float)) or isinstance(self.clock_mhz, bool) or not self.clock_mhz > 0:
+            if not _finite_positive(self.clock_mhz):
                 raise ValueError(f"backend.clock_mhz: {self.clock_mhz!r} is not allowed; use a clock in MHz > 0")
             if self.waves is not None and (not isinstance(self.waves, int) or isinstance(self.waves, bool) or self.waves < 0):
                 raise ValueError(f"backend.waves: {self.waves!r} is not allowed; use the index (>= 0) of a layer call, or null")
@@ -118,6 +119,10 @@ class RtlBackend(FixedBackend):
     def _run_options(self, layer) -> dict:
         o = self.options
         return {"sim": o.sim, "params": self._cores[id(layer)], "timeout_s": o.timeout_s, "session": o.session}
+
+
+def _finite_positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _jobs(t: torch.Tensor, dims: int) -> torch.Tensor:
