@@ -366,3 +366,17 @@ def test_worked_example_of_the_spec():
     t0, y = int_linear_steps([g0, g1], x, spec)
     assert t0[0, 0].T.tolist() == [[44, 1], [-4, 10]] and t0[0, 1].T.tolist() == [[-8, -4], [36, -3]]
     assert y.tolist() == [[36, 7]]
+
+
+@given(st.floats(min_value=-2.0 ** 1000, max_value=2.0 ** 1000, allow_nan=False, allow_infinity=False),
+       st.integers(2, 32), st.integers(-16, 16), st.sampled_from(["floor", "half_up", "half_even"]))
+@settings(max_examples=300, deadline=None)
+def test_wrap_is_the_low_bits_of_the_exact_rounded_value_for_any_magnitude(x, bits, frac, rounding):
+    """Wrap mode keeps the low ``bits`` bits (two's complement) of the exactly rounded x * 2^F, also far
+    beyond 2^63 (formats wider than 32 bits are refused, so no width loses bits in the emulation)."""
+    from fractions import Fraction
+    v = Fraction(x) * Fraction(2) ** frac
+    exact = {"floor": math.floor(v), "half_up": math.floor(v + Fraction(1, 2)), "half_even": round(v)}[rounding]
+    low = exact % (1 << bits)
+    want = low - (1 << bits) if low >= 1 << (bits - 1) else low
+    assert int(quantize(torch.tensor([x], dtype=torch.float64), bits, frac, rounding, "wrap")[0]) == want
