@@ -7,6 +7,7 @@ import torch
 
 from hwsim.backends.base import Backend, Capabilities, SparseDelta
 from hwsim.model import TTLinear
+from hwsim.text import excerpt
 from hwsim.tt import choose_method, core_environment, to_dense, tt_linear
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -105,4 +106,4 @@ class IdealBackend(Backend):
 
 def _check(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"backend.{key}: {value!r} is not allowed; use one of {', '.join(allowed)}")
+        raise ValueError(f"backend.{key}: {excerpt(value)} is not allowed; use one of {', '.join(allowed)}")

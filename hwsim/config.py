@@ -18,22 +18,14 @@ import yaml
 
 from hwsim import yaml12
 from hwsim.objective import DEFAULT_CHUNK_ELEMENTS
+from hwsim.text import excerpt
 
 
 class ConfigError(ValueError):
     """A config key has a bad value; the message starts with the key path."""
 
 
-EXCERPT = 120          # characters of a value an error message quotes
 MAX_INT = 2 ** 63      # integers (seeds, sizes) must fit int64; floats must be finite and below it
-
-
-def excerpt(value, limit: int = EXCERPT) -> str:
-    """repr(value) (escaped: one line), at most ``limit`` characters of it and how long it was: an error
-    message quotes a hostile value without printing all of it."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
-
 
 # The most optimizer steps a run may take: 10^9 steps are decades at the fastest step hwsim measures
 # (~0.05 s), so more is a typo; refused before anything is allocated.

@@ -222,6 +222,8 @@ CASES = [
     ("parameters that are not finite", _nan_params, ["eval", "run"], r"eval: run/params\.pt holds 1 non-finite parameters"),
     ("backend option not finite", None, [*TRAIN, "--set", "backend.name=photonic", "--set", "backend.symbol_rate_hz=.inf"],
      r"backend\.symbol_rate_hz: inf is not allowed; use a rate > 0"),
+    ("a huge backend option", None, [*TRAIN, "--set", "backend.name=photonic", "--set", "backend.noise=" + str([list(range(3000))] * 20)],
+     r"^hwsim: error: backend\.noise: \[\[0, 1, 2, .{60,120}\.\.\. \(3[0-9,]+ characters\) is not allowed; use a preset"),
     ("a key given twice", _files(**{"dup.yaml": "seed: 0\nseed: 1\n"}), ["train", "dup.yaml"],
      r"config 'dup\.yaml': not valid YAML at line 2, column 1 \(the key 'seed' is given twice\)"),
     ("compare with no worker", None, ["compare", "mnist_backends", "--jobs", "0"],

@@ -20,6 +20,7 @@ from hwsim.backends.fixed.layer import BIAS_BITS, LayerSpec, contract, dense_as_
 from hwsim.backends.fixed.numerics import (MAX_BITS, MAX_FRAC, OVERFLOWS, ROUNDINGS, Format, code_dtype,
                                            grid_codes, quantize, round_half_up)
 from hwsim.model import Linear, TTLinear
+from hwsim.text import excerpt
 
 ROLES = ("input", "weight", "intermediate", "activation", "output")
 # Integer bits (sign included, W - F) of every role when only ``bits`` is given: chosen from the value
@@ -60,31 +61,31 @@ class FixedBackend(Backend):
             _check("overflow", self.overflow, OVERFLOWS)
             _check("update_rounding", self.update_rounding, UPDATE_ROUNDINGS)
             if not isinstance(self.bits, int) or not 2 <= self.bits <= MAX_BITS:
-                raise ValueError(f"backend.bits: {self.bits!r} is not allowed; use an integer in 2..{MAX_BITS}")
+                raise ValueError(f"backend.bits: {excerpt(self.bits)} is not allowed; use an integer in 2..{MAX_BITS}")
             if not isinstance(self.bias_bits, int) or not 2 <= self.bias_bits <= MAX_BITS:
-                raise ValueError(f"backend.bias_bits: {self.bias_bits!r} is not allowed; use an integer in 2..{MAX_BITS}")
+                raise ValueError(f"backend.bias_bits: {excerpt(self.bias_bits)} is not allowed; use an integer in 2..{MAX_BITS}")
             for key in ("int_bits", "formats"):
                 table = getattr(self, key)
                 if not isinstance(table, dict):
-                    raise ValueError(f"backend.{key}: expected a mapping of role -> value, got {table!r}")
+                    raise ValueError(f"backend.{key}: expected a mapping of role -> value, got {excerpt(table)}")
                 for role in table:
                     _check(f"{key}.{role}", role, ROLES, what="role")
             self.resolved = {role: self._format(role, self.formats, self.int_bits, "backend") for role in ROLES}
             if not isinstance(self.layers, dict):
                 raise ValueError(f"backend.layers: expected a mapping of layer index -> {{int_bits, formats}}, "
-                                 f"got {self.layers!r}")
+                                 f"got {excerpt(self.layers)}")
             self.per_layer = {}
             for index, table in self.layers.items():
                 where = f"backend.layers.{index}"
                 if not (isinstance(index, int) or str(index).isdigit()):
                     raise ValueError(f"{where}: the key must be a layer index (an integer >= 0)")
                 if not isinstance(table, dict) or not set(table) <= {"int_bits", "formats"}:
-                    raise ValueError(f"{where}: {table!r} is not allowed; use {{int_bits: {{role: ..}}, "
+                    raise ValueError(f"{where}: {excerpt(table)} is not allowed; use {{int_bits: {{role: ..}}, "
                                      f"formats: {{role: ..}}}} with roles {', '.join(LAYER_ROLES)}")
                 formats, int_bits = table.get("formats", {}), table.get("int_bits", {})
                 for key, roles in (("formats", formats), ("int_bits", int_bits)):
                     if not isinstance(roles, dict):
-                        raise ValueError(f"{where}.{key}: expected a mapping of role -> value, got {roles!r}")
+                        raise ValueError(f"{where}.{key}: expected a mapping of role -> value, got {excerpt(roles)}")
                     for role in roles:
                         _check(f"layers.{index}.{key}.{role}", role, LAYER_ROLES, what="role")
                 self.per_layer[int(index)] = {
@@ -106,14 +107,14 @@ class FixedBackend(Backend):
             if steps and ib and _is_list_of(ib, int):
                 return tuple(self._int_bits_format(v, f"{where}[{k}]") for k, v in enumerate(ib))
             if not isinstance(ib, int):
-                raise ValueError(f"{where}: {ib!r} is not allowed; use an integer"
+                raise ValueError(f"{where}: {excerpt(ib)} is not allowed; use an integer"
                                  + (" or a list of them, one per core step" if steps else ""))
             return self._int_bits_format(ib, where)
 
         def _int_bits_format(self, int_bits: int, where: str) -> Format:
             """Format(bits, bits - int_bits), the range of int_bits named in the error (F in -64..64)."""
             if abs(self.bits - int_bits) > MAX_FRAC:
-                raise ValueError(f"{where}: {int_bits!r} is not allowed; at bits {self.bits} use an integer in "
+                raise ValueError(f"{where}: {excerpt(int_bits)} is not allowed; at bits {self.bits} use an integer in "
                                  f"{self.bits - MAX_FRAC}..{self.bits + MAX_FRAC} (frac_bits = bits - int_bits "
                                  f"in -{MAX_FRAC}..{MAX_FRAC})")
             return Format(self.bits, self.bits - int_bits)
@@ -298,7 +299,7 @@ def _core_shapes(layer) -> list[tuple[int, int, int, int]]:
 def _format_of(value, where: str, steps: bool) -> Format:
     """Format(bits, frac_bits) from a config's [bits, frac_bits], errors naming ``where``."""
     if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value)):
-        raise ValueError(f"{where}: {value!r} is not allowed; use [bits, frac_bits] (two integers)"
+        raise ValueError(f"{where}: {excerpt(value)} is not allowed; use [bits, frac_bits] (two integers)"
                          + (" or a list of them, one per core step" if steps else ""))
     try:
         return Format(*value)
@@ -312,4 +313,4 @@ def _is_list_of(value, kind) -> bool:
 
 def _check(key: str, value, allowed, what: str = "value") -> None:
     if value not in allowed:
-        raise ValueError(f"backend.{key}: {what} {value!r} is not allowed; use one of {', '.join(allowed)}")
+        raise ValueError(f"backend.{key}: {what} {excerpt(value)} is not allowed; use one of {', '.join(allowed)}")

@@ -29,6 +29,7 @@ from hwsim.backends.photonic.mesh import LAYOUTS, layout
 from hwsim.backends.photonic.noise import Noise, build_noise
 from hwsim.model import Linear, TTLinear
 from hwsim.params import ParamSpace
+from hwsim.text import excerpt
 
 PARAMS = ("weights", "phases")
 CALIBRATE = (False, "gain", True)
@@ -78,13 +79,13 @@ class PhotonicBackend(Backend):
             _check("mesh", self.mesh, LAYOUTS)
             _check("dtype", self.dtype, tuple(DTYPES))
             if not isinstance(self.block, int) or not 2 <= self.block <= 64:
-                raise ValueError(f"backend.block: {self.block!r} is not allowed; use an integer mesh size in 2..64")
+                raise ValueError(f"backend.block: {excerpt(self.block)} is not allowed; use an integer mesh size in 2..64")
             if self.calibrate not in CALIBRATE or not isinstance(self.calibrate, (bool, str)):
-                raise ValueError(f"backend.calibrate: {self.calibrate!r} is not allowed; use false, gain (block "
+                raise ValueError(f"backend.calibrate: {excerpt(self.calibrate)} is not allowed; use false, gain (block "
                                  f"gains only) or true (phase biases and gains)")
             if not (isinstance(self.symbol_rate_hz, (int, float)) and math.isfinite(self.symbol_rate_hz)
                     and self.symbol_rate_hz > 0):
-                raise ValueError(f"backend.symbol_rate_hz: {self.symbol_rate_hz!r} is not allowed; use a rate > 0")
+                raise ValueError(f"backend.symbol_rate_hz: {excerpt(self.symbol_rate_hz)} is not allowed; use a rate > 0")
             self.noise = build_noise(self.noise)
 
     def __init__(self, options: "PhotonicBackend.Options | None" = None):
@@ -433,4 +434,4 @@ def _shared(t: torch.Tensor, dims: int) -> torch.Tensor:
 
 def _check(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"backend.{key}: {value!r} is not allowed; use one of {', '.join(allowed)}")
+        raise ValueError(f"backend.{key}: {excerpt(value)} is not allowed; use one of {', '.join(allowed)}")

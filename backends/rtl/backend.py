@@ -21,6 +21,7 @@ from hwsim.backends.rtl.program import CoreParams
 from hwsim.backends.rtl.run import run_tt_layer
 from hwsim.backends.rtl.sim import SIMULATORS
 from hwsim.model import TTLinear
+from hwsim.text import excerpt
 
 RTL_COUNTERS = ("cycles", "load_cycles", "sim_cycles", "macs", "issue", "weight_reads", "state_reads",
                 "state_writes", "bias_reads")
@@ -53,15 +54,15 @@ class RtlBackend(FixedBackend):
             super().__post_init__()
             _check("sim", self.sim, SIMULATORS)
             if not isinstance(self.lanes, int) or not 1 <= self.lanes <= 64:
-                raise ValueError(f"backend.lanes: {self.lanes!r} is not allowed; use an integer in 1..64")
+                raise ValueError(f"backend.lanes: {excerpt(self.lanes)} is not allowed; use an integer in 1..64")
             if not _finite_positive(self.timeout_s):
-                raise ValueError(f"backend.timeout_s: {self.timeout_s!r} is not allowed; use a positive number")
+                raise ValueError(f"backend.timeout_s: {excerpt(self.timeout_s)} is not allowed; use a positive number")
             if not _finite_positive(self.clock_mhz):
-                raise ValueError(f"backend.clock_mhz: {self.clock_mhz!r} is not allowed; use a clock in MHz > 0")
+                raise ValueError(f"backend.clock_mhz: {excerpt(self.clock_mhz)} is not allowed; use a clock in MHz > 0")
             if self.waves is not None and (not isinstance(self.waves, int) or isinstance(self.waves, bool) or self.waves < 0):
-                raise ValueError(f"backend.waves: {self.waves!r} is not allowed; use the index (>= 0) of a layer call, or null")
+                raise ValueError(f"backend.waves: {excerpt(self.waves)} is not allowed; use the index (>= 0) of a layer call, or null")
             if not isinstance(self.session, bool):
-                raise ValueError(f"backend.session: {self.session!r} is not allowed; use true or false")
+                raise ValueError(f"backend.session: {excerpt(self.session)} is not allowed; use true or false")
 
     def architecture_keys(self) -> dict:
         return {"lanes": (self.options.lanes, "lanes"), "clock_mhz": (self.options.clock_mhz, "clock_mhz")}
