@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from hwsim import __version__
+from hwsim.text import excerpt
 
 
 def _run(args, kind) -> int:
@@ -158,7 +159,7 @@ def _energy(args) -> int:
     import json
 
     from hwsim.build import build_backend, build_mapping, build_network
-    from hwsim.config import Config, ConfigError, PinnConfig, excerpt, load_config, read_raw
+    from hwsim.config import Config, ConfigError, PinnConfig, load_config, read_raw
     from hwsim.energy.model import estimate
     from hwsim.energy.report import assumptions, explain, subtract
     from hwsim.energy.table import load_table
@@ -219,7 +220,7 @@ def _rtl_verify(args) -> int:
     if args.waves:
         lo, _, hi = args.waves.partition(":")
         if not (lo.isdigit() and hi.isdigit() and int(lo) < int(hi)):
-            raise ConfigError(f"--waves: {args.waves!r} is not allowed; use a vector range LO:HI, e.g. 0:8")
+            raise ConfigError(f"--waves: {excerpt(args.waves)} is not allowed; use a vector range LO:HI, e.g. 0:8")
         waves = (out.parent / f"{out.stem}_waves", int(lo), int(hi))
     try:
         result = verify(cases, args.vectors, args.sim, args.lanes, args.seed, timeout_s=args.timeout, waves=waves)

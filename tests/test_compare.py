@@ -129,7 +129,6 @@ def test_a_sigterm_to_compare_ends_its_workers(tmp_path):
         proc.wait()
 
 
-@pytest.mark.slow
 def test_ctrl_c_to_compare_and_its_workers_is_one_line(tmp_path):
     """Regression: Ctrl-C during `hwsim compare SPEC --jobs 2` (a terminal signals the whole process group)
     printed a 33-line traceback from the workers. Now the workers leave Ctrl-C to the parent, which stops

@@ -17,6 +17,7 @@ from typing import Literal, Union
 
 from hwsim import yaml12
 from hwsim.config import ConfigError, from_dict
+from hwsim.text import excerpt
 
 Auto = Union[int, Literal["auto"]]
 
@@ -69,7 +70,7 @@ class PhotonicChip:
         _at_least(f"{p}.wdm", self.wdm, 1)
         _positive(f"{p}.symbol_rate_hz", self.symbol_rate_hz)
         if not 2 <= self.converter_bits <= 24:
-            raise ConfigError(f"{p}.converter_bits: {self.converter_bits!r} is not allowed; use a width in 2..24 bits")
+            raise ConfigError(f"{p}.converter_bits: {excerpt(self.converter_bits)} is not allowed; use a width in 2..24 bits")
         if self.buffer_bytes != "auto":
             _at_least(f"{p}.buffer_bytes", self.buffer_bytes, 1)
 
@@ -80,12 +81,12 @@ Architecture = Union[Engine, PhotonicChip]
 
 def _positive(path: str, value: float) -> None:
     if not value > 0:
-        raise ConfigError(f"{path}: expected a number > 0, got {value!r}")
+        raise ConfigError(f"{path}: expected a number > 0, got {excerpt(value)}")
 
 
 def _at_least(path: str, value: int, low: int) -> None:
     if value < low:
-        raise ConfigError(f"{path}: expected an integer >= {low}, got {value!r}")
+        raise ConfigError(f"{path}: expected an integer >= {low}, got {excerpt(value)}")
 
 
 def defaults() -> dict[str, dict]:
@@ -100,7 +101,7 @@ def resolve(backend, overrides: dict | None = None) -> Architecture:
     kind = backend.architecture
     overrides = overrides or {}
     if not isinstance(overrides, dict):
-        raise ConfigError(f"architecture: expected a mapping of architecture keys, got {overrides!r}")
+        raise ConfigError(f"architecture: expected a mapping of architecture keys, got {excerpt(overrides)}")
     owned = backend.architecture_keys()
     for key in overrides:
         if key in owned:

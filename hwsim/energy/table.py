@@ -17,6 +17,7 @@ import yaml
 
 from hwsim import yaml12
 from hwsim.config import ConfigError
+from hwsim.text import excerpt
 
 KINDS = ("measured", "survey", "derived", "assumption")
 UNITS = {"fJ": 1e-15, "pJ": 1e-12, "nJ": 1e-9, "J": 1.0, "uW": 1e-6, "mW": 1e-3, "W": 1.0, "ns": 1e-9,
@@ -68,7 +69,7 @@ class Table:
         if not overrides:
             return self
         if not isinstance(overrides, dict):
-            raise ConfigError(f"{where}: expected a mapping of device-table entries, got {overrides!r}")
+            raise ConfigError(f"{where}: expected a mapping of device-table entries, got {excerpt(overrides)}")
         out = dict(self.entries)
         for name, spec in overrides.items():
             if name not in out:
@@ -94,7 +95,7 @@ def _number(value, where: str, unit: str) -> float:
     """A finite number in ``unit``: > 0 (energies, powers, times, rates, sizes, factors), >= 0 for a loss
     in dB; any finite level in dBm."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: expected a number (in {unit}), got {value!r}")
+        raise ConfigError(f"{where}: expected a number (in {unit}), got {excerpt(value)}")
     if unit == "dB" and value < 0:
         raise ConfigError(f"{where}: {value:g} dB is not allowed; a loss is >= 0 dB")
     if unit not in ("dB", "dBm") and value <= 0:
@@ -106,7 +107,7 @@ def _with_unit(text: str, old: Entry, where: str) -> dict:
     """``"95uW"`` -> {value: 95, unit: uW}; the unit must measure what the entry measures."""
     match = re.fullmatch(r"\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z1]+)\s*", text)
     if not match or match[2] not in UNITS:
-        raise ConfigError(f"{where}: {text!r} is not a number with a unit; give e.g. {old.given:g}{old.given_unit} "
+        raise ConfigError(f"{where}: {excerpt(text)} is not a number with a unit; give e.g. {old.given:g}{old.given_unit} "
                           f"(a bare number is in {old.given_unit}; units: {', '.join(UNITS)})")
     if SI[match[2]] != old.unit:
         same = ", ".join(u for u in UNITS if SI[u] == old.unit)
@@ -116,7 +117,7 @@ def _with_unit(text: str, old: Entry, where: str) -> dict:
 
 def _entry(name: str, spec, where: str) -> Entry:
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: expected a mapping with value, unit, kind and source, got {spec!r}")
+        raise ConfigError(f"{where}: expected a mapping with value, unit, kind and source, got {excerpt(spec)}")
     unknown = sorted(set(spec) - {"value", "unit", "kind", "source", "locator", "low", "high"})
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed: value, unit, kind, source, locator, low, high")
@@ -124,9 +125,9 @@ def _entry(name: str, spec, where: str) -> Entry:
         raise ConfigError(f"{where}: has no source; every figure needs one (a citation, or 'user')")
     unit = spec.get("unit")
     if unit not in UNITS:
-        raise ConfigError(f"{where}.unit: {unit!r} is not allowed; use one of {', '.join(UNITS)}")
+        raise ConfigError(f"{where}.unit: {excerpt(unit)} is not allowed; use one of {', '.join(UNITS)}")
     if spec.get("kind") not in KINDS:
-        raise ConfigError(f"{where}.kind: {spec.get('kind')!r} is not allowed; use one of {', '.join(KINDS)}")
+        raise ConfigError(f"{where}.kind: {excerpt(spec.get('kind'))} is not allowed; use one of {', '.join(KINDS)}")
     scale = UNITS[unit]
     value = _number(spec.get("value"), f"{where}.value", unit)
     band = {k: _number(spec[k], f"{where}.{k}", unit) * scale for k in ("low", "high") if spec.get(k) is not None}
