@@ -104,23 +104,30 @@ def test_compare_and_eval_take_a_run_that_did_not_finish(tmp_path, capsys):
     assert "has no evaluation yet" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_a_sigterm_to_compare_ends_its_workers(tmp_path):
-    """Regression: `hwsim compare --jobs 2` stopped by SIGTERM (a `kill`, not a terminal's Ctrl-C, which
-    reaches the whole group) left its worker processes running until their evaluations ended."""
+def _compare_with_busy_workers(tmp_path, **popen) -> tuple[subprocess.Popen, str]:
+    """`hwsim compare SPEC --jobs 2` as a child whose two workers are fine-tuning (for 100,000 steps), and
+    the mark its processes carry in their environment."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC.replace("finetune: {steps: 2,", "finetune: {steps: 100000,")
                     .replace("  - {name: broken, backend: {name: fixed, bits: 99}}\n", ""))
     mark = f"hwsim-compare-{uuid.uuid4().hex}"
     proc = subprocess.Popen([sys.executable, "-m", "hwsim", "compare", str(spec), "--out", str(tmp_path / "out"),
                              "--jobs", "2", "--quiet"], env={**os.environ, "HWSIM_TEST_MARK": mark},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    deadline = time.monotonic() + 300
+    while len(marked(mark)) < 3 and time.monotonic() < deadline:     # compare + 2 workers fine-tuning
+        time.sleep(0.2)
+    assert len(marked(mark)) >= 3, proc.communicate(timeout=60)
+    time.sleep(2.0)
+    return proc, mark
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_compare_ends_its_workers(tmp_path):
+    """Regression: `hwsim compare --jobs 2` stopped by SIGTERM (a `kill`, not a terminal's Ctrl-C, which
+    reaches the whole group) left its worker processes running until their evaluations ended."""
+    proc, mark = _compare_with_busy_workers(tmp_path)
     try:
-        deadline = time.monotonic() + 300
-        while len(marked(mark)) < 3 and time.monotonic() < deadline:     # compare + 2 workers fine-tuning
-            time.sleep(0.2)
-        assert len(marked(mark)) >= 3, proc.communicate(timeout=60)
-        time.sleep(2.0)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
         assert gone(mark, within=30), f"workers left after SIGTERM: {marked(mark)}"
@@ -133,19 +140,8 @@ def test_ctrl_c_to_compare_and_its_workers_is_one_line(tmp_path):
     """Regression: Ctrl-C during `hwsim compare SPEC --jobs 2` (a terminal signals the whole process group)
     printed a 33-line traceback from the workers. Now the workers leave Ctrl-C to the parent, which stops
     with one line (exit 130) and ends them."""
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.replace("finetune: {steps: 2,", "finetune: {steps: 100000,")
-                    .replace("  - {name: broken, backend: {name: fixed, bits: 99}}\n", ""))
-    mark = f"hwsim-compare-{uuid.uuid4().hex}"
-    proc = subprocess.Popen([sys.executable, "-m", "hwsim", "compare", str(spec), "--out", str(tmp_path / "out"),
-                             "--jobs", "2", "--quiet"], env={**os.environ, "HWSIM_TEST_MARK": mark},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc, mark = _compare_with_busy_workers(tmp_path, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while len(marked(mark)) < 3 and time.monotonic() < deadline:     # compare + 2 workers fine-tuning
-            time.sleep(0.2)
-        assert len(marked(mark)) >= 3, proc.communicate(timeout=60)
-        time.sleep(2.0)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130 and "Traceback" not in err, err
