@@ -280,12 +280,12 @@ def _info(args) -> int:
     import torch
 
     print(f"hwsim {__version__}  (torch {torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'})")
-    print("backends:")
+    print("backends (architecture the energy is charged on, capabilities):")
     for name in backend_names():
         try:
-            caps = backend_class(name).capabilities
-            flags = ", ".join(k for k, v in vars(caps).items() if v) or "-"
-            print(f"  {name:10s} {flags}")
+            cls = backend_class(name)
+            flags = ", ".join(k for k, v in vars(cls.capabilities).items() if v) or "-"
+            print(f"  {name:10s} {cls.architecture:9s} {flags}")
         except Exception as e:  # a broken third-party entry point must not hide the others
             print(f"  {name:10s} unavailable: {e}")
     print("datasets:")

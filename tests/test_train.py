@@ -70,6 +70,7 @@ def test_cli_reports_config_errors_and_info(capsys, tmp_path):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "ideal" in out and "mnist_tt_zo" in out and "sha256 ok" in out
+    assert "  rtl        fpga      exact" in out and "  photonic   photonic  -" in out
 
 
 @pytest.mark.slow
