@@ -53,7 +53,7 @@ def _run(args, kind) -> int:
         raise
     except Exception:
         if ranks.main and not args.resume:
-            _discard_unstarted(out, existed)
+            _discard_unstarted(out, existed)      # only a run directory no other process holds
         raise
     finally:
         ranks.close()
@@ -65,18 +65,27 @@ def _discard_unstarted(out: Path, existed: bool) -> None:
     import shutil
 
     from hwsim import checkpoint
-    from hwsim.rundir import LOCK_NAME
+    from hwsim.rundir import LOCK_NAME, RunDirBusy, RunLock
 
     if not out.is_dir():
         return
-    saved = checkpoint.list_checkpoints(out)
-    if (out / "metrics.json").exists() or any(p != checkpoint.checkpoint_path(out, 0) for p in saved):
-        return                                          # it got past step 0: keep it (resumable)
-    if not existed:
-        shutil.rmtree(out, ignore_errors=True)
+    lock = RunLock()
+    try:
+        if (out / LOCK_NAME).exists():
+            lock.acquire(out)                           # another live process's run is not ours to remove
+    except RunDirBusy:
         return
-    for path in saved + [out / "config.yaml", out / "metrics.jsonl", out / LOCK_NAME]:
-        path.unlink(missing_ok=True)
+    try:
+        saved = checkpoint.list_checkpoints(out)
+        if (out / "metrics.json").exists() or any(p != checkpoint.checkpoint_path(out, 0) for p in saved):
+            return                                      # it got past step 0: keep it (resumable)
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+            return
+        for path in saved + [out / "config.yaml", out / "metrics.jsonl"]:
+            path.unlink(missing_ok=True)
+    finally:
+        lock.release()
 
 
 def _torchrun(nproc: int, argv: list[str]) -> int:
@@ -157,6 +166,7 @@ def _energy(args) -> int:
     """``hwsim energy RUN``: the run's energy and latency from its counters, on the run's backend mapped onto
     its architecture; with --explain the mapping and every term."""
     import json
+    import math
 
     from hwsim.build import build_backend, build_mapping, build_network
     from hwsim.config import Config, ConfigError, PinnConfig, load_config, read_raw
@@ -182,13 +192,16 @@ def _energy(args) -> int:
         counters, evaluation = metrics["counters"], metrics.get("counters_evaluation", {})
         inference, steps = metrics.get("counters_inference", {}), int(metrics["steps"])
         per = max(1, int(metrics.get("inferences", 0)))
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
         raise ConfigError(f"{run / 'metrics.json'}: not the metrics of a run ({type(e).__name__}: {excerpt(str(e))})") from None
     for key, table_ in (("counters", counters), ("counters_evaluation", evaluation), ("counters_inference", inference)):
-        bad = [k for k, v in table_.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0] \
-            if isinstance(table_, dict) else ["(not a mapping)"]
+        bad = [k for k, v in table_.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+               or not math.isfinite(v) or v < 0] if isinstance(table_, dict) else ["(not a mapping)"]
         if bad:
             raise ConfigError(f"{run / 'metrics.json'}: {key}.{str(bad[0])[:60]}: expected counts >= 0")
+    if not any(k.startswith("passes_rows") for k in counters):
+        raise ConfigError(f"{run / 'metrics.json'}: no forward passes counted (a run made before hwsim counted its "
+                          f"workload, or none evaluated): train it again to charge it")
     network = build_network(cfg.model)
     backend = build_backend(cfg.backend, network, cfg.architecture)
     mapping = build_mapping(cfg.architecture, network, backend)

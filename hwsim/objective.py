@@ -129,7 +129,7 @@ class BatchObjective:
         losses = torch.empty(len(idx), dtype=theta.dtype, device=theta.device)
         for entry, sel in self._by_tensor(idx):
             i, local = net.layer_of(entry.name)
-            self._count_workload(len(sel), (i,))
+            self._count_workload(len(sel), () if local == "bias" else (i,))
             jvp = backend.coordinate_jvp(net.layers[i], self._layer_params(tensors, i), acts[i], local)
             for s in range(0, len(sel), self.chunk):
                 part = sel[s:s + self.chunk]
@@ -174,14 +174,15 @@ class BatchObjective:
             else:
                 continue
             batched.add(e.name)
-        self._count_workload(queries, {self.network.layer_of(n)[0] for n in perturbed})
+        self._count_workload(queries, {self.network.layer_of(n)[0] for n in perturbed if not n.endswith(".bias")})
         keyed = self.backend.keyed(self.stream, keys) if self.stream is not None else nullcontext()
         with keyed:
             return self._forward(tensors, queries, batched).to(theta.dtype).expand(queries)
 
     def _count_workload(self, queries: int, moved_layers) -> None:
         """What the device does for ``queries`` evaluations, whatever the simulator shares between them:
-        each is a full forward pass of the batch, after programming the layers its perturbation moves."""
+        each is a full forward pass of the batch, after programming the layers whose weights its
+        perturbation moves (a bias is added electronically: moving it programs nothing)."""
         self.backend.count_passes(self.x.shape[0], queries)
         self.backend.count_programs(sorted(moved_layers), queries)
 

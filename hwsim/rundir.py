@@ -31,9 +31,12 @@ class RunLock:
             os.close(fd)
             raise RunDirBusy(f"--out {run_dir}: in use by another hwsim process (PID {holder}); wait for it to "
                              f"end or choose another --out") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd                        # held from here on: release() frees it whatever follows
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:

@@ -321,10 +321,10 @@ def test_workload_counters_do_not_depend_on_the_query_chunks(name, options):
         objective.key_noise(0)
         deltas = directions.to(theta.dtype)
         objective.losses(theta, deltas, net.space.entries[1].offset)       # 6 queries moving layer 0's core 1
-        objective.losses(theta, deltas[:2, :10], net.space.entries[-1].offset)   # 2 moving layer 2's bias
+        objective.losses(theta, deltas[:2, :10], net.space.entries[-1].offset)   # 2 moving layer 2's bias only
         got.append((Workload.from_counters(b.counters()), b))
     (w1, b1), (w2, _) = got
-    assert w1.passes == w2.passes == {8: 8} and w1.programs == w2.programs == {0: 6, 2: 2}
+    assert w1.passes == w2.passes == {8: 8} and w1.programs == w2.programs == {0: 6}    # a bias programs nothing
     assert w1.held_pi == pytest.approx(w2.held_pi, rel=1e-12)
     m = map_network(net, b1, resolve(b1))
     assert estimate(m, b1.counters(), TABLE).joules == pytest.approx(estimate(m, got[1][1].counters(), TABLE).joules, rel=1e-12)

@@ -7,9 +7,11 @@ Two ways to train (option ``params``):
 - ``phases``: in-situ training: the trainable parameters *are* the block phases (n^2 per block, see
   :meth:`param_space`); the host never sees a weight. Gains and output signs are fixed when the start
   weights are programmed (:meth:`encode`).
-A TT layer's cores are cascaded optically (the tensorized optical NN of Zhao et al., arXiv:2401.00413), so light is detected
-once per layer: W_eff is assembled from the realised blocks and applied to the rows; detector noise and the
-ADC act on the layer output; biases are added electronically.
+The chip runs the mapping of its architecture (hwsim.arch; docs/photonic.md): a TT layer's cores (the
+tensorized optical NN of Zhao et al., arXiv:2401.00413) run one after another on their own blocks, every
+core's inputs converted by the modulators' DACs and its outputs read by detectors and ADCs (with the
+partial sums of a core's block columns added as photocurrents or digitally); biases are added
+electronically after the last core.
 """
 from __future__ import annotations
 
@@ -62,8 +64,8 @@ class PhotonicBackend(Backend):
         {preset, <noise key>: value} (backends/photonic/noise.py); block: mesh size n; mesh: clements |
         reck; chip_seed: draws the chip's frozen variations; calibrate: false | gain (measure every block's
         loss and cancel it with its electronic gain) | true (measure and cancel the phase biases and the loss)
-        before use; dtype: float32 | float64 of the layer GEMM; symbol_rate_hz: modulator rate
-        (time counters)."""
+        before use; dtype: float32 | float64 of the contractions; symbol_rate_hz: modulator rate (the
+        architecture's, for the optical time)."""
 
         params: str = "weights"
         noise: Any = "ideal"
@@ -232,7 +234,8 @@ class PhotonicBackend(Backend):
         """The layer core after core, as the chip's mapping runs it: each core's sub-vectors (r_k n_k values)
         are converted by the modulators' DACs, pass the core's blocks (one sub-vector per block set and
         symbol; a replicated core: sub-vector j on copy j), every block's outputs are detected (noise,
-        ADC), the block columns' partial sums added digitally; the bias is added after the last core."""
+        ADC), the block columns' partial sums added (``architecture.partial_sums``); the bias is added after
+        the last core."""
         i = self._layers.get(id(layer))
         if i is None:
             raise RuntimeError("the photonic backend is not bound to this network: call backend.bind(network) first")

@@ -4,7 +4,9 @@ A mapping is computed once per run from the network's shapes, the backend's oper
 resolved architecture (hwsim.arch); it is reported like Timeloop's mapping report (:meth:`report`, in
 RUN/mapping.txt and ``hwsim energy RUN --explain``). The events of a :class:`Workload` (forward passes,
 programmings, the heaters' held load: what the run counted) are mapping x workload, so they do not
-depend on how the simulator grouped its work: not on chunks, ranks or evaluation batching.
+depend on how the simulator grouped its work: not on chunks, ranks or evaluation batching (one
+exception: with ``estimator.cache_prefix`` the host keeps the front layers' outputs, and the heaters'
+load is counted for the rows the chip ran).
 
 Shapes of a TT layer's core step k (hwsim.tt.Step): T_k = r_k n_k terms per value, V_k values and
 S_k = D_k R_k sub-vectors per row; a dense layer is a one-core TT layer (1, in, out, 1).
@@ -334,6 +336,7 @@ def map_photonic(network, arch: PhotonicChip, adc_bits: int | None, dac_bits: in
             symbols = -(-step.subvectors // (copies * arch.wdm))
             cores.append(CoreMap(f"{i}.{name}", step, grid, copies, symbols, n, arch.partial_sums == "digital"))
             need = max(need, step.values * adc)
+        need = max(need, layer.in_features * adc, layer.out_features * adc)    # the layer's input and output too
         layers.append(PhotonicLayer(i, layer.in_features, layer.out_features, tuple(cores)))
     buffer = pow2_bytes(2 * need) if arch.buffer_bytes == "auto" else arch.buffer_bytes
     return PhotonicMap(arch, tuple(layers), buffer, adc, dac_bits or arch.converter_bits, input_bits or arch.converter_bits)

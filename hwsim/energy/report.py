@@ -4,6 +4,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import yaml
+
 from hwsim import yaml12
 from hwsim.arch.mapping import Workload
 from hwsim.config import ConfigError
@@ -24,10 +26,16 @@ def assumptions(name: str) -> list[str]:
     if name in shipped:
         text = (folder / f"{name}.yaml").read_text()
     elif path.suffix in (".yaml", ".yml") and path.is_file():
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--assume {name}: cannot be read ({type(e).__name__})") from None
     else:
         raise ConfigError(f"--assume {name}: not a shipped assumption set ({', '.join(shipped)}) or a YAML file")
-    raw = yaml12.load(text)
+    try:
+        raw = yaml12.load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--assume {name}: not valid YAML ({str(e).splitlines()[0][:120]})") from None
     items = raw.get("set") if isinstance(raw, dict) else None
     if not isinstance(items, list) or not all(isinstance(i, str) and "=" in i for i in items):
         raise ConfigError(f"--assume {name}: expected a mapping with set: [key=value, ...]")
