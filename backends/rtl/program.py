@@ -9,7 +9,7 @@ from typing import Sequence
 
 from hwsim.backends.fixed.layer import LayerSpec
 from hwsim.backends.fixed.numerics import Format
-from hwsim.tt import tt_steps
+from hwsim.tt import Step, tt_steps
 
 REG_NUM_CORES, REG_ROWS, REG_MODE, REG_IN_LEN, REG_OUT_LEN = 0, 1, 2, 3, 4
 REG_STEP_BASE, REG_STEP_STRIDE = 8, 8          # + {0 T, 1 MR, 2 R, 3 D, 4 SHIFT, 5 WBASE}
@@ -20,19 +20,12 @@ ADDR_LIMIT = 1 << 16                           # the configuration port's 16-bit
 
 
 @dataclass(frozen=True)
-class StepShape:
-    """Core step k: T terms per value, MR = m_k r_k+1, R = inputs left, D = outputs done; V values."""
+class StepShape(Step):
+    """Core step k (hwsim.tt.Step: T terms per value, MR = m_k r_k+1, R = inputs left, D = outputs done,
+    V values) with the core's register settings: its requantization shift and weight RAM base address."""
 
-    terms: int
-    mr: int
-    rest: int
-    done: int
     shift: int
     wbase: int
-
-    @property
-    def values(self) -> int:
-        return self.done * self.mr * self.rest
 
 
 def step_shapes(core_shapes: Sequence[tuple[int, int, int, int]], spec: LayerSpec, bias: bool) -> list[StepShape]:
