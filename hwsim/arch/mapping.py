@@ -267,6 +267,9 @@ class PhotonicLayer:
 
 @dataclass(frozen=True)
 class PhotonicMap:
+    """A network on the photonic chip ``arch``: its layers' cores, the SRAM between cores (bytes) and the
+    converter widths charged (ADC, phase DAC, modulator DAC; bits)."""
+
     arch: PhotonicChip
     layers: tuple[PhotonicLayer, ...]
     buffer_bytes: int
