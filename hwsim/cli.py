@@ -47,8 +47,10 @@ def _run(args, kind) -> int:
         raise ConfigError(f"--waves: only the rtl backend dumps waveforms; this run's backend is {cfg.backend.name!r}")
     run = train if kind is Config else pinn
     existed = out.exists()
+    clean = False
     try:
         run(cfg, out, progress=not args.quiet, resume=bool(args.resume), allow_changes=args.allow_changes, ranks=ranks)
+        clean = True
     except (RunStopped, RunDirBusy):   # stopped by the user (what was written stays); another process's run
         raise
     except Exception:
@@ -56,7 +58,7 @@ def _run(args, kind) -> int:
             _discard_unstarted(out, existed)      # only a run directory no other process holds
         raise
     finally:
-        ranks.close()
+        ranks.close(clean)
     return 0
 
 
