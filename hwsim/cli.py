@@ -125,16 +125,22 @@ def _refuse_existing_run(out: Path, command: str) -> None:
 
 
 def _eval(args) -> int:
+    from hwsim.config import read_raw
+    from hwsim.pinn.train import evaluate as evaluate_pinn
     from hwsim.report import write_json
     from hwsim.train import evaluate
 
-    result = evaluate(Path(args.run), args.set or [])
+    config = Path(args.run) / "config.yaml"
+    pinn = config.is_file() and "pde" in read_raw(str(config))     # a run of `hwsim pinn`
+    result = (evaluate_pinn if pinn else evaluate)(Path(args.run), args.set or [])
     over = {k: v for k, v in result["counters"].items() if k.startswith("overflows") and v}
     energy = (f"; {result['energy_j_per_inference']:.3g} J and {result['latency_s_per_inference']:.3g} s per inference "
               f"(hwsim energy model)" if "energy_j_per_inference" in result else "")
     partial = f" (partial run: {result['partial']})" if "partial" in result else ""
-    print(f"{args.run}{partial} on {result['backend']} {result['backend_options']}: test accuracy "
-          f"{100 * result['test_accuracy']:.2f} %" + (f"; overflows {over}" if over else "") + energy)
+    figure = (f"rel. L2 error {100 * result['rel_l2']:.3f} %" if pinn
+              else f"test accuracy {100 * result['test_accuracy']:.2f} %")
+    print(f"{args.run}{partial} on {result['backend']} {result['backend_options']}: {figure}"
+          + (f"; overflows {over}" if over else "") + energy)
     if args.json:
         write_json(Path(args.json), result)
     return 0

@@ -139,31 +139,47 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True, log: 
     return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes, ranks)
 
 
-@torch.no_grad()
-def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
-    """Deploy a run on a backend: test accuracy of its params.pt ("theta", the float weights; a run not
-    finished yet: its newest checkpoint) with its config.yaml changed by ``overrides`` (e.g.
-    ``backend.name=fixed``, ``backend.bits=6``)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+def run_config(run_dir: Path, overrides: list[str], kind: type = Config):
+    """The config.yaml of the run in ``run_dir`` (a :class:`Config` or ``kind``), changed by ``overrides``."""
+    if not (Path(run_dir) / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} has no config.yaml: give a run directory written by `hwsim train` or `hwsim pinn`")
-    cfg = load_config(str(run_dir / "config.yaml"), list(overrides))
-    d = cfg.data
-    data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
-    network = build_network(cfg.model)
+    return load_config(str(Path(run_dir) / "config.yaml"), list(overrides), kind)
+
+
+@torch.no_grad()
+def deploy(run_dir: Path, cfg, network, measure: Callable) -> dict:
+    """The run's params.pt ("theta", the float weights (size,); a run not finished yet: its newest checkpoint)
+    on ``network`` bound to the backend of ``cfg`` (hwsim.build); ``measure(backend, theta)`` returns the
+    figures (a dict) and the number of inferences it ran. The result: the run, the figures, the backend and
+    its options, its counters and the energy and latency per inference (hwsim energy model)."""
     backend = build_backend(cfg.backend, network, cfg.architecture)
     mapping, table = build_mapping(cfg.architecture, network, backend), load_table(cfg.energy)
     theta = backend.encode(backend.to_backend(initial_params(str(run_dir), network, "eval")))
-    x = torch.from_numpy(data.test.x).to(backend.device, backend.data_dtype)
-    y = torch.from_numpy(data.test.y).to(backend.device)
     before = backend.counters()
-    acc = accuracy(network, backend, theta, x, y, cfg.train.eval_batch_size)
+    figures, inferences = measure(backend, theta)
     spent = subtract(backend.counters(), before)
-    result = {"run": str(run_dir), "test_accuracy": acc, "backend": backend.name,
-              "backend_options": dict(cfg.backend.options), "counters": backend.counters(), "inferences": len(y)}
-    if not (run_dir / "params.pt").is_file():          # a run not finished: deployed from its newest checkpoint
+    result = {"run": str(run_dir), **figures, "backend": backend.name,
+              "backend_options": dict(cfg.backend.options), "counters": backend.counters(), "inferences": inferences}
+    if not (Path(run_dir) / "params.pt").is_file():     # a run not finished: deployed from its newest checkpoint
         result["partial"] = f"its newest checkpoint, {read_params(run_dir)[1].name}"
     est = estimate(mapping, spent, table)
-    result.update(energy_j_per_inference=est.joules / len(y), latency_s_per_inference=est.latency_s / len(y),
-                  energy_breakdown_per_inference={k: v / len(y) for k, v in est.by_component().items()})
+    result.update(energy_j_per_inference=est.joules / inferences, latency_s_per_inference=est.latency_s / inferences,
+                  energy_breakdown_per_inference={k: v / inferences for k, v in est.by_component().items()})
     return result
+
+
+def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
+    """Deploy a classification run on a backend (:func:`deploy`): the test accuracy of its params.pt with its
+    config.yaml changed by ``overrides`` (e.g. ``backend.name=fixed``, ``backend.bits=6``)."""
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, overrides)
+    d = cfg.data
+    data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
+    network = build_network(cfg.model)
+
+    def test_accuracy(backend, theta: torch.Tensor) -> tuple[dict, int]:
+        x = torch.from_numpy(data.test.x).to(backend.device, backend.data_dtype)
+        y = torch.from_numpy(data.test.y).to(backend.device)
+        return {"test_accuracy": accuracy(network, backend, theta, x, y, cfg.train.eval_batch_size)}, len(y)
+
+    return deploy(run_dir, cfg, network, test_accuracy)

@@ -266,6 +266,33 @@ def test_pinn_config_errors_are_clear(capsys, tmp_path, monkeypatch):
     assert "'autodiff' needs a differentiable backend" in capsys.readouterr().err
 
 
+TINY = ["pde.dim=3", "pde.points=8", "pde.test_points=100", "train.steps=5", "train.eval_every=5",
+        "train.smoothed_points=10", "model.layers.0.in_features=4", "model.layers.0.in_factors=[2, 2]"]
+
+
+def test_eval_deploys_a_pinn_run_on_another_backend(tmp_path, capsys):
+    """`hwsim eval` refused PINN runs ("has a pde section"). On the run's own backend (ideal, float64) the
+    deployed params.pt (the decoded weights, float64) are the trained ones and the test points are the run's:
+    the run's final rel. L2 error, bit for bit; 8-bit fixed point rounds weights and activations: another,
+    finite error. A config change that breaks the model is the run's clear error."""
+    run = tmp_path / "run"
+    assert main(["pinn", "hjb20_zo_tt_sg", "--quiet", "--out", str(run)] + [a for k in TINY for a in ("--set", k)]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json", str(tmp_path / "same.json")]) == 0
+    same = json.loads((tmp_path / "same.json").read_text())
+    assert (same["rel_l2"], same["rel_l2_learned"]) == (m["rel_l2"], m["rel_l2_learned"])
+    assert same["backend"] == "ideal" and same["inferences"] == 100 and same["energy_j_per_inference"] > 0
+    assert f"{run} on ideal {{'dtype': 'float64'}}: rel. L2 error {100 * m['rel_l2']:.3f} %" in capsys.readouterr().out
+    assert main(["eval", str(run), "--set", "backend.name=fixed", "--set", "backend.bits=8",
+                 "--json", str(tmp_path / "fixed.json")]) == 0
+    fixed = json.loads((tmp_path / "fixed.json").read_text())
+    assert fixed["backend"] == "fixed" and math.isfinite(fixed["rel_l2"]) and fixed["rel_l2"] != m["rel_l2"]
+    assert f"on fixed {{'bits': 8}}: rel. L2 error {100 * fixed['rel_l2']:.3f} %" in capsys.readouterr().out
+    assert main(["eval", str(run), "--set", "pde.dim=5"]) == 2
+    assert "the network maps 4 -> 1; pde hjb with dim 5 needs 6 -> 1" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_compare_tables_pinn_runs_and_refuses_mixed_kinds(tmp_path, capsys):
     """Regression: `hwsim compare` ended in a KeyError on PINN run directories."""

@@ -1,5 +1,6 @@
 """PINN runs (``hwsim pinn``): the task of the one loop (hwsim.loop) for a PDE: fresh collocation points
-every step, the PDE residual loss through a backend, and the relative L2 error on fixed test points.
+every step, the PDE residual loss through a backend, and the relative L2 error on fixed test points; and
+deployment of a trained PINN run on any backend (``hwsim eval``).
 
 Writes a run directory: config.yaml, metrics.jsonl (one line per evaluation), metrics.json, params.pt,
 checkpoints/, error.png (error vs step) and line.png (predicted vs exact along the diagonal x = s 1, t = 1/2).
@@ -16,9 +17,11 @@ from hwsim.config import ConfigError, PinnConfig
 from hwsim.distributed import Ranks
 from hwsim.loop import Task, build_parts, run_loop
 from hwsim.host_memory import require
+from hwsim.model import Network
 from hwsim.pinn.derivatives import Stencil, stein_grid, stencil_nodes
 from hwsim.pinn.objective import derivative_method
 from hwsim.pinn.problems import Problem, build_problem
+from hwsim.train import deploy, run_config
 
 
 @torch.no_grad()
@@ -114,14 +117,8 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True, lo
     """Train one PINN; returns the final metrics (also written to ``out_dir`` when given). ``resume``:
     continue the run in ``out_dir`` from its newest checkpoint (hwsim.loop); ``ranks``: the processes
     sharing each step's queries (hwsim.distributed)."""
-    problem = build_problem(cfg.pde.problem, cfg.pde.dim)
-    network = build_network(cfg.model)
-    if network.in_features != problem.inputs or network.out_features != 1:
-        raise ConfigError(f"model.layers: the network maps {network.in_features} -> {network.out_features}; "
-                          f"pde {problem.name} with dim {problem.dim} needs {problem.inputs} -> 1")
+    problem, network, test_x = _setup(cfg)
     method_name = cfg.pde.derivatives.method
-    _require_memory(cfg, problem.inputs)
-    test_x = problem.sample(cfg.pde.test_points, torch.Generator().manual_seed(cfg.seed + 1))
     parts = build_parts(cfg, network, network.init_params, cfg.train.steps)
     if method_name == "autodiff" and not parts.backend.capabilities.differentiable:
         raise ConfigError(f"pde.derivatives.method: 'autodiff' needs a differentiable backend; "
@@ -134,6 +131,33 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True, lo
               f"({method.per_point} evaluations per point), {cfg.train.steps} steps of {cfg.pde.points} points; "
               f"untrained (N = 0) rel. L2 {100 * task.baseline:.2f} %\n" + network.describe())
     return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes, ranks)
+
+
+def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
+    """Deploy a PINN run on a backend (hwsim.train.deploy): the relative L2 errors ("rel_l2",
+    "rel_l2_learned", as :func:`errors`) of its params.pt on the run's own ``pde.test_points`` test points,
+    with its config.yaml changed by ``overrides`` (e.g. ``backend.name=fixed``, ``backend.bits=8``)."""
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, overrides, PinnConfig)
+    problem, network, test_x = _setup(cfg)
+
+    def rel_l2(backend, theta: torch.Tensor) -> tuple[dict, int]:
+        u = predict(network, backend, problem, theta, test_x, cfg.train.eval_batch_size)
+        return errors(problem, u, test_x), len(test_x)
+
+    return deploy(run_dir, cfg, network, rel_l2)
+
+
+def _setup(cfg: PinnConfig) -> tuple[Problem, Network, torch.Tensor]:
+    """The run's problem, its network (checked to map the problem's inputs to u) and its test points
+    (pde.test_points, inputs): drawn from their own generator (seed + 1), the same in training and eval."""
+    problem = build_problem(cfg.pde.problem, cfg.pde.dim)
+    network = build_network(cfg.model)
+    if network.in_features != problem.inputs or network.out_features != 1:
+        raise ConfigError(f"model.layers: the network maps {network.in_features} -> {network.out_features}; "
+                          f"pde {problem.name} with dim {problem.dim} needs {problem.inputs} -> 1")
+    _require_memory(cfg, problem.inputs)
+    return problem, network, problem.sample(cfg.pde.test_points, torch.Generator().manual_seed(cfg.seed + 1))
 
 
 def _require_memory(cfg: PinnConfig, inputs: int) -> None:
