@@ -1,0 +1,1 @@
+"""hwsim-mcu: a Cortex-M micro-controller backend for hwsim, found through the ``hwsim.backends`` entry point."""
