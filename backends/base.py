@@ -1,14 +1,19 @@
-"""The Backend seam: the protocol every simulated hardware implements, and the registry of backends.
+"""The Backend seam: the protocol every simulated hardware implements, its record, and the registry.
 
-Above the seam (model, ZO estimators, training loops) everything is hardware-agnostic; below it each
-backend decides how a linear layer is really computed (float, integers, photonic meshes, Verilog).
+Above the seam (model, ZO estimators, training loops, energy, reports) everything is hardware-agnostic;
+below it each backend decides how a linear layer is really computed (float, integers, photonic meshes,
+Verilog, a micro-controller's kernels).
 
-Backends register by name in the entry-point group ``hwsim.backends`` (see pyproject.toml), so a third
-party package can add its own: ``[project.entry-points."hwsim.backends"] mychip = "pkg.mod:MyBackend"``.
+A backend's record is its class's declaration: ``name``, ``summary``, ``Options`` (a dataclass of typed
+fields, converted and checked like every config section: ``backend.<key>`` in messages), ``capabilities``
+and ``architecture`` (the hwsim.arch.kind.ArchitectureKind its work is charged on: its keys, mapping,
+cost model and device figures). The layers above know a backend only through it and the accessors
+below. Backends register in the entry-point group ``hwsim.backends`` (pyproject.toml), hwsim's own as
+any third party's: ``[project.entry-points."hwsim.backends"] mychip = "pkg.mod:MyBackend"``
+(docs/architecture.md walks through one).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -19,12 +24,15 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from hwsim.arch.mapping import Widths, core_shapes
+from hwsim.arch.engine import DIGITAL
+from hwsim.arch.kind import ArchitectureKind
+from hwsim.arch.workload import Widths, core_shapes
+from hwsim.errors import ConfigError
+from hwsim.schema import from_dict
+from hwsim.text import excerpt
 
 ENTRY_POINT_GROUP = "hwsim.backends"
-_BUILTIN = {"ideal": "hwsim.backends.ideal:IdealBackend", "fixed": "hwsim.backends.fixed.backend:FixedBackend",
-            "rtl": "hwsim.backends.rtl.backend:RtlBackend",
-            "photonic": "hwsim.backends.photonic.backend:PhotonicBackend"}
+DEFAULT_BACKEND = "ideal"           # a config without backend.name runs here
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,16 @@ class Capabilities:
     differentiable: outputs carry autograd graphs (needed for the first-order baseline only).
     multilinear: a TT layer's output is exactly linear in each core, so the effect of perturbing one
         core may be computed from the unperturbed layer (the CGE shortcut).
+    chip_instances: fabricated instances differ (option ``chip_seed`` draws one): ``hwsim compare``
+        evaluates several and reports their spread.
+    devices: the torch device types the backend computes on.
     """
 
     exact: bool
     differentiable: bool
     multilinear: bool
+    chip_instances: bool = False
+    devices: tuple[str, ...] = ("cpu",)
 
 
 class Backend(ABC):
@@ -52,8 +65,9 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    summary: ClassVar[str] = ""                            # one line for `hwsim info`
     capabilities: ClassVar[Capabilities]
-    architecture: ClassVar[str] = "digital"       # the kind of hwsim.arch the backend's work is charged on
+    architecture: ClassVar[ArchitectureKind] = DIGITAL     # what the backend's work is charged on
 
     @dataclass
     class Options:
@@ -96,6 +110,17 @@ class Backend(ABC):
         this backend's dtype unless a backend says otherwise."""
         bits = torch.finfo(self.dtype).bits
         return Widths(True, bits, bits, (bits,) * len(core_shapes(layer)), bits)
+
+    def storage_bits(self) -> tuple[int, int]:
+        """(parameter bits, activation bits) the device stores each value in (its memory figures,
+        hwsim.energy.memory): the backend's dtype unless a backend says otherwise."""
+        bits = torch.finfo(self.dtype).bits
+        return bits, bits
+
+    def memory_limit(self) -> int | None:
+        """Bytes the device has for a training state (parameters, optimizer state, live activations);
+        None: no limit simulated. A run whose BP-free training state needs more is refused."""
+        return None
 
     def param_space(self, network: Any) -> Any:
         """The hwsim.params.ParamSpace of what this backend trains: the network's float weights unless the
@@ -236,10 +261,7 @@ _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sin": torch.sin}
 
 
 def _entry_points() -> dict[str, str]:
-    found = dict(_BUILTIN)
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.value
-    return found
+    return {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def backend_names() -> list[str]:
@@ -248,20 +270,17 @@ def backend_names() -> list[str]:
 
 
 def backend_class(name: str) -> type[Backend]:
-    """The Backend class registered as ``name``; unknown names raise with the list of known ones."""
+    """The Backend class (its record) registered as ``name``; an unknown name is a ConfigError listing the
+    known ones."""
     known = _entry_points()
     if name not in known:
-        raise KeyError(f"unknown backend {name!r}; known backends: {', '.join(sorted(known))}")
+        raise ConfigError(f"backend.name: unknown backend {excerpt(name)}; known backends: {', '.join(sorted(known))}")
     module, _, attr = known[name].partition(":")
     obj = __import__(module, fromlist=[attr])
     return getattr(obj, attr)
 
 
 def create_backend(name: str, **options: Any) -> Backend:
-    """Instantiate backend ``name`` with its options (validated by its Options dataclass)."""
-    cls = backend_class(name)
-    allowed = {f.name for f in dataclasses.fields(cls.Options)}
-    bad = sorted(set(options) - allowed)
-    if bad:
-        raise KeyError(f"backend {name!r} has no option {bad[0]!r}; allowed: {', '.join(sorted(allowed)) or 'none'}")
-    return cls(cls.Options(**options))
+    """Instantiate backend ``name`` with its options (raw values of a config's ``backend:`` section,
+    converted and checked by its Options schema: a ConfigError names the key)."""
+    return backend_class(name)(from_dict(backend_class(name).Options, options, "backend"))

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from hwsim.backends.base import Backend, Capabilities, SparseDelta
+from hwsim.errors import ConfigError
 from hwsim.model import TTLinear
-from hwsim.text import excerpt
 from hwsim.tt import choose_method, core_environment, to_dense, tt_linear
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -17,22 +18,20 @@ class IdealBackend(Backend):
     """Float reference hardware: what the algorithm does with no precision, noise or energy limit."""
 
     name = "ideal"
-    capabilities = Capabilities(exact=True, differentiable=True, multilinear=True)
+    summary = "float PyTorch (CPU or CUDA): the reference every other backend is compared with"
+    capabilities = Capabilities(exact=True, differentiable=True, multilinear=True, devices=("cpu", "cuda"))
 
     @dataclass
     class Options:
         """dtype: float32 | float64; device: cpu | cuda | auto; tt_method: auto | dense | direct."""
 
-        dtype: str = "float32"
-        device: str = "cpu"
-        tt_method: str = "auto"
+        dtype: Literal["float32", "float64"] = "float32"
+        device: Literal["cpu", "cuda", "auto"] = "cpu"
+        tt_method: Literal["auto", "dense", "direct"] = "auto"
 
         def __post_init__(self):
-            _check("dtype", self.dtype, tuple(DTYPES))
-            _check("device", self.device, ("cpu", "cuda", "auto"))
-            _check("tt_method", self.tt_method, ("auto", "dense", "direct"))
             if self.device == "cuda" and not torch.cuda.is_available():
-                raise ValueError("backend.device: 'cuda' was asked for but torch sees no CUDA device; "
+                raise ConfigError("backend.device: 'cuda' was asked for but torch sees no CUDA device; "
                                  "use 'cpu' or 'auto'")
 
     def __init__(self, options: "IdealBackend.Options | None" = None):
@@ -102,8 +101,3 @@ class IdealBackend(Backend):
         picked = weight.T[delta.index]                      # (J, T, out)
         self.count("macs_" + self.options.dtype, delta.values.numel() * layer.out_features)
         return torch.bmm(delta.values, picked)
-
-
-def _check(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"backend.{key}: {excerpt(value)} is not allowed; use one of {', '.join(allowed)}")

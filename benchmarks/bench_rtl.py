@@ -20,7 +20,7 @@ from common import save
 from hwsim.backends.rtl import sim as simulators
 from hwsim.backends.rtl.program import CoreParams, cycles_per_group, step_shapes
 from hwsim.backends.rtl.run import run_tt_layer
-from hwsim.backends.rtl.verify import builtin_cases, job_inputs
+from hwsim.rtl.verify import builtin_cases, job_inputs
 from hwsim.rtl import SOURCES, TOPLEVEL
 
 

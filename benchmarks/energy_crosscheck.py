@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import math
 
-from hwsim.arch.mapping import map_network
-from hwsim.arch.spec import resolve
+from hwsim.arch.spec import map_network, resolve
 from hwsim.backends import create_backend
-from hwsim.energy.model import estimate
 from hwsim.energy.table import load_table
 from hwsim.model import Network, TTLinear
 from hwsim.tt import TTShape
@@ -67,7 +65,7 @@ def engine_crosscheck() -> dict:
     backend.bind(net)
     mapping = map_network(net, backend, resolve(backend, {"lanes": 4}))
     counters = {"passes_rows5": 3}
-    hwsim = estimate(mapping, counters, load_table())
+    hwsim = backend.architecture.cost(mapping, counters, load_table())
     walked = walk_engine(ENGINE_LAYER, 4, {5: 3})
     sizes = mapping.buffer_bytes()
     per_bit = lambda size: next(e for cap, e in sorted(HOROWITZ_PJ["sram_64b"].items()) if size <= cap) / 64  # noqa: E731
@@ -115,9 +113,9 @@ def photonic_crosscheck() -> dict:
     backend = create_backend("photonic", noise="typical")
     backend.bind(net)
     mapping = backend.mapping
-    table = load_table()
+    table = load_table(kind=backend.architecture)
     counters = {"passes_rows50": 2, "programs_layer0": 1, "held_pi_rows:0.core0": 100.0 * 100}
-    hwsim = estimate(mapping, counters, table)
+    hwsim = backend.architecture.cost(mapping, counters, table)
     walked = walk_photonic(mapping, 100)
     e = lambda name: table.entry(name).given                # noqa: E731  (the entries in their own units)
     symbols = 100 * sum(c.symbols for c in mapping.layers[0].cores)

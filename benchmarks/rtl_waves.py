@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hwsim.backends.rtl.verify import builtin_cases, job_inputs  # noqa: E402
+from hwsim.rtl.verify import builtin_cases, job_inputs  # noqa: E402
 from hwsim.backends.rtl.run import run_tt_layer  # noqa: E402
 
 SIGNALS = ["clk", "cfg_we", "start", "busy", "in_valid", "in_ready", "step_done", "step_index", "out_valid", "done"]

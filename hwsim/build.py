@@ -5,8 +5,7 @@ import math
 
 import torch
 
-from hwsim.arch.mapping import map_network
-from hwsim.arch.spec import resolve
+from hwsim.arch.spec import map_network, resolve
 from hwsim.backends import Backend, create_backend
 from hwsim.config import BackendConfig, ConfigError, EstimatorConfig, ModelConfig, OptimizerConfig, check_steps
 from hwsim.host_memory import require
@@ -42,23 +41,9 @@ def build_network(cfg: ModelConfig) -> Network:
 
 def build_backend(cfg: BackendConfig, network: Network, architecture: dict | None = None) -> Backend:
     """The configured backend on its architecture (the config's ``architecture:`` keys), bound to ``network``."""
-    try:
-        backend = create_backend(cfg.name, **cfg.options)
-    except KeyError as e:
-        raise ConfigError(f"backend: {e.args[0]}") from None
-    except (TypeError, ValueError) as e:
-        raise _backend_error(e) from None
-    arch = resolve(backend, architecture)
-    try:
-        backend.bind(network, arch)
-        return backend
-    except (TypeError, ValueError) as e:
-        raise _backend_error(e) from None
-
-
-def _backend_error(e: Exception) -> ConfigError:
-    msg = str(e)
-    return ConfigError(msg if msg.startswith("backend") else f"backend: {msg}")
+    backend = create_backend(cfg.name, **cfg.options)
+    backend.bind(network, resolve(backend, architecture))
+    return backend
 
 
 def build_mapping(architecture: dict, network: Network, backend: Backend):

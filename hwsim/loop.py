@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from hwsim import checkpoint
-from hwsim.arch.mapping import Workload
+from hwsim.arch.workload import Workload
 from hwsim.arch.spec import describe
 from hwsim.build import build_backend, build_estimator, build_mapping, build_optimizer, perturbation_warnings
 from hwsim.config import ConfigError, RunConfig
@@ -150,7 +150,7 @@ def build_parts(cfg: RunConfig, network, start: Callable[[torch.Generator], torc
     backend = build_backend(cfg.backend, network, cfg.architecture)
     estimator = build_estimator(cfg.estimator, backend.param_space(network), backend)
     warnings = perturbation_warnings(cfg.estimator, backend) if estimator is not None else []
-    load_table(cfg.energy)                          # a bad energy override fails here, before the run
+    load_table(cfg.energy, kind=backend.architecture)      # a bad energy override fails here, before the run
     mapping = build_mapping(cfg.architecture, network, backend)         # ... and a bad architecture key
     return Parts(cfg, network, backend, estimator, gen, start(gen), steps, mapping, warnings)
 
@@ -327,7 +327,7 @@ def _run_loop(task: Task, parts: Parts, out_dir: Path | None, progress: bool, lo
     counters = backend.counters()
     metrics.update(counters=counters, counters_evaluation=tally.eval_counters, counters_inference=last_eval,
                    inferences=Workload.from_counters(last_eval).rows, warnings=warnings)
-    metrics.update(run_figures(parts.mapping, load_table(cfg.energy), subtract(counters, tally.eval_counters),
+    metrics.update(run_figures(parts.backend.architecture, parts.mapping, load_table(cfg.energy, kind=parts.backend.architecture), subtract(counters, tally.eval_counters),
                                last_eval, parts.steps))
     metrics.update(device_memory(network, backend, cfg.optimizer.name, cfg.optimizer.momentum, task.rows))
     metrics.update(wall_s=round(time.perf_counter() - t0, 3),
@@ -335,7 +335,7 @@ def _run_loop(task: Task, parts: Parts, out_dir: Path | None, progress: bool, lo
     if writes:
         write_atomic(out_dir / "params.pt", checkpoint.params_bytes(state()))
         write_json(out_dir / "metrics.json", metrics)
-        write_json(out_dir / "architecture.json", describe(parts.mapping.arch))
+        write_json(out_dir / "architecture.json", describe(parts.backend, parts.mapping.arch))
         write_atomic(out_dir / "mapping.txt", parts.mapping.report() + "\n")
         task.plots(out_dir, records, final, metrics)
         if "energy_j_training" in metrics:

@@ -16,7 +16,6 @@ from hwsim.checkpoint import CheckpointError, read_params
 from hwsim.config import Config, ConfigError, load_config
 from hwsim.data import load_dataset
 from hwsim.distributed import Ranks
-from hwsim.energy.model import estimate
 from hwsim.energy.report import subtract
 from hwsim.energy.table import load_table
 from hwsim.loop import Task, build_parts, run_loop
@@ -153,7 +152,7 @@ def deploy(run_dir: Path, cfg, network, measure: Callable) -> dict:
     figures (a dict) and the number of inferences it ran. The result: the run, the figures, the backend and
     its options, its counters and the energy and latency per inference (hwsim energy model)."""
     backend = build_backend(cfg.backend, network, cfg.architecture)
-    mapping, table = build_mapping(cfg.architecture, network, backend), load_table(cfg.energy)
+    mapping, table = build_mapping(cfg.architecture, network, backend), load_table(cfg.energy, kind=backend.architecture)
     theta = backend.encode(backend.to_backend(initial_params(str(run_dir), network, "eval")))
     before = backend.counters()
     figures, inferences = measure(backend, theta)
@@ -162,7 +161,7 @@ def deploy(run_dir: Path, cfg, network, measure: Callable) -> dict:
               "backend_options": dict(cfg.backend.options), "counters": backend.counters(), "inferences": inferences}
     if not (Path(run_dir) / "params.pt").is_file():     # a run not finished: deployed from its newest checkpoint
         result["partial"] = f"its newest checkpoint, {read_params(run_dir)[1].name}"
-    est = estimate(mapping, spent, table)
+    est = backend.architecture.cost(mapping, spent, table)
     result.update(energy_j_per_inference=est.joules / inferences, latency_s_per_inference=est.latency_s / inferences,
                   energy_breakdown_per_inference={k: v / inferences for k, v in est.by_component().items()})
     return result

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from hwsim.backends import backend_class, backend_names, create_backend
+from hwsim.errors import ConfigError
 from hwsim.backends.ideal import IdealBackend
 from hwsim.model import Linear
 
@@ -14,7 +15,7 @@ def test_registry_lists_and_creates_ideal():
 
 
 def test_unknown_backend_lists_known_ones():
-    with pytest.raises(KeyError, match="unknown backend 'nope'; known backends: fixed, ideal"):
+    with pytest.raises(ConfigError, match="backend.name: unknown backend 'nope'; known backends: fixed, ideal"):
         create_backend("nope")
 
 

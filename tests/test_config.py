@@ -78,7 +78,7 @@ def test_bad_model_and_backend_are_reported_at_build_time():
     net = build_network(load_config("mnist_tt_zo").model)
     with pytest.raises(ConfigError, match="unknown backend 'fpga'; known backends: .*ideal"):
         build_backend(load_config("mnist_tt_zo", ["backend.name=fpga"]).backend, net)
-    with pytest.raises(ConfigError, match="has no option 'bits'"):
+    with pytest.raises(ConfigError, match="backend.bits: unknown key; allowed: dtype, device, tt_method"):
         build_backend(load_config("mnist_tt_zo", ["backend.bits=8"]).backend, net)
     with pytest.raises(ConfigError, match=r"backend\.dtype: 'float16' is not allowed"):
         build_backend(load_config("mnist_tt_zo", ["backend.dtype=float16"]).backend, net)

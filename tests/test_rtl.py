@@ -14,7 +14,7 @@ from hwsim.backends.fixed import Format, LayerSpec, int_linear
 from hwsim.backends.rtl import sim as simulators
 from hwsim.backends.rtl.program import CoreParams, cycles_per_group, step_shapes
 from hwsim.backends.rtl.run import run_tt_layer
-from hwsim.backends.rtl.verify import builtin_cases, verify_case
+from hwsim.rtl.verify import builtin_cases, verify_case
 from hwsim.cli import main
 from hwsim.config import load_config
 from hwsim.model import Activation, Network, TTLinear
@@ -131,8 +131,8 @@ def test_the_fpga_mapping_counts_what_the_verilog_core_counts(sim, gen):
     per-group counts of a layer equal the core's own counters (3 jobs of 5 rows, 4 lanes), and its RAM bits
     are those wide-word counts x lanes x word width (regression: state RAM was charged 8 bits per wide
     word, 16x low with 16 lanes)."""
-    from hwsim.arch.mapping import Workload, map_network
-    from hwsim.arch.spec import resolve
+    from hwsim.arch.spec import map_network, resolve
+    from hwsim.arch.workload import Workload
     net = Network([_tt_net().layers[0]])
     b = create_backend("rtl", bits=6, sim=sim, lanes=4)
     b.bind(net)
@@ -242,7 +242,7 @@ def test_layers_that_do_not_fit_the_core_are_refused_with_the_reason():
 
 
 def _has_yosys():
-    from hwsim.backends.rtl.synth import yosys
+    from hwsim.rtl.synth import yosys
     try:
         yosys()
         return True
@@ -254,7 +254,7 @@ def _has_yosys():
 def test_the_core_synthesizes_without_latches(tmp_path):
     """Yosys elaborates the core at the default parameters and at the MNIST model's build with no latch
     inferred; a core with a latch is caught (a fault-injected always block)."""
-    from hwsim.backends.rtl import synth
+    from hwsim.rtl import synth
     synth.check_latches({})
     build, = synth.config_builds("mnist_tt_zo", [], 16)
     synth.check_latches(build["parameters"])

@@ -70,7 +70,8 @@ def test_cli_reports_config_errors_and_info(capsys, tmp_path):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "ideal" in out and "mnist_tt_zo" in out and "sha256 ok" in out
-    assert "  rtl        fpga      exact" in out and "  photonic   photonic  -" in out
+    assert "architecture fpga; exact; devices cpu" in out and "architecture photonic; chip_instances; devices cpu" in out
+    assert "verilator" in out and "yosys" in out              # the rtl command plug-in's info lines
 
 
 @pytest.mark.slow

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
-from hwsim.arch.mapping import Widths
+from hwsim.arch.workload import Widths
 from hwsim.backends.base import Backend, Capabilities
 from hwsim.backends.fixed.layer import BIAS_BITS, LayerSpec, contract, dense_as_core, macs, requantized
-from hwsim.backends.fixed.numerics import (MAX_BITS, MAX_FRAC, OVERFLOWS, ROUNDINGS, Format, code_dtype,
+from hwsim.backends.fixed.numerics import (MAX_BITS, MAX_FRAC, Format, code_dtype,
                                            grid_codes, quantize, round_half_up)
+from hwsim.errors import ConfigError
 from hwsim.model import Linear, TTLinear
 from hwsim.text import excerpt
 
@@ -27,14 +29,13 @@ ROLES = ("input", "weight", "intermediate", "activation", "output")
 # ranges of the MNIST TT model (docs/fixed_point.md, "Default formats").
 DEFAULT_INT_BITS = {"input": 1, "weight": 2, "intermediate": 5, "activation": 5, "output": 6}
 LAYER_ROLES = ("weight", "intermediate")       # the roles one layer may override (backend.layers)
-MASTERS = ("float", "integer")
-UPDATE_ROUNDINGS = ("nearest", "stochastic")
 
 
 class FixedBackend(Backend):
     """Bit-exact integer emulation of a TT-contraction accelerator (the RTL core's golden model)."""
 
     name = "fixed"
+    summary = "bit-exact integer spec of a TT-contraction accelerator (docs/fixed_point.md)"
     capabilities = Capabilities(exact=True, differentiable=False, multilinear=False)
 
     @dataclass
@@ -45,47 +46,43 @@ class FixedBackend(Backend):
         intermediate one per core step if given as a list; bias_bits; rounding; overflow;
         update_rounding (integer master): nearest | stochastic."""
 
-        master: str = "float"
+        master: Literal["float", "integer"] = "float"
         bits: int = 8
         int_bits: dict = field(default_factory=dict)
         formats: dict = field(default_factory=dict)
         layers: dict = field(default_factory=dict)
         bias_bits: int = BIAS_BITS
-        rounding: str = "half_up"
-        overflow: str = "saturate"
-        update_rounding: str = "nearest"
+        rounding: Literal["floor", "half_up", "half_even"] = "half_up"
+        overflow: Literal["saturate", "wrap"] = "saturate"
+        update_rounding: Literal["nearest", "stochastic"] = "nearest"
 
         def __post_init__(self):
-            _check("master", self.master, MASTERS)
-            _check("rounding", self.rounding, ROUNDINGS)
-            _check("overflow", self.overflow, OVERFLOWS)
-            _check("update_rounding", self.update_rounding, UPDATE_ROUNDINGS)
             if not isinstance(self.bits, int) or not 2 <= self.bits <= MAX_BITS:
-                raise ValueError(f"backend.bits: {excerpt(self.bits)} is not allowed; use an integer in 2..{MAX_BITS}")
+                raise ConfigError(f"backend.bits: {excerpt(self.bits)} is not allowed; use an integer in 2..{MAX_BITS}")
             if not isinstance(self.bias_bits, int) or not 2 <= self.bias_bits <= MAX_BITS:
-                raise ValueError(f"backend.bias_bits: {excerpt(self.bias_bits)} is not allowed; use an integer in 2..{MAX_BITS}")
+                raise ConfigError(f"backend.bias_bits: {excerpt(self.bias_bits)} is not allowed; use an integer in 2..{MAX_BITS}")
             for key in ("int_bits", "formats"):
                 table = getattr(self, key)
                 if not isinstance(table, dict):
-                    raise ValueError(f"backend.{key}: expected a mapping of role -> value, got {excerpt(table)}")
+                    raise ConfigError(f"backend.{key}: expected a mapping of role -> value, got {excerpt(table)}")
                 for role in table:
                     _check(f"{key}.{role}", role, ROLES, what="role")
             self.resolved = {role: self._format(role, self.formats, self.int_bits, "backend") for role in ROLES}
             if not isinstance(self.layers, dict):
-                raise ValueError(f"backend.layers: expected a mapping of layer index -> {{int_bits, formats}}, "
+                raise ConfigError(f"backend.layers: expected a mapping of layer index -> {{int_bits, formats}}, "
                                  f"got {excerpt(self.layers)}")
             self.per_layer = {}
             for index, table in self.layers.items():
                 where = f"backend.layers.{index}"
                 if not (isinstance(index, int) or str(index).isdigit()):
-                    raise ValueError(f"{where}: the key must be a layer index (an integer >= 0)")
+                    raise ConfigError(f"{where}: the key must be a layer index (an integer >= 0)")
                 if not isinstance(table, dict) or not set(table) <= {"int_bits", "formats"}:
-                    raise ValueError(f"{where}: {excerpt(table)} is not allowed; use {{int_bits: {{role: ..}}, "
+                    raise ConfigError(f"{where}: {excerpt(table)} is not allowed; use {{int_bits: {{role: ..}}, "
                                      f"formats: {{role: ..}}}} with roles {', '.join(LAYER_ROLES)}")
                 formats, int_bits = table.get("formats", {}), table.get("int_bits", {})
                 for key, roles in (("formats", formats), ("int_bits", int_bits)):
                     if not isinstance(roles, dict):
-                        raise ValueError(f"{where}.{key}: expected a mapping of role -> value, got {excerpt(roles)}")
+                        raise ConfigError(f"{where}.{key}: expected a mapping of role -> value, got {excerpt(roles)}")
                     for role in roles:
                         _check(f"layers.{index}.{key}.{role}", role, LAYER_ROLES, what="role")
                 self.per_layer[int(index)] = {
@@ -107,14 +104,14 @@ class FixedBackend(Backend):
             if steps and ib and _is_list_of(ib, int):
                 return tuple(self._int_bits_format(v, f"{where}[{k}]") for k, v in enumerate(ib))
             if not isinstance(ib, int):
-                raise ValueError(f"{where}: {excerpt(ib)} is not allowed; use an integer"
+                raise ConfigError(f"{where}: {excerpt(ib)} is not allowed; use an integer"
                                  + (" or a list of them, one per core step" if steps else ""))
             return self._int_bits_format(ib, where)
 
         def _int_bits_format(self, int_bits: int, where: str) -> Format:
             """Format(bits, bits - int_bits), the range of int_bits named in the error (F in -64..64)."""
             if abs(self.bits - int_bits) > MAX_FRAC:
-                raise ValueError(f"{where}: {excerpt(int_bits)} is not allowed; at bits {self.bits} use an integer in "
+                raise ConfigError(f"{where}: {excerpt(int_bits)} is not allowed; at bits {self.bits} use an integer in "
                                  f"{self.bits - MAX_FRAC}..{self.bits + MAX_FRAC} (frac_bits = bits - int_bits "
                                  f"in -{MAX_FRAC}..{MAX_FRAC})")
             return Format(self.bits, self.bits - int_bits)
@@ -139,6 +136,9 @@ class FixedBackend(Backend):
         return dict(self.options.resolved)
 
     # --- parametrization ---------------------------------------------------------------------------
+    def storage_bits(self) -> tuple[int, int]:
+        return self.formats["weight"].bits, self.formats["activation"].bits
+
     def bind(self, network, architecture=None) -> None:
         fmts, o = self.options.resolved, self.options
         linears = [i for i, layer in enumerate(network.layers) if isinstance(layer, Linear)]
@@ -147,7 +147,7 @@ class FixedBackend(Backend):
         self._cache.clear()
         unknown = sorted(set(o.per_layer) - set(linears))
         if unknown:
-            raise ValueError(f"backend.layers: {unknown[0]} is not a linear layer of the network; "
+            raise ConfigError(f"backend.layers: {unknown[0]} is not a linear layer of the network; "
                              f"its linear layers are {', '.join(map(str, linears))}")
         for j, i in enumerate(linears):
             layer, own = network.layers[i], fmts | o.per_layer.get(i, {})
@@ -157,7 +157,7 @@ class FixedBackend(Backend):
             try:
                 spec.steps(_core_shapes(layer), layer.bias)
             except ValueError as e:
-                raise ValueError(f"backend: layer {i}: {e}") from None
+                raise ConfigError(f"backend: layer {i}: {e}") from None
             self._layers[id(layer)] = (i, spec)
             for name, _ in layer.param_shapes():
                 fmt = spec.bias_format(_core_shapes(layer)) if name == "bias" else spec.weight
@@ -299,12 +299,12 @@ def _core_shapes(layer) -> list[tuple[int, int, int, int]]:
 def _format_of(value, where: str, steps: bool) -> Format:
     """Format(bits, frac_bits) from a config's [bits, frac_bits], errors naming ``where``."""
     if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value)):
-        raise ValueError(f"{where}: {excerpt(value)} is not allowed; use [bits, frac_bits] (two integers)"
+        raise ConfigError(f"{where}: {excerpt(value)} is not allowed; use [bits, frac_bits] (two integers)"
                          + (" or a list of them, one per core step" if steps else ""))
     try:
         return Format(*value)
     except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _is_list_of(value, kind) -> bool:
@@ -313,4 +313,4 @@ def _is_list_of(value, kind) -> bool:
 
 def _check(key: str, value, allowed, what: str = "value") -> None:
     if value not in allowed:
-        raise ValueError(f"backend.{key}: {what} {excerpt(value)} is not allowed; use one of {', '.join(allowed)}")
+        raise ConfigError(f"backend.{key}: {what} {excerpt(value)} is not allowed; use one of {', '.join(allowed)}")

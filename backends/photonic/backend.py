@@ -17,23 +17,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Union
 
 import torch
 
-from hwsim.arch.mapping import map_photonic
-from hwsim.arch.spec import resolve
 from hwsim.backends.base import Backend, Capabilities
 from hwsim.backends.fixed.layer import dense_as_core
 from hwsim.backends.photonic import calibration
+from hwsim.backends.photonic.architecture import PHOTONIC, PhotonicChip, map_photonic
 from hwsim.backends.photonic.chip import (ChipState, Tiling, commanded, core_matrix, encode_blocks, matrix_core, realise)
-from hwsim.backends.photonic.mesh import LAYOUTS, layout
+from hwsim.backends.photonic.mesh import layout
 from hwsim.backends.photonic.noise import Noise, build_noise
+from hwsim.errors import ConfigError
 from hwsim.model import Linear, TTLinear
 from hwsim.params import ParamSpace
 from hwsim.text import excerpt
 
-PARAMS = ("weights", "phases")
 CALIBRATE = (False, "gain", True)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -55,8 +54,9 @@ class PhotonicBackend(Backend):
     """A tensorized optical neural network chip: TT cores on n x n MZI-mesh blocks."""
 
     name = "photonic"
-    capabilities = Capabilities(exact=False, differentiable=False, multilinear=False)
-    architecture = "photonic"
+    summary = "noisy MZI-mesh blocks (SVD + Clements), converters, drift and calibration: a tensorized optical chip"
+    capabilities = Capabilities(exact=False, differentiable=False, multilinear=False, chip_instances=True)
+    architecture = PHOTONIC
 
     @dataclass
     class Options:
@@ -67,27 +67,24 @@ class PhotonicBackend(Backend):
         before use; dtype: float32 | float64 of the contractions; symbol_rate_hz: modulator rate (the
         architecture's, for the optical time)."""
 
-        params: str = "weights"
+        params: Literal["weights", "phases"] = "weights"
         noise: Any = "ideal"
         block: int = 8
-        mesh: str = "clements"
+        mesh: Literal["clements", "reck"] = "clements"
         chip_seed: int = 0
-        calibrate: bool | str = False
-        dtype: str = "float32"
+        calibrate: Union[bool, Literal["gain"]] = False
+        dtype: Literal["float32", "float64"] = "float32"
         symbol_rate_hz: float = 1e10
 
         def __post_init__(self):
-            _check("params", self.params, PARAMS)
-            _check("mesh", self.mesh, LAYOUTS)
-            _check("dtype", self.dtype, tuple(DTYPES))
             if not isinstance(self.block, int) or not 2 <= self.block <= 64:
-                raise ValueError(f"backend.block: {excerpt(self.block)} is not allowed; use an integer mesh size in 2..64")
+                raise ConfigError(f"backend.block: {excerpt(self.block)} is not allowed; use an integer mesh size in 2..64")
             if self.calibrate not in CALIBRATE or not isinstance(self.calibrate, (bool, str)):
-                raise ValueError(f"backend.calibrate: {excerpt(self.calibrate)} is not allowed; use false, gain (block "
+                raise ConfigError(f"backend.calibrate: {excerpt(self.calibrate)} is not allowed; use false, gain (block "
                                  f"gains only) or true (phase biases and gains)")
             if not (isinstance(self.symbol_rate_hz, (int, float)) and math.isfinite(self.symbol_rate_hz)
                     and self.symbol_rate_hz > 0):
-                raise ValueError(f"backend.symbol_rate_hz: {excerpt(self.symbol_rate_hz)} is not allowed; use a rate > 0")
+                raise ConfigError(f"backend.symbol_rate_hz: {excerpt(self.symbol_rate_hz)} is not allowed; use a rate > 0")
             self.noise = build_noise(self.noise)
 
     def __init__(self, options: "PhotonicBackend.Options | None" = None):
@@ -110,6 +107,13 @@ class PhotonicBackend(Backend):
         o = self.options
         return {"block": (o.block, "block"), "mesh": (o.mesh, "mesh"), "symbol_rate_hz": (o.symbol_rate_hz, "symbol_rate_hz")}
 
+    def storage_bits(self) -> tuple[int, int]:
+        """In-situ (``params: phases``): phases at the phase DACs' width, activations at the ADCs'; else
+        the host's floats."""
+        if self.options.params == "phases":
+            return self.noise.dac_bits or 32, self.noise.adc_bits or 32
+        return super().storage_bits()
+
     def converter_widths(self) -> tuple[int | None, int | None, int | None]:
         """(ADC, phase-DAC, modulator-DAC bits) of the chip's noise model (None: not modelled)."""
         return self.noise.adc_bits, self.noise.dac_bits, self.noise.input_bits
@@ -120,7 +124,9 @@ class PhotonicBackend(Backend):
         shipped one with this backend's options): every weight tensor on its own blocks, a copy per
         sub-vector when the cores are replicated; then draw the chip's variations, every copy its own."""
         self._network = network
-        self.mapping = map_photonic(network, architecture or resolve(self), *self.converter_widths())
+        arch = architecture or PhotonicChip(block=self.options.block, mesh=self.options.mesh,
+                                            symbol_rate_hz=self.options.symbol_rate_hz)
+        self.mapping = map_photonic(network, arch, *self.converter_widths())
         placed = {c.region: c for layer in self.mapping.layers for c in layer.cores}
         gen = torch.Generator().manual_seed(self.options.chip_seed)
         n = self.options.block
@@ -433,8 +439,3 @@ def _from_core(name: str, core: torch.Tensor) -> torch.Tensor:
 def _shared(t: torch.Tensor, dims: int) -> torch.Tensor:
     """Drop a leading query axis made by expand (stride 0): program once for all queries."""
     return t[0] if t.dim() > dims and t.stride(0) == 0 else t
-
-
-def _check(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"backend.{key}: {excerpt(value)} is not allowed; use one of {', '.join(allowed)}")

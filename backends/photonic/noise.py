@@ -18,6 +18,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from hwsim.errors import ConfigError
 from hwsim.text import excerpt
 
 PRESETS = ("ideal", "typical", "pessimistic")
@@ -44,15 +45,15 @@ class Noise:
         for key in ("dac_bits", "adc_bits", "input_bits"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or not 2 <= value <= 24):
-                raise ValueError(f"backend.noise.{key}: {excerpt(value)} is not allowed; use an integer in 2..24 or null (off)")
+                raise ConfigError(f"backend.noise.{key}: {excerpt(value)} is not allowed; use an integer in 2..24 or null (off)")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name.endswith("_bits"):
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or not math.isfinite(value):
-                raise ValueError(f"backend.noise.{f.name}: {excerpt(value)} is not allowed; use a number >= 0")
+                raise ConfigError(f"backend.noise.{f.name}: {excerpt(value)} is not allowed; use a number >= 0")
         if self.v_pi <= 0:
-            raise ValueError(f"backend.noise.v_pi: {excerpt(self.v_pi)} is not allowed; use a voltage > 0")
+            raise ConfigError(f"backend.noise.v_pi: {excerpt(self.v_pi)} is not allowed; use a voltage > 0")
 
     @property
     def dac_step(self) -> float | None:
@@ -81,14 +82,14 @@ def build_noise(spec) -> Noise:
     if isinstance(spec, str):
         spec = {"preset": spec}
     if not isinstance(spec, dict):
-        raise ValueError(f"backend.noise: {excerpt(spec)} is not allowed; use a preset ({', '.join(PRESETS)}) "
+        raise ConfigError(f"backend.noise: {excerpt(spec)} is not allowed; use a preset ({', '.join(PRESETS)}) "
                          f"or a mapping of noise keys")
     spec = dict(spec)
     preset = spec.pop("preset", "ideal")
     if preset not in PRESETS:
-        raise ValueError(f"backend.noise.preset: {excerpt(preset)} is not allowed; use one of {', '.join(PRESETS)}")
+        raise ConfigError(f"backend.noise.preset: {excerpt(preset)} is not allowed; use one of {', '.join(PRESETS)}")
     allowed = {f.name for f in dataclasses.fields(Noise)}
     bad = sorted(set(spec) - allowed)
     if bad:
-        raise ValueError(f"backend.noise: unknown key {excerpt(bad[0])}; allowed: preset, {', '.join(sorted(allowed))}")
+        raise ConfigError(f"backend.noise: unknown key {excerpt(bad[0])}; allowed: preset, {', '.join(sorted(allowed))}")
     return Noise(**{**_PRESET_VALUES[preset], **spec})

@@ -10,16 +10,17 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 
-from hwsim.backends.fixed.backend import FixedBackend, _check
+from hwsim.backends.fixed.backend import FixedBackend
 from hwsim.backends.fixed.layer import LayerSpec, _shared
 from hwsim.backends.rtl.program import CoreParams
 from hwsim.backends.rtl.run import run_tt_layer
-from hwsim.backends.rtl.sim import SIMULATORS
+from hwsim.arch.engine import FPGA
+from hwsim.errors import ConfigError
 from hwsim.model import TTLinear
 from hwsim.text import excerpt
 
@@ -31,7 +32,8 @@ class RtlBackend(FixedBackend):
     """TT layers on the Verilog TT core in a simulator (cocotb), bit-exact with ``fixed``."""
 
     name = "rtl"
-    architecture = "fpga"
+    summary = "the Verilog TT-contraction core (rtl/tt_core.v) co-simulated with cocotb, bit-exact with fixed"
+    architecture = FPGA
 
     @dataclass
     class Options(FixedBackend.Options):
@@ -42,7 +44,7 @@ class RtlBackend(FixedBackend):
         mid-range FPGA; `hwsim rtl synth` estimates the longest path); waves: the index (from 0) of the TT
         layer call to dump as an FST waveform into ``waves_dir`` (a simulator run of its own)."""
 
-        sim: str = "verilator"
+        sim: Literal["verilator", "icarus"] = "verilator"
         lanes: int = 16
         timeout_s: float = 600.0
         session: bool = True
@@ -52,17 +54,16 @@ class RtlBackend(FixedBackend):
 
         def __post_init__(self):
             super().__post_init__()
-            _check("sim", self.sim, SIMULATORS)
             if not isinstance(self.lanes, int) or not 1 <= self.lanes <= 64:
-                raise ValueError(f"backend.lanes: {excerpt(self.lanes)} is not allowed; use an integer in 1..64")
+                raise ConfigError(f"backend.lanes: {excerpt(self.lanes)} is not allowed; use an integer in 1..64")
             if not _finite_positive(self.timeout_s):
-                raise ValueError(f"backend.timeout_s: {excerpt(self.timeout_s)} is not allowed; use a positive number")
+                raise ConfigError(f"backend.timeout_s: {excerpt(self.timeout_s)} is not allowed; use a positive number")
             if not _finite_positive(self.clock_mhz):
-                raise ValueError(f"backend.clock_mhz: {excerpt(self.clock_mhz)} is not allowed; use a clock in MHz > 0")
+                raise ConfigError(f"backend.clock_mhz: {excerpt(self.clock_mhz)} is not allowed; use a clock in MHz > 0")
             if self.waves is not None and (not isinstance(self.waves, int) or isinstance(self.waves, bool) or self.waves < 0):
-                raise ValueError(f"backend.waves: {excerpt(self.waves)} is not allowed; use the index (>= 0) of a layer call, or null")
+                raise ConfigError(f"backend.waves: {excerpt(self.waves)} is not allowed; use the index (>= 0) of a layer call, or null")
             if not isinstance(self.session, bool):
-                raise ValueError(f"backend.session: {excerpt(self.session)} is not allowed; use true or false")
+                raise ConfigError(f"backend.session: {excerpt(self.session)} is not allowed; use true or false")
 
     def architecture_keys(self) -> dict:
         return {"lanes": (self.options.lanes, "lanes"), "clock_mhz": (self.options.clock_mhz, "clock_mhz")}
@@ -79,7 +80,7 @@ class RtlBackend(FixedBackend):
                 try:
                     params = CoreParams.for_layer(layer.tt.core_shapes, spec, layer.bias, self.options.lanes)
                 except ValueError as e:
-                    raise ValueError(f"backend: layer {index}: {e}") from None
+                    raise ConfigError(f"backend: layer {index}: {e}") from None
                 key = (params.mid_w, params.out_w)
                 shared[key] = shared[key].merge(params) if key in shared else params
                 self._cores[id(layer)] = key

@@ -17,23 +17,11 @@ from hwsim.tt import step_outputs
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2}
 
 
-def formats_bits(backend) -> tuple[int, int]:
-    """(parameter bits, activation bits) of a backend's device format."""
-    formats = getattr(backend, "formats", None)
-    if formats:
-        return formats["weight"].bits, formats["activation"].bits
-    noise = getattr(backend, "noise", None)
-    if noise is not None and backend.options.params == "phases":
-        return noise.dac_bits or 32, noise.adc_bits or 32
-    bits = {2: 16, 4: 32, 8: 64}[backend.dtype.itemsize]
-    return bits, bits
-
-
 def device_memory(network, backend, optimizer: str, momentum: float, rows: int) -> dict:
     """Bytes to train ``network`` on ``backend`` with ``rows`` input rows per forward pass (the batch, or
     collocation points x stencil size)."""
     d = backend.param_space(network).size
-    w_bits, a_bits = formats_bits(backend)
+    w_bits, a_bits = backend.storage_bits()
     states = OPTIMIZER_STATES.get(optimizer, 1 if momentum else 0)
     params, opt = d * w_bits / 8, d * states * 4
     stored = [rows * network.in_features]                    # activations kept for the backward pass

@@ -1,27 +1,26 @@
 """A run's energy, latency and memory figures (metrics.json fields) and the ``--explain`` listing."""
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from hwsim import yaml12
-from hwsim.arch.mapping import Workload
-from hwsim.config import ConfigError
-from hwsim.energy.model import Estimate, estimate
+from hwsim.arch.workload import Workload
 from hwsim.energy.table import Table
+from hwsim.energy.terms import Estimate
+from hwsim.errors import ConfigError
 
 
 ASSUMABLE = ("energy.", "architecture.", "backend.noise.")     # what changes the charging, not the run
 
 
-def assumptions(name: str) -> list[str]:
-    """The ``--set`` overrides of a named set of charging assumptions (hwsim/energy/assumptions/NAME.yaml)
-    or of a YAML file {description, set: [key=value, ...]}; only device-table, architecture and converter
-    keys (``ASSUMABLE``)."""
-    folder = resources.files("hwsim.energy") / "assumptions"
-    shipped = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+def assumptions(name: str, kind) -> list[str]:
+    """The ``--set`` overrides of a named set of charging assumptions of architecture ``kind`` (its
+    ``assumptions`` folder: NAME.yaml) or of a YAML file {description, set: [key=value, ...]}; only
+    device-table, architecture and converter keys (``ASSUMABLE``)."""
+    folder = kind.assumptions
+    shipped = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder else []
     path = Path(name)
     if name in shipped:
         text = (folder / f"{name}.yaml").read_text()
@@ -31,7 +30,8 @@ def assumptions(name: str) -> list[str]:
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"--assume {name}: cannot be read ({type(e).__name__})") from None
     else:
-        raise ConfigError(f"--assume {name}: not a shipped assumption set ({', '.join(shipped)}) or a YAML file")
+        raise ConfigError(f"--assume {name}: not a shipped assumption set of the {kind.name} architecture "
+                          f"({', '.join(shipped) or 'it has none'}) or a YAML file")
     try:
         raw = yaml12.load(text)
     except yaml.YAMLError as e:
@@ -51,10 +51,10 @@ def subtract(total: dict, part: dict) -> dict:
     return {k: v - part.get(k, 0) for k, v in total.items() if isinstance(v, (int, float))}
 
 
-def run_figures(mapping, table: Table, training: dict, inference: dict, steps: int) -> dict:
+def run_figures(kind, mapping, table: Table, training: dict, inference: dict, steps: int) -> dict:
     """metrics.json fields from the counters of the training steps and of one evaluation (its inputs are
-    the inferences) on ``mapping`` (hwsim.arch.mapping)."""
-    train, infer = estimate(mapping, training, table), estimate(mapping, inference, table)
+    the inferences) on ``mapping`` (by architecture ``kind``, hwsim.arch.kind), charged by its cost model."""
+    train, infer = kind.cost(mapping, training, table), kind.cost(mapping, inference, table)
     per = max(1, Workload.from_counters(inference).rows)
     overrides = sorted(name for name, e in table.entries.items() if e.source == "user")
     return {"energy_j_training": train.joules, "latency_s_training": train.latency_s,

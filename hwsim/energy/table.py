@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from hwsim import yaml12
-from hwsim.config import ConfigError
+from hwsim.errors import ConfigError
 from hwsim.text import excerpt
 
 KINDS = ("measured", "survey", "derived", "assumption")
@@ -152,10 +152,18 @@ def parse_table(text: str, where: str) -> Table:
     return Table({name: _entry(name, spec, f"{where}: {name}") for name, spec in _read(text, where).items()})
 
 
-def load_table(overrides: dict | None = None, files: list[str | Path] = ()) -> Table:
-    """The shipped device table with the entries of user table ``files`` (YAML mappings name -> value or
-    {value, unit, ...}), then ``overrides`` (a config's ``energy:`` section) put in place."""
+def load_table(overrides: dict | None = None, files: list[str | Path] = (), kind=None) -> Table:
+    """The shipped device table plus the entries of architecture ``kind`` (hwsim.arch.kind: its
+    ``devices`` files, complete entries with sources), with the entries of user table ``files`` (YAML
+    mappings name -> value or {value, unit, ...}), then ``overrides`` (a config's ``energy:`` section)
+    put in place."""
     table = parse_table((resources.files("hwsim.energy") / "devices.yaml").read_text(), "devices.yaml")
+    for source in (kind.devices if kind is not None else ()):
+        extra = parse_table(source.read_text(), source.name)
+        clash = sorted(set(extra.entries) & set(table.entries))
+        if clash:
+            raise ConfigError(f"device table {source.name}: entry {clash[0]!r} is already in the shipped table")
+        table = Table({**table.entries, **extra.entries})
     for path in files:
         try:
             text = Path(path).read_text()
