@@ -23,7 +23,7 @@ def _fixed(net, **options):
 
 
 def test_options_are_validated_with_the_key_named():
-    with pytest.raises(ValueError, match=r"backend\.master: 'half' is not allowed; expected one of 'float', 'integer'"):
+    with pytest.raises(ValueError, match=r"backend\.master: value 'half' is not allowed; use one of float, integer"):
         create_backend("fixed", master="half")
     with pytest.raises(ValueError, match=r"backend\.formats\.weights: role 'weights' is not allowed; use one of input"):
         create_backend("fixed", formats={"weights": [8, 6]})
@@ -58,7 +58,7 @@ def test_one_layer_may_set_its_own_weight_and_per_step_intermediate_formats():
     ({0: {"formats": {"intermediate": [[8, 3], [8]]}}}, r"backend\.layers\.0\.formats\.intermediate\[1\]: \[8\] is not allowed; use \[bits, frac_bits\]"),
     ({"a": {}}, r"backend\.layers\.a: the key must be a layer index"),
     ({0: {"bits": 4}}, r"backend\.layers\.0: \{'bits': 4\} is not allowed; use \{int_bits"),
-    ([1], r"backend\.layers: expected a mapping, got \[1\]"),
+    ([1], r"backend\.layers: expected a mapping of layer index"),
 ])
 def test_per_layer_formats_are_validated_with_the_key_named(layers, message):
     with pytest.raises(ValueError, match=message):
@@ -177,8 +177,13 @@ FAST = ["data.train_limit=2000", "data.val_size=500", "train.steps=60", "train.e
         "train.batch_size=64"]
 
 
+# The integer-master bound pins this seed's run, it is no claim about every seed: seeds 1..7 of the same
+# settings reach 13.2-28.3 % (mean 20.0 % over seeds 0..7). The run is deterministic (asserted below; also
+# 28.39 % with 1 thread instead of 2), so the margin is for a platform whose last-bit rounding flips a few
+# test predictions: 3 standard errors of an accuracy on the 10,000 test images, 3 sqrt(0.284 x 0.716 / 10^4)
+# = 1.35 points, below the measured 28.39 %: 27.0 %.
 @pytest.mark.parametrize("config, lr, chance_beaten_by", [("mnist_tt_fixed8", 0.02, 0.3),
-                                                          ("mnist_tt_fixed8_int", 1.28, 0.2)])
+                                                          ("mnist_tt_fixed8_int", 1.28, 0.27)])
 @pytest.mark.slow
 def test_training_on_the_fixed_backend_learns_and_is_deterministic(tmp_path, config, lr, chance_beaten_by):
     """60 steps of batch 64 (measured: 45.9 % float master, 28.4 % integer master; chance is 10 %)."""

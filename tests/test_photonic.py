@@ -12,7 +12,7 @@ from hwsim.backends.photonic.chip import (ChipState, Tiling, actual_phases, comm
 from hwsim.backends.photonic.mesh import clements_decompose, clements_reconstruct, layout, mzi_transfer
 from hwsim.backends.photonic.noise import Noise, build_noise
 from hwsim.build import build_backend, build_network
-from hwsim.config import BackendConfig, ConfigError, load_config
+from hwsim.config import ConfigError, load_config
 from hwsim.model import Activation, Linear, Network, TTLinear
 from hwsim.objective import BatchObjective
 from hwsim.tt import TTShape
@@ -383,8 +383,8 @@ def test_perturbation_below_dac_step_warns():
     ("backend.noise={drift: -1}", "backend.noise.drift: -1 is not allowed"),
     ("backend.params=voltages", "backend.params: 'voltages' is not allowed"),
     ("backend.mesh=star", "backend.mesh: 'star' is not allowed"),
-    ("backend.calibrate=bias", "backend.calibrate: expected true or false or one of 'gain', got 'bias'"),
-    ("backend.calibrate=1", "backend.calibrate: expected true or false or one of 'gain', got 1"),
+    ("backend.calibrate=bias", "backend.calibrate: 'bias' is not allowed; use false, gain"),
+    ("backend.calibrate=1", "backend.calibrate: 1 is not allowed"),
 ])
 def test_bad_options_name_the_key(override, message):
     cfg = load_config("mnist_tt_zo", ["backend.name=photonic", override])
@@ -397,7 +397,8 @@ def test_noise_presets():
     typical = build_noise("typical")
     assert typical.dac_bits == 8 and typical.gamma_spread == 0.002 and typical.crosstalk == 0.005
     assert build_noise({"preset": "typical", "phase_bias": 0.0}).phase_bias == 0.0
-    assert BackendConfig("photonic", {}).name == "photonic"
+    assert create_backend("photonic").noise == Noise()             # no noise option: an ideal chip
+    assert create_backend("photonic", noise="typical").noise == typical
 
 
 def test_phases_of_a_block_do_not_depend_on_the_blocks_decomposed_with_it():
