@@ -23,7 +23,7 @@ def _fixed(net, **options):
 
 
 def test_options_are_validated_with_the_key_named():
-    with pytest.raises(ValueError, match=r"backend\.master: value 'half' is not allowed; use one of float, integer"):
+    with pytest.raises(ValueError, match=r"backend\.master: 'half' is not allowed; expected one of 'float', 'integer'"):
         create_backend("fixed", master="half")
     with pytest.raises(ValueError, match=r"backend\.formats\.weights: role 'weights' is not allowed; use one of input"):
         create_backend("fixed", formats={"weights": [8, 6]})
@@ -58,7 +58,7 @@ def test_one_layer_may_set_its_own_weight_and_per_step_intermediate_formats():
     ({0: {"formats": {"intermediate": [[8, 3], [8]]}}}, r"backend\.layers\.0\.formats\.intermediate\[1\]: \[8\] is not allowed; use \[bits, frac_bits\]"),
     ({"a": {}}, r"backend\.layers\.a: the key must be a layer index"),
     ({0: {"bits": 4}}, r"backend\.layers\.0: \{'bits': 4\} is not allowed; use \{int_bits"),
-    ([1], r"backend\.layers: expected a mapping of layer index"),
+    ([1], r"backend\.layers: expected a mapping, got \[1\]"),
 ])
 def test_per_layer_formats_are_validated_with_the_key_named(layers, message):
     with pytest.raises(ValueError, match=message):
