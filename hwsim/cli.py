@@ -1,7 +1,8 @@
 """Command line: ``hwsim train CONFIG [--out DIR] [--set key=value ...]``, ``hwsim train --resume RUN_DIR``,
 ``hwsim pinn CONFIG [...]``,
 ``hwsim eval RUN [--set ...]``,
-``hwsim compare RUN...``, ``hwsim rtl verify [--sim ...]``, ``hwsim info``."""
+``hwsim compare RUN...``, ``hwsim energy RUN``, ``hwsim info``, and the subcommands of command plug-ins
+(entry points ``hwsim.commands``)."""
 from __future__ import annotations
 
 import argparse
@@ -302,14 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--force", action="store_true",
                        help="start over in an out dir that holds a run (its files are replaced)")
         p.add_argument("--waves", type=int, metavar="CALL",
-                       help="rtl backend: dump the CALL-th TT layer call (from 0) as an FST waveform into RUN/waves/")
+                       help="backends with a waves option: dump the CALL-th TT layer call (from 0) as a waveform into RUN/waves/")
         p.add_argument("--nproc", type=int, metavar="N",
                        help="spread every step's queries over N processes on this machine (torchrun; same numbers)")
         p.set_defaults(func=lambda args, kind=kind: _run(args, kind))
-    p = sub.add_parser("eval", help="deploy a finished run on a backend (e.g. trained on ideal, run on fixed)")
+    p = sub.add_parser("eval", help="deploy a finished run (classification or PINN) on a backend")
     p.add_argument("run", help="a run directory written by `hwsim train` or `hwsim pinn`")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="change its config first, e.g. backend.name=fixed, backend.bits=6")
+                   help="change its config first, e.g. backend.name=NAME and the backend's options")
     p.add_argument("--json", help="also write accuracy and counters to this file")
     p.set_defaults(func=_eval)
     p = sub.add_parser("compare", help="one model on many hardware rows (a compare spec), or finished runs side by side")

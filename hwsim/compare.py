@@ -1,7 +1,7 @@
 """``hwsim compare SPEC``: one model, many hardware rows, one report.
 
 A spec (YAML; shipped ones sit with the configs and have a ``rows`` key) names a training config. Its
-model is trained once BP-free on the ideal backend (the *reference*), then every row (a backend with its
+model is trained once BP-free on that config's backend (the *reference*), then every row (a backend with its
 settings) gets: the reference deployed on it (test accuracy, energy and latency per inference), and,
 when ``finetune.steps`` > 0, the reference fine-tuned BP-free on that hardware (accuracy after, training
 energy and device time, forward queries, on-device memory). Noisy rows run ``chips`` chip instances
@@ -317,7 +317,7 @@ def _compare(spec: Spec, out_dir: Path, jobs: int, log: Callable[[str], None], p
         if same:
             log(f"hwsim compare: reference {reference} already trained with this config")
         else:
-            log(f"hwsim compare: training the reference model ({spec.config}) on the ideal backend -> {reference}")
+            log(f"hwsim compare: training the reference model ({spec.config}) on its {cfg.backend.name} backend -> {reference}")
             train(cfg, reference, progress=progress, log=log)
     work = _jobs(spec)
     log(f"hwsim compare: {len(spec.rows)} rows, {len(work)} evaluations ({jobs} at a time)")

@@ -47,7 +47,7 @@ class DataConfig:
     path: Optional[str] = None
     val_size: int = 5000
     train_limit: Optional[int] = None
-    test_limit: Optional[int] = None        # evaluate on the first N test images (slow backends, e.g. rtl)
+    test_limit: Optional[int] = None        # evaluate on the first N test images (slow backends)
 
     def check(self, p: str) -> None:
         _positive(f"{p}.val_size", self.val_size, strict=False)
@@ -261,7 +261,7 @@ class PdeConfig:
     problem: Literal["hjb", "heat"] = "hjb"
     dim: int = 20               # spatial dimensions; the network sees dim + 1 inputs (x, t)
     points: int = 100           # collocation points per step, redrawn every step
-    test_points: int = 10000    # fixed uniform test points (drawn from seed + 1)
+    test_points: int = 10000    # uniform test points, the same every evaluation (drawn from seed + 1)
     derivatives: DerivativesConfig = field(default_factory=DerivativesConfig)
 
     def check(self, p: str) -> None:

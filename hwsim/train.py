@@ -169,7 +169,7 @@ def deploy(run_dir: Path, cfg, network, measure: Callable) -> dict:
 
 def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
     """Deploy a classification run on a backend (:func:`deploy`): the test accuracy of its params.pt with its
-    config.yaml changed by ``overrides`` (e.g. ``backend.name=fixed``, ``backend.bits=6``)."""
+    config.yaml changed by ``overrides`` (``backend.name=...`` and the backend's options)."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
     d = cfg.data

@@ -1,5 +1,5 @@
-"""The TT-contraction engine (docs/rtl.md) as an architecture kind: ``digital`` (an ASIC: the ideal and
-fixed backends' hardware) and ``fpga`` (the same engine as the rtl backend builds it).
+"""The TT-contraction engine (docs/rtl.md) as an architecture kind: ``digital`` (an ASIC) and ``fpga``
+(the same engine on an FPGA). Backends name the one their work is charged on.
 
 ``lanes`` rows side by side, one MAC per lane and cycle, weights broadcast from a weight RAM, states in
 two ping-pong banks of wide words (one value per lane). The mapping (:class:`EngineMap`) counts, per
@@ -30,7 +30,7 @@ Auto = Union[int, Literal["auto"]]
 class Engine:
     """The TT-contraction engine (docs/rtl.md): ``lanes`` rows side by side, one MAC per lane and cycle,
     weights broadcast from a weight RAM, states in two ping-pong banks of wide words (one value per
-    lane). ``fabric``: asic (digital) or fpga (rtl)."""
+    lane). ``fabric``: asic or fpga (the kind's preset)."""
 
     fabric: Literal["asic", "fpga"] = "asic"
     lanes: int = 16

@@ -16,7 +16,7 @@ a run's workload into joules and seconds comes from it, never from the backend's
   --assume NAME`` (YAML: description, set: [key=value, ...]).
 
 Kinds shipped with hwsim: the TT-contraction engine as an ASIC or an FPGA (hwsim.arch.engine); a backend
-package brings its own (the photonic chip in its backend's folder, a micro-controller in a plug-in).
+package brings its own (an MZI-mesh chip in its backend's folder, a micro-controller in a plug-in).
 """
 from __future__ import annotations
 

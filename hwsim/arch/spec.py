@@ -3,7 +3,7 @@
 A backend's record names its architecture kind (``Backend.architecture``, hwsim.arch.kind); the kind's
 spec dataclass holds every key with its shipped default; a config's ``architecture:`` section overrides
 them, and the keys the backend's simulation itself sets (:meth:`Backend.architecture_keys`: e.g. an FPGA
-core's lanes and clock, a photonic block size) come last: overriding one of those is an error naming the
+core's lanes and clock, an MZI block size) come last: overriding one of those is an error naming the
 backend option to use instead. docs/energy.md explains every shipped kind's keys.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ all k (points x offsets in one batch), then one matrix product turns the K value
 - ``stein_mc``: the same expectations by Monte Carlo over M antithetic pairs +-z_m (K = 2 M + 1), fresh
   samples per call.
 - ``fd``: central finite differences with step h (K = 2 D + 1); value = u(X).
-``autodiff`` (the reference) differentiates the model itself (ideal backend only).
+``autodiff`` (the reference) differentiates the model itself (a differentiable backend only).
 """
 from __future__ import annotations
 

@@ -59,8 +59,8 @@ def autodiff_loss(problem: Problem, net, x: torch.Tensor) -> torch.Tensor:
 class StencilObjective(BatchObjective):
     """The losses at every stencil point X_b + offset_k (B K rows, point-major).
 
-    On a backend whose linear layers are exactly linear in their input (``capabilities.multilinear``: the
-    ideal one) a first linear layer followed by sin is split: its pre-activation is a_b + c_k with
+    On a backend whose linear layers are exactly linear in their input (``capabilities.multilinear``: a float
+    one) a first linear layer followed by sin is split: its pre-activation is a_b + c_k with
     a_b = W X_b + bias and c_k = W offset_k, and sin(a + c) = sin a cos c + cos a sin c. So the first
     layer runs on B + K + 1 rows instead of B K and 2 (B + K) H sines replace B K H; the sines are counted
     as ``activation_sin``. Other backends evaluate every point as it is (what the chip computes)."""
@@ -133,7 +133,7 @@ class StencilMethod:
         return finite_differences(self.dim, c.h)
 
     def redraw(self, generator: torch.Generator) -> None:
-        """A new step: stein_mc draws fresh samples; fixed stencils stay."""
+        """A new step: stein_mc draws fresh samples; deterministic stencils stay."""
         if self.cfg.method == "stein_mc":
             self.stencil = self._make(generator)
 

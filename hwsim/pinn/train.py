@@ -1,5 +1,5 @@
 """PINN runs (``hwsim pinn``): the task of the one loop (hwsim.loop) for a PDE: fresh collocation points
-every step, the PDE residual loss through a backend, and the relative L2 error on fixed test points; and
+every step, the PDE residual loss through a backend, and the relative L2 error on the run's test points; and
 deployment of a trained PINN run on any backend (``hwsim eval``).
 
 Writes a run directory: config.yaml, metrics.jsonl (one line per evaluation), metrics.json, params.pt,
@@ -55,7 +55,7 @@ def errors(problem: Problem, u: torch.Tensor, x: torch.Tensor) -> dict:
 
 class PinnTask(Task):
     """Fresh collocation points every step, the mean squared PDE residual with the derivatives of the run's
-    method; the score is minus the relative L2 error on fixed test points."""
+    method; the score is minus the relative L2 error on the run's test points."""
 
     command, label = "pinn", "hwsim pinn"
 
@@ -136,7 +136,7 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True, lo
 def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
     """Deploy a PINN run on a backend (hwsim.train.deploy): the relative L2 errors ("rel_l2",
     "rel_l2_learned", as :func:`errors`) of its params.pt on the run's own ``pde.test_points`` test points,
-    with its config.yaml changed by ``overrides`` (e.g. ``backend.name=fixed``, ``backend.bits=8``)."""
+    with its config.yaml changed by ``overrides`` (``backend.name=...`` and the backend's options)."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides, PinnConfig)
     problem, network, test_x = _setup(cfg)
