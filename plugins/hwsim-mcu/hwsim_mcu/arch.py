@@ -14,19 +14,14 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 
+from hwsim.arch.kind import ArchitectureKind
+from hwsim.arch.workload import Workload, core_shapes, fmt_bytes
+from hwsim.energy.terms import Estimate, Term
 from hwsim.errors import ConfigError
 from hwsim.model import Activation, Linear
 from hwsim.text import excerpt
 from hwsim.tt import Step, tt_steps
 
-try:                                             # hwsim's new homes (the older ones as a fallback)
-    from hwsim.arch.workload import Workload, core_shapes, fmt_bytes
-except ImportError:                              # pragma: no cover
-    from hwsim.arch.mapping import Workload, core_shapes, fmt_bytes
-try:
-    from hwsim.energy.terms import Estimate, Term
-except ImportError:                              # pragma: no cover
-    from hwsim.energy.model import Estimate, Term
 
 DEVICES = resources.files("hwsim_mcu") / "devices.yaml"
 KIB = 1024
@@ -203,8 +198,6 @@ def cost(mapping: McuMap, counters: dict, table) -> Estimate:
     return est
 
 
-def kind():
-    """The ArchitectureKind record (hwsim.arch.kind) of the Cortex-M target."""
-    from hwsim.arch.kind import ArchitectureKind
-    return ArchitectureKind(name="cortex_m", spec=CortexM, map=map_mcu, cost=cost, devices=(DEVICES,),
+CORTEX_M = ArchitectureKind(name="cortex_m", spec=CortexM, map=map_mcu,
+                            cost=cost, devices=(DEVICES,),
                             summary="one Cortex-M core running CMSIS-NN style int8 kernels: cycles x V x I/MHz")

@@ -25,19 +25,15 @@ from typing import Literal
 
 import torch
 
+from hwsim.arch.workload import Widths, core_shapes
 from hwsim.backends.base import Backend, Capabilities
 from hwsim.errors import ConfigError
 from hwsim.model import Activation, Linear, TTLinear
 from hwsim.text import excerpt
-from hwsim_mcu import arch as _arch
-from hwsim_mcu.arch import CortexM
+from hwsim_mcu.arch import CORTEX_M, CortexM
 from hwsim_mcu.kernels import (INT8_MAX, INT32_MAX, INT32_MIN, linear_s8, quantize_multiplier, saturate_int8,
                                tt_linear_s8)
 
-try:
-    from hwsim.arch.workload import Widths, core_shapes
-except ImportError:                              # pragma: no cover
-    from hwsim.arch.mapping import Widths, core_shapes
 
 WEIGHT_MAX = INT8_MAX                            # symmetric int8 weight codes: [-127, 127]
 
@@ -64,7 +60,7 @@ class McuBackend(Backend):
     name = "mcu"
     summary = "Cortex-M micro-controller: int8 CMSIS-NN style kernels, int8 weight codes trained in whole LSBs"
     capabilities = Capabilities(exact=True, differentiable=False, multilinear=False)
-    architecture = _arch.kind()
+    architecture = CORTEX_M
 
     @dataclass
     class Options:
