@@ -30,6 +30,7 @@ from hwsim.backends.base import Backend, Capabilities
 from hwsim.errors import ConfigError
 from hwsim.model import Activation, Linear, TTLinear
 from hwsim.text import excerpt
+from hwsim.tt import tt_steps
 from hwsim_mcu.arch import CORTEX_M, CortexM
 from hwsim_mcu.kernels import (INT8_MAX, INT32_MAX, INT32_MIN, linear_s8, quantize_multiplier, saturate_int8,
                                tt_linear_s8)
@@ -79,9 +80,6 @@ class McuBackend(Backend):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                         or value <= 0:
                     raise ConfigError(f"{path}.{key}: expected a number > 0, got {excerpt(value)}")
-            if self.update_rounding not in ("nearest", "stochastic"):
-                raise ConfigError(f"{path}.update_rounding: {excerpt(self.update_rounding)} is not allowed; "
-                                  f"use one of nearest, stochastic")
 
     def __init__(self, options: "McuBackend.Options | None" = None):
         super().__init__(options)
@@ -247,9 +245,7 @@ class McuBackend(Backend):
         if queries is not None and y.dim() == 2:
             y = y.expand(queries, *y.shape)
         rows = x.shape[-2] * math.prod(torch.broadcast_shapes(x.shape[:-2], (queries,) if queries else ()))
-        shapes = core_shapes(layer)
-        from hwsim.tt import tt_steps
-        st = tt_steps(shapes)
+        st = tt_steps(core_shapes(layer))
         self.count("macs_int8xint8", rows * sum(s.values * s.terms for s in st))
         self.count("requantizations", rows * sum(s.values for s in st))
         self.count(f"saturations_layer{index}", events["saturated"])
