@@ -164,185 +164,259 @@ def run_loop(task: Task, parts: Parts, out_dir: Path | None = None, progress: bo
     directory's lock (hwsim.rundir) until it returns."""
     lock = RunLock()
     try:
-        return _run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes, ranks, lock)
+        return _Run(task, parts, out_dir, progress, log, ranks or Ranks(), lock).run(header, resume, allow_changes)
     finally:
         lock.release()
 
 
-def _run_loop(task: Task, parts: Parts, out_dir: Path | None, progress: bool, log: Callable[[str], None],
-              header: str, resume: bool, allow_changes: bool, ranks: Ranks | None, lock: RunLock) -> dict:
-    cfg, backend, network = parts.cfg, parts.backend, parts.network
-    ranks = ranks or Ranks()
-    if not ranks.main:
-        progress, log = False, (lambda line: None)
-    space = backend.param_space(network)
-    theta = torch.nn.Parameter(backend.encode(backend.to_backend(parts.start)))
-    optimizer, scheduler = build_optimizer(cfg.optimizer, [theta], parts.steps)
-    estimator, gen = parts.estimator, parts.generator
-    ck = cfg.train.checkpoint
-    tally, records, warnings = _Tally(), [], list(parts.warnings)
-    step, elapsed = 0, 0.0
+class _Run:
+    """One call of :func:`run_loop`: the state of a run between steps (the trained parameters ``theta``
+    (d,) as the backend holds them, optimizer, schedule, counters, records, step) and the loop's jobs, one
+    method each, in the order of :meth:`run`."""
 
-    def state() -> dict:
-        raw = theta.detach().to("cpu", torch.float64)
-        flat = backend.decode(theta.detach()).to("cpu", torch.float64)
-        return {"format": FORMAT_VERSION, "command": task.command, "step": step, "config": cfg.to_dict(),
-                "theta": flat, "tensors": network.space.unflatten(flat), "backend": backend.name,
-                "backend_theta": raw, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    def __init__(self, task: Task, parts: Parts, out_dir: Path | None, progress: bool,
+                 log: Callable[[str], None], ranks: Ranks, lock: RunLock):
+        if not ranks.main:
+            progress, log = False, (lambda line: None)
+        self.task, self.parts, self.cfg, self.ranks, self.lock = task, parts, parts.cfg, ranks, lock
+        self.backend, self.network, self.estimator, self.gen = parts.backend, parts.network, parts.estimator, parts.generator
+        self.progress, self.log, self.out_dir = progress, log, out_dir
+        self.space = self.backend.param_space(self.network)
+        self.theta = torch.nn.Parameter(self.backend.encode(self.backend.to_backend(parts.start)))
+        self.optimizer, self.scheduler = build_optimizer(self.cfg.optimizer, [self.theta], parts.steps)
+        self.tally, self.records, self.warnings = _Tally(), [], list(parts.warnings)
+        self.step, self.elapsed = 0, 0.0
+        self.last_path: Path | None = None          # the newest checkpoint written (or resumed from)
+        self.writes = out_dir is not None and ranks.main
+        self.t0 = self.saved_at = 0.0               # set by run(): its start (less a resumed run's elapsed
+        self.first_step = 0                         # time), the last checkpoint's time, the step it began at
+        self.shown: Progress | None = None
+
+    def run(self, header: str, resume: bool, allow_changes: bool) -> dict:
+        """The whole run: resume or set up the run directory, evaluate the untrained model, then steps with
+        their evaluation and checkpoint cadences until the last step or a signal, and the final metrics."""
+        if resume:
+            self.resume(allow_changes)
+        self.t0 = time.perf_counter() - self.elapsed
+        self.first_step = self.step
+        self.set_up_run_dir(resume)
+        if header:
+            self.log(header)
+        for message in self.parts.warnings if not resume else []:
+            self.log(f"{self.task.label}: warning: {message}")
+        self.shown = Progress(self.task.label, self.parts.steps, self.step, self.progress, self.log)
+        if self.step == 0:                       # the untrained model: where the curves start
+            self.evaluate_untrained()
+        self.saved_at = time.perf_counter()
+        with _StopSignals(self.task.label) as stop:
+            while self.step < self.parts.steps:
+                epoch = self.train_step()
+                if self.step % self.cfg.train.eval_every == 0 or self.step == self.parts.steps:
+                    self.evaluate(epoch)
+                signum = self.ranks.first_set(stop.signum)        # a signal that reached any rank stops all
+                self.checkpoint_if_due(signum)
+                if signum is not None and self.step < self.parts.steps:
+                    self.stop(signum)
+        self.shown.close()
+        return self.finish()
+
+    def state(self) -> dict:
+        """The whole state of the run (a checkpoint's payload, hwsim.checkpoint)."""
+        raw = self.theta.detach().to("cpu", torch.float64)
+        flat = self.backend.decode(self.theta.detach()).to("cpu", torch.float64)
+        estimator = self.estimator
+        return {"format": FORMAT_VERSION, "command": self.task.command, "step": self.step,
+                "config": self.cfg.to_dict(), "theta": flat, "tensors": self.network.space.unflatten(flat),
+                "backend": self.backend.name, "backend_theta": raw, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
                 "estimator": estimator.state_dict() if estimator is not None else {},
-                "rng": {"host": gen.get_state(), "torch": torch.get_rng_state()},
-                "backend_state": backend.state_dict(), "task": task.state_dict(),
-                "tally": vars(tally).copy(), "records": records, "warnings": warnings,
-                "elapsed_s": time.perf_counter() - t0}
+                "rng": {"host": self.gen.get_state(), "torch": torch.get_rng_state()},
+                "backend_state": self.backend.state_dict(), "task": self.task.state_dict(),
+                "tally": vars(self.tally).copy(), "records": self.records, "warnings": self.warnings,
+                "elapsed_s": time.perf_counter() - self.t0}
 
-    if resume:
+    def resume(self, allow_changes: bool) -> None:
+        """Restore the state of the newest checkpoint of the run directory (taking its lock on rank 0)."""
+        task, out_dir = self.task, self.out_dir
         if out_dir is None:
             raise ConfigError("resume: needs the run directory (out_dir)")
-        if ranks.main:
-            lock.acquire(Path(out_dir))
+        if self.ranks.main:
+            self.lock.acquire(Path(out_dir))
         path = checkpoint.latest(out_dir)
         saved = checkpoint.load(path)
-        _check_resumable(saved, path, task, cfg, allow_changes)
-        _check_state_sizes(saved, path, theta, parts.steps)
+        _check_resumable(saved, path, task, self.cfg, allow_changes)
+        _check_state_sizes(saved, path, self.theta, self.parts.steps)
         with torch.no_grad():
-            theta.copy_(saved["backend_theta"].to(theta))
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if estimator is not None:
-            estimator.load_state_dict(saved["estimator"])
-        gen.set_state(saved["rng"]["host"])
+            self.theta.copy_(saved["backend_theta"].to(self.theta))
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.estimator is not None:
+            self.estimator.load_state_dict(saved["estimator"])
+        self.gen.set_state(saved["rng"]["host"])
         torch.set_rng_state(saved["rng"]["torch"])
-        backend.load_state_dict(saved["backend_state"])
+        self.backend.load_state_dict(saved["backend_state"])
         task.load_state_dict(saved["task"])
-        tally = _Tally(**saved["tally"])
-        records, warnings = list(saved["records"]), list(saved["warnings"])
-        step, elapsed = int(saved["step"]), float(saved["elapsed_s"])
-        log(f"{task.label}: resuming {out_dir} from {path.name} (step {step} of {parts.steps})")
-    t0 = time.perf_counter() - elapsed
-    first_step = step
+        self.tally = _Tally(**saved["tally"])
+        self.records, self.warnings = list(saved["records"]), list(saved["warnings"])
+        self.step, self.elapsed = int(saved["step"]), float(saved["elapsed_s"])
+        self.last_path = path
+        self.log(f"{task.label}: resuming {out_dir} from {path.name} (step {self.step} of {self.parts.steps})")
 
-    last_path: Path | None = None
-    writes = out_dir is not None and ranks.main
-    if out_dir is not None:
-        out_dir = Path(out_dir)
+    def set_up_run_dir(self, resume: bool) -> None:
+        """A fresh run: create the run directory (config.yaml, the step-0 checkpoint); a resumed one: its
+        metrics.jsonl cut back to the checkpoint's records. The other ranks wait for rank 0."""
+        if self.out_dir is None:
+            return
+        self.out_dir = Path(self.out_dir)
         if resume:
-            last_path = path
-            if writes:
-                write_jsonl(out_dir / "metrics.jsonl", records)
-        elif writes:
-            last_path = _start_run_dir(out_dir, cfg, state, ck.keep, lock)
-        ranks.barrier()                      # the others wait until rank 0 has started the run directory
-    if header:
-        log(header)
-    for message in parts.warnings if not resume else []:
-        log(f"{task.label}: warning: {message}")
+            if self.writes:
+                write_jsonl(self.out_dir / "metrics.jsonl", self.records)
+        elif self.writes:
+            self.last_path = _start_run_dir(self.out_dir, self.cfg, self.state, self.cfg.train.checkpoint.keep,
+                                            self.lock)
+        self.ranks.barrier()                     # the others wait until rank 0 has started the run directory
 
-    shown = Progress(task.label, parts.steps, step, progress, log)
-    if step == 0:                            # the untrained model: where the curves start
-        with backend.keyed(EVAL_STREAM, torch.zeros(0, dtype=torch.int64)):    # noise of its own: later
-            fields, _ = _counted(tally, backend, lambda: task.evaluate(0, theta.detach()))  # draws stay as they were
-        records.append({"step": 0, "train_loss": None, **fields, **task.query_counts(0),
-                        "phase": getattr(estimator, "phase", "fo"), "zero_difference_fraction": 0.0,
-                        "wall_s": round(time.perf_counter() - t0, 3)})
-        shown.record(0, task.postfix(records[-1]))
-        if writes:
-            _writing(lambda: write_jsonl(out_dir / "metrics.jsonl", records), out_dir, last_path)
-    saved_at = time.perf_counter()
-    with _StopSignals(task.label) as stop:
-        while step < parts.steps:
-            step_started = time.perf_counter()
-            epoch = task.epoch(step)
-            objective = task.objective(step, gen)
-            if ranks.world > 1:
-                objective = ShardedObjective(objective, ranks)
-            objective.key_noise(step, cfg.estimator.cache_prefix)
-            optimizer.zero_grad(set_to_none=True)
-            if estimator is None:
-                loss = objective.loss_at(theta)
-                loss.backward()
-                queries, loss_value, differences, zeros = 1, float(loss.detach()), 0, 0
-            else:
-                estimator.observe(epoch)
-                est = estimator.estimate(objective, theta.detach(), gen)
-                theta.grad = est.grad.to(theta.dtype)
-                queries, loss_value, differences, zeros = est.queries, est.loss, est.differences, est.zero_differences
-            if isinstance(objective, ShardedObjective):
-                objective.finish()
-            backend.count_programs(network.linear_indices)     # the step's new weights, set once
-            _guard(step, space, loss_value, theta.grad, "the gradient estimate", last_path)
-            optimizer.step()
-            scheduler.step()
-            backend.project_(theta.data, gen)
-            backend.advance()
-            _guard(step, space, loss_value, theta.data, "the parameters after the optimizer step", last_path)
-            step += 1
-            tally.queries += queries
-            tally.loss_sum, tally.loss_n = tally.loss_sum + loss_value, tally.loss_n + 1
-            tally.differences, tally.zeros = tally.differences + differences, tally.zeros + zeros
-            shown.step(step, time.perf_counter() - step_started)
+    def evaluate_untrained(self) -> None:
+        """The record of step 0, evaluated with noise of its own (later draws stay as they were)."""
+        with self.backend.keyed(EVAL_STREAM, torch.zeros(0, dtype=torch.int64)):
+            fields, _ = _counted(self.tally, self.backend, lambda: self.task.evaluate(0, self.theta.detach()))
+        self.records.append(self.record(None, fields, 0.0))
+        self.show_and_write()
 
-            if step % cfg.train.eval_every == 0 or step == parts.steps:
-                fields, score = _counted(tally, backend, lambda: task.evaluate(step, theta.detach()))
-                if estimator is not None:
-                    estimator.observe(epoch, score)
-                d, z = tally.differences, tally.zeros
-                records.append({"step": step, "train_loss": tally.loss_sum / tally.loss_n, **fields,
-                                **task.query_counts(tally.queries), "phase": getattr(estimator, "phase", "fo"),
-                                "zero_difference_fraction": round(z / d, 4) if d else 0.0,
-                                "wall_s": round(time.perf_counter() - t0, 3)})
-                if d and z > d / 2 and not tally.zero_warned:
-                    tally.zero_warned = True
-                    message = (f"{100 * z / d:.0f} % of the loss differences since the last evaluation were "
-                               f"exactly zero: the perturbations are too small for backend {backend.name!r}")
-                    warnings.append(message)
-                    shown.write(f"{task.label}: warning: {message}")
-                tally.loss_sum, tally.loss_n, tally.differences, tally.zeros = 0.0, 0, 0, 0
-                shown.record(step, task.postfix(records[-1]))
-                if writes:
-                    _writing(lambda: write_jsonl(out_dir / "metrics.jsonl", records), out_dir, last_path)
+    def train_step(self) -> int:
+        """One optimizer step (``step`` -> ``step`` + 1): the gradient of the step's objective, the optimizer
+        and schedule, the backend's projection and drift, each guarded against non-finite values, and the
+        tally; returns the step's epoch."""
+        step_started = time.perf_counter()
+        epoch = self.task.epoch(self.step)
+        queries, loss, differences, zeros = self.gradient(epoch)
+        backend, step, last = self.backend, self.step, self.last_path
+        backend.count_programs(self.network.linear_indices)     # the step's new weights, set once
+        _guard(step, self.space, loss, self.theta.grad, "the gradient estimate", last)
+        self.optimizer.step()
+        self.scheduler.step()
+        backend.project_(self.theta.data, self.gen)
+        backend.advance()
+        _guard(step, self.space, loss, self.theta.data, "the parameters after the optimizer step", last)
+        self.step += 1
+        tally = self.tally
+        tally.queries += queries
+        tally.loss_sum, tally.loss_n = tally.loss_sum + loss, tally.loss_n + 1
+        tally.differences, tally.zeros = tally.differences + differences, tally.zeros + zeros
+        self.shown.step(self.step, time.perf_counter() - step_started)
+        return epoch
 
-            signum = ranks.first_set(stop.signum)                 # a signal that reached any rank stops all
-            due = (step == parts.steps or signum is not None
-                   or (ck.every_steps is not None and step % ck.every_steps == 0)
-                   or (ck.every_s is not None and time.perf_counter() - saved_at >= ck.every_s))
-            if writes and due:
-                last_path = _writing(lambda: _save(out_dir, step, state(), ck.keep), out_dir, last_path)
-                saved_at = time.perf_counter()
-            if signum is not None and step < parts.steps:
-                shown.close()
-                name = signal.Signals(signum).name
-                where = (f"checkpoint {last_path}; resume with: hwsim {task.command} --resume {out_dir}"
-                         if out_dir is not None else "no run directory, nothing saved")
-                raise RunStopped(f"{task.label}: stopped by {name} after step {step} of {parts.steps}; {where}",
-                                 signum, step, last_path)
-    shown.close()
+    def gradient(self, epoch: int) -> tuple[int, float, int, int]:
+        """Set ``theta.grad`` (d,) for the step's objective (shared out over the ranks): autograd, or the
+        estimator's estimate; returns (queries, loss, loss differences, zero differences)."""
+        objective = self.task.objective(self.step, self.gen)
+        if self.ranks.world > 1:
+            objective = ShardedObjective(objective, self.ranks)
+        objective.key_noise(self.step, self.cfg.estimator.cache_prefix)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.estimator is None:
+            loss = objective.loss_at(self.theta)
+            loss.backward()
+            out = 1, float(loss.detach()), 0, 0
+        else:
+            self.estimator.observe(epoch)
+            est = self.estimator.estimate(objective, self.theta.detach(), self.gen)
+            self.theta.grad = est.grad.to(self.theta.dtype)
+            out = est.queries, est.loss, est.differences, est.zero_differences
+        if isinstance(objective, ShardedObjective):
+            objective.finish()
+        return out
 
-    final = theta.detach()
-    last_eval = dict(tally.last_eval)
-    summary = _counted(tally, backend, lambda: task.summary(records, final, tally.queries))
-    metrics = {**summary, "steps": parts.steps,
-               "trainable_params": network.trainable_params, "dense_params": network.dense_params,
-               "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed, "ranks": ranks.world,
-               "exchanged_bytes_per_step": round(ranks.gathered_bytes / max(1, parts.steps - first_step))}
-    counters = backend.counters()
-    metrics.update(counters=counters, counters_evaluation=tally.eval_counters, counters_inference=last_eval,
-                   inferences=Workload.from_counters(last_eval).rows, warnings=warnings)
-    metrics.update(run_figures(parts.backend.architecture, parts.mapping, load_table(cfg.energy, kind=parts.backend.architecture), subtract(counters, tally.eval_counters),
-                               last_eval, parts.steps))
-    metrics.update(device_memory(network, backend, cfg.optimizer.name, cfg.optimizer.momentum, task.rows))
-    metrics.update(wall_s=round(time.perf_counter() - t0, 3),
-                   host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    if writes:
-        write_atomic(out_dir / "params.pt", checkpoint.params_bytes(state()))
-        write_json(out_dir / "metrics.json", metrics)
-        write_json(out_dir / "architecture.json", describe(parts.backend, parts.mapping.arch))
-        write_atomic(out_dir / "mapping.txt", parts.mapping.report() + "\n")
-        task.plots(out_dir, records, final, metrics)
-        if "energy_j_training" in metrics:
-            plot_energy(metrics, out_dir / "energy.png", f"{task.command} on {backend.name}")
-    log(f"{task.label}: {task.final_line(metrics)}, {metrics['wall_s']:.1f} s"
-        + (f"; results in {out_dir}" if out_dir is not None else ""))
-    return metrics
+    def evaluate(self, epoch: int) -> None:
+        """The record after ``step``: the task's evaluation (its score goes to the estimator), the mean loss
+        and the fraction of zero loss differences since the last evaluation."""
+        tally, step = self.tally, self.step
+        fields, score = _counted(tally, self.backend, lambda: self.task.evaluate(step, self.theta.detach()))
+        if self.estimator is not None:
+            self.estimator.observe(epoch, score)
+        d, z = tally.differences, tally.zeros
+        self.records.append(self.record(tally.loss_sum / tally.loss_n, fields, round(z / d, 4) if d else 0.0))
+        self.warn_zero_differences()
+        tally.loss_sum, tally.loss_n, tally.differences, tally.zeros = 0.0, 0, 0, 0
+        self.show_and_write()
+
+    def record(self, loss: float | None, fields: dict, zero_fraction: float) -> dict:
+        """The record of ``step``: the mean training loss since the last one, the task's ``fields``, the
+        query counts so far, the estimator's phase, the fraction of zero loss differences, the wall time."""
+        return {"step": self.step, "train_loss": loss, **fields, **self.task.query_counts(self.tally.queries),
+                "phase": getattr(self.estimator, "phase", "fo"), "zero_difference_fraction": zero_fraction,
+                "wall_s": round(time.perf_counter() - self.t0, 3)}
+
+    def show_and_write(self) -> None:
+        """Show the newest record and write metrics.jsonl (rank 0, with a run directory)."""
+        self.shown.record(self.step, self.task.postfix(self.records[-1]))
+        if self.writes:
+            _writing(lambda: write_jsonl(self.out_dir / "metrics.jsonl", self.records), self.out_dir, self.last_path)
+
+    def warn_zero_differences(self) -> None:
+        """Warn once per run when more than half the loss differences since the last evaluation were zero."""
+        tally = self.tally
+        d, z = tally.differences, tally.zeros
+        if d and z > d / 2 and not tally.zero_warned:
+            tally.zero_warned = True
+            message = (f"{100 * z / d:.0f} % of the loss differences since the last evaluation were "
+                       f"exactly zero: the perturbations are too small for backend {self.backend.name!r}")
+            self.warnings.append(message)
+            self.shown.write(f"{self.task.label}: warning: {message}")
+
+    def checkpoint_if_due(self, signum: int | None) -> None:
+        """Write a checkpoint (rank 0, with a run directory) after the last step, on a signal, and every
+        ``train.checkpoint.every_steps`` steps or ``every_s`` seconds."""
+        ck, step = self.cfg.train.checkpoint, self.step
+        due = (step == self.parts.steps or signum is not None
+               or (ck.every_steps is not None and step % ck.every_steps == 0)
+               or (ck.every_s is not None and time.perf_counter() - self.saved_at >= ck.every_s))
+        if self.writes and due:
+            self.last_path = _writing(lambda: _save(self.out_dir, step, self.state(), ck.keep), self.out_dir,
+                                      self.last_path)
+            self.saved_at = time.perf_counter()
+
+    def stop(self, signum: int) -> None:
+        """Raise :class:`RunStopped` after a signal (the checkpoint is written), naming the resume command."""
+        self.shown.close()
+        name, out_dir, step = signal.Signals(signum).name, self.out_dir, self.step
+        where = (f"checkpoint {self.last_path}; resume with: hwsim {self.task.command} --resume {out_dir}"
+                 if out_dir is not None else "no run directory, nothing saved")
+        raise RunStopped(f"{self.task.label}: stopped by {name} after step {step} of {self.parts.steps}; {where}",
+                         signum, step, self.last_path)
+
+    def finish(self) -> dict:
+        """The final metrics (the task's summary, sizes, counters, energy, memory, wall time), written with
+        params.pt, architecture.json, mapping.txt and the plots (rank 0, with a run directory); the last log
+        line."""
+        task, parts, backend, network, cfg, tally = self.task, self.parts, self.backend, self.network, self.cfg, self.tally
+        ranks, out_dir = self.ranks, self.out_dir
+        final = self.theta.detach()
+        last_eval = dict(tally.last_eval)
+        summary = _counted(tally, backend, lambda: task.summary(self.records, final, tally.queries))
+        metrics = {**summary, "steps": parts.steps,
+                   "trainable_params": network.trainable_params, "dense_params": network.dense_params,
+                   "backend": backend.name, "estimator": cfg.estimator.name, "seed": cfg.seed, "ranks": ranks.world,
+                   "exchanged_bytes_per_step": round(ranks.gathered_bytes / max(1, parts.steps - self.first_step))}
+        counters = backend.counters()
+        metrics.update(counters=counters, counters_evaluation=tally.eval_counters, counters_inference=last_eval,
+                       inferences=Workload.from_counters(last_eval).rows, warnings=self.warnings)
+        metrics.update(run_figures(parts.backend.architecture, parts.mapping, load_table(cfg.energy, kind=parts.backend.architecture), subtract(counters, tally.eval_counters),
+                                   last_eval, parts.steps))
+        metrics.update(device_memory(network, backend, cfg.optimizer.name, cfg.optimizer.momentum, task.rows))
+        metrics.update(wall_s=round(time.perf_counter() - self.t0, 3),
+                       host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        if self.writes:
+            write_atomic(out_dir / "params.pt", checkpoint.params_bytes(self.state()))
+            write_json(out_dir / "metrics.json", metrics)
+            write_json(out_dir / "architecture.json", describe(parts.backend, parts.mapping.arch))
+            write_atomic(out_dir / "mapping.txt", parts.mapping.report() + "\n")
+            task.plots(out_dir, self.records, final, metrics)
+            if "energy_j_training" in metrics:
+                plot_energy(metrics, out_dir / "energy.png", f"{task.command} on {backend.name}")
+        self.log(f"{task.label}: {task.final_line(metrics)}, {metrics['wall_s']:.1f} s"
+                 + (f"; results in {out_dir}" if out_dir is not None else ""))
+        return metrics
 
 
 def _counted(tally: _Tally, backend, evaluate: Callable):
