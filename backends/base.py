@@ -122,6 +122,11 @@ class Backend(ABC):
         None: no limit simulated. A run whose BP-free training state needs more is refused."""
         return None
 
+    def live_rows(self, rows: int) -> int:
+        """Input rows whose activations the device holds at once when a pass has ``rows`` (its memory figures,
+        hwsim.energy.memory): all of them unless the device streams a pass in smaller groups."""
+        return rows
+
     def param_space(self, network: Any) -> Any:
         """The hwsim.params.ParamSpace of what this backend trains: the network's float weights unless the
         hardware trains something else of another shape (e.g. MZI phases). Its tensor names are the

@@ -70,6 +70,7 @@ class Task(ABC):
     command: str            # the CLI command that runs (and resumes) this kind of run
     label: str              # prefix of log lines
     rows: int               # input rows of one forward pass of a training step (device memory)
+    rows_key: str           # the config key that sets them
 
     @abstractmethod
     def epoch(self, step: int) -> int:
@@ -199,6 +200,7 @@ class _Run:
             self.resume(allow_changes)
         self.t0 = time.perf_counter() - self.elapsed
         self.first_step = self.step
+        self.check_device_memory()
         self.set_up_run_dir(resume)
         if header:
             self.log(header)
@@ -234,6 +236,23 @@ class _Run:
                 "backend_state": self.backend.state_dict(), "task": self.task.state_dict(),
                 "tally": vars(self.tally).copy(), "records": self.records, "warnings": self.warnings,
                 "elapsed_s": time.perf_counter() - self.t0}
+
+    def check_device_memory(self) -> None:
+        """A backend whose device has a memory limit (Backend.memory_limit) refuses, in one line naming the
+        sizes, a run whose BP-free training state (hwsim.energy.memory) does not fit."""
+        limit = self.backend.memory_limit()
+        if limit is None:
+            return
+        rows = self.backend.live_rows(self.task.rows)
+        need = device_memory(self.network, self.backend, self.cfg.optimizer.name, self.cfg.optimizer.momentum, rows)
+        if need["device_memory_bytes_zo"] > limit:
+            part = need["device_memory_breakdown"]
+            raise ConfigError(
+                f"{self.task.rows_key}: training BP-free on the {self.backend.name} backend's device needs "
+                f"{need['device_memory_bytes_zo']:,} B ({part['parameters']:,} B parameters, "
+                f"{part['optimizer_state']:,} B optimizer state, {part['zo_live_activations']:,} B of live activations "
+                f"for {rows:,} rows at once; back-propagation would need {need['device_memory_bytes_bp']:,} B); "
+                f"the device holds {limit:,} B: use fewer rows at once or a smaller model")
 
     def resume(self, allow_changes: bool) -> None:
         """Restore the state of the newest checkpoint of the run directory (taking its lock on rank 0)."""
@@ -403,7 +422,8 @@ class _Run:
                        inferences=Workload.from_counters(last_eval).rows, warnings=self.warnings)
         metrics.update(run_figures(parts.backend.architecture, parts.mapping, load_table(cfg.energy, kind=parts.backend.architecture), subtract(counters, tally.eval_counters),
                                    last_eval, parts.steps))
-        metrics.update(device_memory(network, backend, cfg.optimizer.name, cfg.optimizer.momentum, task.rows))
+        metrics.update(device_memory(network, backend, cfg.optimizer.name, cfg.optimizer.momentum,
+                                     backend.live_rows(task.rows)))
         metrics.update(wall_s=round(time.perf_counter() - self.t0, 3),
                        host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         if self.writes:

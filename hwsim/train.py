@@ -42,7 +42,7 @@ class Classification(Task):
     """Mini-batches of a labelled dataset, a new random order every epoch (the last partial batch is
     dropped); the score is the validation accuracy; test accuracy is reported at every evaluation."""
 
-    command, label = "train", "hwsim"
+    command, label, rows_key = "train", "hwsim", "train.batch_size"
 
     def __init__(self, cfg: Config, data, network: Network, backend):
         self.cfg, self.network, self.backend = cfg, network, backend

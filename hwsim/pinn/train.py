@@ -57,7 +57,7 @@ class PinnTask(Task):
     """Fresh collocation points every step, the mean squared PDE residual with the derivatives of the run's
     method; the score is minus the relative L2 error on the run's test points."""
 
-    command, label = "pinn", "hwsim pinn"
+    command, label, rows_key = "pinn", "hwsim pinn", "pde.points"
 
     def __init__(self, cfg: PinnConfig, problem: Problem, network, backend, method, test_x: torch.Tensor):
         self.cfg, self.problem, self.network, self.backend = cfg, problem, network, backend

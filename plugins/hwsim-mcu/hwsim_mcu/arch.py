@@ -32,7 +32,9 @@ class CortexM:
     """A Cortex-M class micro-controller: ``part`` (a label for reports and messages), core clock, on-chip
     SRAM (the training state must fit: hwsim's memory report compares against it) and flash (the deployed
     int8 model must fit), and ``simd``: the DSP extension's dual 16-bit MAC (SMLAD; Cortex-M4/M7/M33),
-    else one MAC per MLA. Defaults: the STM32F746 (Cortex-M7), the part of CMSIS-NN's and MCUNet's
+    else one MAC per MLA; ``micro_batch``: input rows the kernels hold at once (a training step's batch
+    streams through in micro-batches, the losses summed as they come: the live activations are those of
+    one micro-batch). Defaults: the STM32F746 (Cortex-M7), the part of CMSIS-NN's and MCUNet's
     measurements (devices.yaml: mcu_clock, mcu_sram, mcu_flash)."""
 
     part: str = "STM32F746"
@@ -40,8 +42,7 @@ class CortexM:
     sram_bytes: int = 320 * KIB
     flash_bytes: int = 1024 * KIB
     simd: bool = True
-
-    kind = "cortex_m"
+    micro_batch: int = 1
 
     def check(self, path: str) -> None:
         if not isinstance(self.part, str) or not self.part.strip():
@@ -49,6 +50,8 @@ class CortexM:
         if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)) \
                 or not math.isfinite(self.clock_mhz) or not self.clock_mhz > 0:
             raise ConfigError(f"{path}.clock_mhz: expected a number of MHz > 0, got {excerpt(self.clock_mhz)}")
+        if self.micro_batch < 1:
+            raise ConfigError(f"{path}.micro_batch: expected a number of rows >= 1, got {excerpt(self.micro_batch)}")
         for key in ("sram_bytes", "flash_bytes"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -121,6 +121,10 @@ class McuBackend(Backend):
         """Bytes of on-chip SRAM for the training state (the bound architecture's), None before bind."""
         return self._arch.sram_bytes if self._arch is not None else None
 
+    def live_rows(self, rows: int) -> int:
+        """A pass of ``rows`` rows streams through the kernels ``architecture.micro_batch`` rows at a time."""
+        return min(rows, self._arch.micro_batch) if self._arch is not None else rows
+
     def layer_widths(self, index: int, layer) -> Widths:
         return Widths(False, 8, 8, (8,) * len(core_shapes(layer)), 32)
 
