@@ -1,8 +1,12 @@
 """Command line: ``hwsim train CONFIG [--out DIR] [--set key=value ...]``, ``hwsim train --resume RUN_DIR``,
-``hwsim pinn CONFIG [...]``,
-``hwsim eval RUN [--set ...]``,
-``hwsim compare RUN...``, ``hwsim energy RUN``, ``hwsim info``, and the subcommands of command plug-ins
-(entry points ``hwsim.commands``)."""
+``hwsim pinn CONFIG [...]``, ``hwsim eval RUN [--set ...]``, ``hwsim compare SPEC | RUN...``,
+``hwsim energy RUN``, ``hwsim info``, and the subcommands of command plug-ins (entry points
+``hwsim.commands``).
+
+Help is cheap: this module imports only the standard library at its top; every command imports torch and
+the rest of hwsim inside its own function, and a plug-in module is imported only to add its parsers
+(benchmarks/cli_help_time.py measures ``hwsim --help``).
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,16 +15,29 @@ import sys
 from pathlib import Path
 
 from hwsim import __version__
-from hwsim.text import excerpt
+
+DESCRIPTION = """\
+Hardware-in-the-loop simulation of tensor-compressed, back-propagation-free training: a zeroth-order
+optimizer on the host trains tensor-train networks while a simulated chip (a backend) runs every forward
+pass, with its precision, noise, energy and latency.
+
+examples:
+  hwsim info                                  backends, datasets, simulators and shipped configs
+  hwsim train mnist_tt_zo --out runs/mnist    train a shipped config (any key: --set train.steps=300)
+  hwsim eval runs/mnist --set backend.name=fixed --set backend.bits=8
+  hwsim compare mnist_backends                one model on many hardware rows: table, plots, report.html
+  hwsim energy runs/mnist --explain           joules and device seconds, every term with its source
+
+`hwsim COMMAND --help` describes a command; README.md and docs/ the rest."""
 
 
-def _run(args, kind) -> int:
-    """``hwsim train`` / ``hwsim pinn``: a fresh run, or ``--resume RUN_DIR`` (its saved config, changed
-    by CONFIG / --set only with --allow-changes)."""
+def _run(args, command: str) -> int:
+    """``hwsim train`` / ``hwsim pinn`` (``command``): a fresh run, or ``--resume RUN_DIR`` (its saved config,
+    changed by CONFIG / --set only with --allow-changes)."""
     import dataclasses
 
     from hwsim.backends import backend_class
-    from hwsim.config import Config, ConfigError, load_config
+    from hwsim.config import Config, ConfigError, PinnConfig, load_config
     from hwsim.distributed import from_environment
     from hwsim.loop import RunStopped
     from hwsim.rundir import RunDirBusy
@@ -46,6 +63,7 @@ def _run(args, kind) -> int:
             _refuse_existing_run(out, args.command)
         ranks.barrier()                  # every rank looked before rank 0 starts writing
     waves = [f"backend.waves={args.waves}", f"backend.waves_dir={out / 'waves'}"] if args.waves is not None else []
+    kind = Config if command == "train" else PinnConfig
     cfg = load_config(source, (args.set or []) + waves, kind)
     if waves and "waves" not in {f.name for f in dataclasses.fields(backend_class(cfg.backend.name).Options)}:
         raise ConfigError(f"--waves: the {cfg.backend.name} backend dumps no waveforms (it has no option waves)")
@@ -157,6 +175,10 @@ def _compare(args) -> int:
     from hwsim.report import compare_runs, write_atomic
 
     if len(args.runs) == 1 and not Path(args.runs[0]).is_dir() and is_spec(args.runs[0]):
+        for flag, value in (("--plot", args.plot), ("--markdown", args.markdown)):
+            if value:
+                raise ConfigError(f"{flag}: for run directories only; a compare spec writes its plots, compare.md "
+                                  f"and report.html into --out (default runs/<spec name>)")
         spec = load_spec(args.runs[0])
         if args.jobs < 1:
             raise ConfigError(f"--jobs: {args.jobs} is not allowed; use a number of processes >= 1")
@@ -185,6 +207,7 @@ def _energy(args) -> int:
     from hwsim.config import Config, ConfigError, PinnConfig, load_config, read_raw
     from hwsim.energy.report import assumptions, explain, subtract
     from hwsim.energy.table import load_table
+    from hwsim.text import excerpt
 
     run = Path(args.run)
     for name in ("config.yaml", "metrics.json"):
@@ -281,17 +304,22 @@ def _info(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hwsim", description=__doc__)
+def _command(sub, name: str, what: str) -> argparse.ArgumentParser:
+    """A subcommand's parser: ``what`` is its line in ``hwsim --help`` and the top of its own help."""
+    return sub.add_parser(name, help=what, description=what)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command's parser (plug-in modules are imported here, only to add theirs)."""
+    parser = argparse.ArgumentParser(prog="hwsim", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"hwsim {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    from hwsim.config import Config, PinnConfig
-    for name, kind, what, example in (
-            ("train", Config, "train a model as a config says (BP-free or FO baseline)", "see `hwsim info`"),
-            ("pinn", PinnConfig, "train a physics-informed network on a PDE (e.g. the 20-dim HJB) BP-free",
-             "e.g. hjb20_zo_tt_sg")):
-        p = sub.add_parser(name, help=what)
+    for name, what, example in (
+            ("train", "train a model as a config says (BP-free or FO baseline)", "see `hwsim info`"),
+            ("pinn", "train a physics-informed network on a PDE (e.g. the 20-dim HJB) BP-free", "e.g. hjb20_zo_tt_sg")):
+        p = _command(sub, name, what)
         p.add_argument("config", nargs="?", help=f"a YAML file or the name of a shipped config ({example})")
         p.add_argument("--out", help="run directory (default: runs/<config name>)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=200")
@@ -306,23 +334,25 @@ def main(argv: list[str] | None = None) -> int:
                        help="backends with a waves option: dump the CALL-th TT layer call (from 0) as a waveform into RUN/waves/")
         p.add_argument("--nproc", type=int, metavar="N",
                        help="spread every step's queries over N processes on this machine (torchrun; same numbers)")
-        p.set_defaults(func=lambda args, kind=kind: _run(args, kind))
-    p = sub.add_parser("eval", help="deploy a finished run (classification or PINN) on a backend")
+        p.set_defaults(func=lambda args, name=name: _run(args, name))
+    p = _command(sub, "eval", "deploy a finished run (classification or PINN) on a backend")
     p.add_argument("run", help="a run directory written by `hwsim train` or `hwsim pinn`")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="change its config first, e.g. backend.name=NAME and the backend's options")
     p.add_argument("--json", help="also write accuracy and counters to this file")
     p.set_defaults(func=_eval)
-    p = sub.add_parser("compare", help="one model on many hardware rows (a compare spec), or finished runs side by side")
+    p = _command(sub, "compare", "one model on many hardware rows (a compare spec: table, plots and report.html "
+                                 "in its out dir), or finished runs side by side")
     p.add_argument("runs", nargs="+", metavar="SPEC | RUN",
                    help="a compare spec (YAML file or shipped name, e.g. mnist_backends), or run directories")
     p.add_argument("--out", help="spec: the report directory (default runs/<spec name>)")
     p.add_argument("--jobs", type=int, default=1, help="spec: evaluations in parallel processes (default 1)")
     p.add_argument("--quiet", action="store_true", help="spec: no progress bar while training the reference")
-    p.add_argument("--plot", help="write test accuracy vs forward queries and wall time to this PNG")
-    p.add_argument("--markdown", help="also write the table to this file")
+    p.add_argument("--plot", help="runs: write test accuracy vs forward queries and wall time to this PNG "
+                                  "(a spec writes its plots into --out)")
+    p.add_argument("--markdown", help="runs: also write the table to this file (a spec writes compare.md into --out)")
     p.set_defaults(func=_compare)
-    p = sub.add_parser("energy", help="energy and latency of a run on its device, from its counters")
+    p = _command(sub, "energy", "energy and latency of a run on its device, from its counters")
     p.add_argument("run", help="a run directory written by `hwsim train` or `hwsim pinn`")
     p.add_argument("--explain", action="store_true", help="every term: count x energy per action = J, with sources")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -333,12 +363,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_energy)
     for plugin in _command_plugins():
         plugin.add_commands(sub)
-    p = sub.add_parser("info", help="list backends, datasets, simulators and shipped configs")
+    p = _command(sub, "info", "list backends, datasets, simulators and shipped configs")
     p.set_defaults(func=_info)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     from hwsim.errors import HwsimError
-    from hwsim.loop import RunStopped
     if args.debug:
         return args.func(args)
     try:
@@ -346,9 +379,6 @@ def main(argv: list[str] | None = None) -> int:
     except HwsimError as e:
         print(f"hwsim: error: {e}", file=sys.stderr)
         return e.exit_code
-    except RunStopped as e:
-        print(e, file=sys.stderr)
-        return e.code
     except OSError as e:                         # a path given on the command line that cannot be read or written
         print(f"hwsim: error: {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
         return 2
@@ -356,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         print("hwsim: stopped at once; files written so far are complete (written atomically)", file=sys.stderr)
         return 130
     except Exception as e:                       # the one boundary: no traceback unless --debug
+        if _run_stopped(e):
+            print(e, file=sys.stderr)
+            return e.code
         if _out_of_memory(e):                    # what the size checks (hwsim.host_memory) did not foresee
             print(f"hwsim: error: out of memory ({str(e).splitlines()[0] if str(e) else 'an allocation failed'}); "
                   f"use smaller sizes (train.batch_size, estimator.chunk_elements, pde.points, ...)", file=sys.stderr)
@@ -372,6 +405,13 @@ def _command_plugins() -> list:
     from importlib import metadata
 
     return [ep.load() for ep in sorted(metadata.entry_points(group="hwsim.commands"), key=lambda ep: ep.name)]
+
+
+def _run_stopped(e: BaseException) -> bool:
+    """A run stopped cleanly on a signal (hwsim.loop.RunStopped; only a command that imported the loop
+    raises one, so help never imports it)."""
+    loop = sys.modules.get("hwsim.loop")
+    return loop is not None and isinstance(e, loop.RunStopped)
 
 
 def _out_of_memory(e: BaseException) -> bool:

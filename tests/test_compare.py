@@ -165,3 +165,25 @@ def test_the_pareto_front_holds_exactly_the_undominated_points(points):
     assert all(not any(beats(p, f) and (p[0] < f[0] or p[1] > f[1]) for p in points) for f in front)
     assert all(any(f[0] <= p[0] and f[1] >= p[1] for f in front) for p in points)
     assert all(a[0] <= b[0] and a[1] < b[1] for a, b in zip(front, front[1:]))
+
+
+def test_help_imports_no_torch_and_is_plain_text():
+    """`hwsim --help` and every subcommand's help build without importing torch (the ~1 s import);
+    benchmarks/cli_help_time.py times them. The top-level help carries no RST markup (``double backquotes``)."""
+    code = ("import sys, contextlib, io\nfrom hwsim.cli import build_parser, main\n"
+            "for argv in (['--help'], ['train', '--help'], ['compare', '--help'], ['rtl', 'verify', '--help']):\n"
+            "    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+            "        main(argv)\n"
+            "    assert '``' not in out.getvalue() and 'usage: hwsim' in out.getvalue(), argv\n"
+            "heavy = sorted(m for m in ('torch', 'numpy', 'matplotlib', 'hwsim.config') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_plot_and_markdown_for_a_spec_are_refused_in_one_line(capsys):
+    for flag in ("--plot", "--markdown"):
+        assert main(["compare", "mnist_backends", flag, "x.png"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"hwsim: error: {flag}: for run directories only") and "\n" not in err
