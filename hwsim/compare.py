@@ -224,68 +224,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def plots(lines: list[dict], results: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """accuracy_vs_energy.png, energy_breakdown.png and (with several chips) chips.png."""
+def plots(lines: list[dict], results: list[dict], out_dir: Path, title: str, classes: int | None = None,
+          finetune_steps: int = 0) -> list[Path]:
+    """accuracy_vs_energy.png, energy_breakdown.png and (with several chips) chips.png (hwsim.compare_plots);
+    ``classes``: the model's outputs, for the chance level."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from hwsim import compare_plots as draw
 
-    ok = [line for line in lines if "energy_j_per_inference" in line and "deployed_accuracy" in line]
-    paths = []
-    fig, ax = plt.subplots(figsize=(9.5, 4.5))
-    for i, line in enumerate(ok):
-        color = f"C{i % 10}"
-        for key, marker, what in (("deployed_accuracy", "o", "deployed"), ("finetuned_accuracy", "^", "fine-tuned")):
-            if key in line:
-                ax.errorbar(line["energy_j_per_inference"], 100 * line[key], yerr=100 * line[key + "_std"],
-                            fmt=marker, color=color, capsize=3, label=f"{line['row']} ({what})")
-    front = pareto_front([(line["energy_j_per_inference"], 100 * line[key]) for line in ok
-                          for key in ("deployed_accuracy", "finetuned_accuracy") if key in line])
-    if front:
-        xs, ys = zip(*front)
-        ax.step(xs, ys, where="post", color="0.4", lw=1, ls="--", zorder=0, label="Pareto front (no row is both "
-                                                                                    "cheaper and more accurate)")
-    ax.set(xscale="log", xlabel="energy per inference (J, log; hwsim energy model)", ylabel="test accuracy (%)",
-           title=f"{title}: accuracy vs energy (error bars: std over chips)")
-    ax.tick_params(axis="x", which="both", labelsize=7, labelrotation=30)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")       # beside the points, not over them
-    paths.append(out_dir / "accuracy_vs_energy.png")
-    save_figure(fig, paths[-1])
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    components = sorted({c for line in ok for c in line["energy_breakdown_per_inference"]})
-    totals = [sum(line["energy_breakdown_per_inference"].values()) or 1.0 for line in ok]
-    bottom = [0.0] * len(ok)
-    for j, comp in enumerate(components):
-        values = [100 * line["energy_breakdown_per_inference"].get(comp, 0.0) / t for line, t in zip(ok, totals)]
-        ax.bar(range(len(ok)), values, bottom=bottom, label=comp, color=f"C{j}")
-        bottom = [b + v for b, v in zip(bottom, values)]
-    for i, t in enumerate(totals):
-        ax.text(i, 101, f"{t:.2g} J", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(ok)), [line["row"] for line in ok], rotation=20, ha="right", fontsize=8)
-    ax.set(ylim=(0, 112), ylabel="share of the energy per inference (%)",
-           title=f"{title}: energy per inference by component (total above)")
-    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    paths.append(out_dir / "energy_breakdown.png")
-    save_figure(fig, paths[-1])
-
-    chips = [line for line in lines if line["chips"] > 1]
-    if chips:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for i, line in enumerate(chips):
-            mine = [r for r in results if r["row"] == line["row"] and "error" not in r]
-            for key, marker, offset in (("deployed_accuracy", "o", -0.1), ("finetuned_accuracy", "^", 0.1)):
-                ys = [100 * r[key] for r in mine if key in r]
-                ax.plot([i + offset] * len(ys), ys, marker, color=f"C{i}", alpha=0.7,
-                        label=f"{line['row']} ({key.split('_')[0]})")
-        ax.set_xticks(range(len(chips)), [line["row"] for line in chips], fontsize=8)
-        ax.set(ylabel="test accuracy (%)", title=f"{title}: accuracy of every chip instance")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        paths.append(out_dir / "chips.png")
-        save_figure(fig, paths[-1])
-    return paths
+    figures = [draw.accuracy_vs_energy(lines, results, out_dir / "accuracy_vs_energy.png", title, classes,
+                                       finetune_steps),
+               draw.energy_by_component(lines, out_dir / "energy_breakdown.png", title),
+               draw.chips(lines, results, out_dir / "chips.png", title, classes)]
+    return [path for path in figures if path is not None]
 
 
 def compare(spec: Spec, out_dir: Path, jobs: int = 1, log: Callable[[str], None] = print,
@@ -356,11 +307,18 @@ def _compare(spec: Spec, out_dir: Path, jobs: int, log: Callable[[str], None], p
     write_atomic(out_dir / "compare.csv", _csv(lines))
     text = table(lines)
     write_atomic(out_dir / "compare.md", f"# hwsim compare: {spec.config}\n\nReference: {reference}\n\n{text}\n")
-    figures = plots(lines, results, out_dir, spec.config)
+    figures = plots(lines, results, out_dir, spec.config, model_classes(reference), spec.finetune.steps)
     log(text)
     log(f"hwsim compare: {report['wall_s']:.0f} s; table {out_dir / 'compare.md'}, plots "
         + ", ".join(str(p) for p in figures))
     return report
+
+
+def model_classes(run_dir: Path) -> int | None:
+    """The number of classes of a run's model (the last layer's outputs), None if its config says none."""
+    layers = (read_raw(str(Path(run_dir) / "config.yaml")).get("model") or {}).get("layers") or []
+    outputs = [layer["out_features"] for layer in layers if isinstance(layer, dict) and "out_features" in layer]
+    return int(outputs[-1]) if outputs else None
 
 
 def _worker_init(threads: int) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -82,19 +83,26 @@ def plot_curves(records: Sequence[dict], path: Path, title: str = "") -> None:
 
 
 def plot_energy(metrics: dict, path: Path, title: str = "") -> None:
-    """energy.png: the run's device energy by component, for the training and for one inference, and its
-    device memory BP-free vs back-propagation (hwsim.energy figures of metrics.json)."""
+    """energy.png: the run's device energy by component, for the training and for one inference (linear
+    bars from zero, each labelled with its joules and share), and its device memory BP-free vs
+    back-propagation (hwsim.energy figures of metrics.json)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [1.2, 1.2, 0.8]})
     for ax, key, total, what in ((axes[0], "energy_breakdown_training", "energy_j_training", "training"),
                                  (axes[1], "energy_breakdown_per_inference", "energy_j_per_inference", "one inference")):
         parts = metrics.get(key, {})
-        ax.bar(list(parts), list(parts.values()), color=[f"C{i}" for i in range(len(parts))])
-        ax.set(yscale="log", ylabel="energy (J, log)", title=f"{what}: {metrics.get(total, 0):.3g} J")
-        ax.grid(alpha=0.3, axis="y")
+        whole = sum(parts.values()) or 1.0
+        names = list(parts)[::-1]                                   # the first component on top
+        ax.barh(names, [parts[n] for n in names], color=[f"C{list(parts).index(n)}" for n in names])
+        for y, name in enumerate(names):
+            ax.annotate(f"{parts[name]:.3g} J ({100 * parts[name] / whole:.3g} %)", (parts[name], y), xytext=(4, 0),
+                        textcoords="offset points", va="center", fontsize=8)
+        ax.set_xlim(0, 1.45 * max(parts.values(), default=1.0))
+        ax.set(xlabel="energy (J, linear from 0)", title=f"{what}: {metrics.get(total, 0):.3g} J")
+        ax.grid(alpha=0.3, axis="x")
     memory = [metrics.get("device_memory_bytes_zo", 0), metrics.get("device_memory_bytes_bp", 0)]
     axes[2].bar(["BP-free (ZO)", "back-propagation"], [m / 2 ** 20 for m in memory], color=["C2", "C3"])
     axes[2].set(ylabel="device memory to train (MiB)", title="on-device training memory")
@@ -102,11 +110,29 @@ def plot_energy(metrics: dict, path: Path, title: str = "") -> None:
     save_figure(fig, path)
 
 
-def save_figure(fig, path: Path) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
+def log_axis(ax, which: str) -> None:
+    """Put axis ``which`` ("x" or "y") of ``ax`` on a log scale (its limits set already, > 0) with labels
+    that do not collide: majors at 1 (and 2, 5 over fewer than 4 decades; 1-9 within one decade), written
+    like 2e-06, minor ticks unlabelled."""
+    from matplotlib.ticker import LogLocator, NullFormatter, FuncFormatter
+
+    getattr(ax, f"set_{which}scale")("log")
+    low, high = sorted(getattr(ax, f"get_{which}lim")())
+    decades = math.log10(high / low)
+    subs = (1.0,) if decades > 4 else (1.0, 2.0, 5.0) if decades > 1 else tuple(float(k) for k in range(1, 10))
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
+                                           .replace("e0", "")))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def save_figure(fig, path: Path, layout: bool = True) -> None:
+    """Save a matplotlib figure as PNG atomically and close it (``layout``: tight layout first)."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=Path(path).parent, suffix=".png")
     os.close(fd)
@@ -180,24 +206,58 @@ def compare_runs(run_dirs: Sequence[Path], plot_path: Path | None = None) -> str
              "metric_pct": 100 * m[metric], "best_pct": 100 * m[best], "queries": m[queries]}
             for name, m, _ in loaded]
     if plot_path is not None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(1, 2, figsize=(11, 4.5))
-        for name, _, records in loaded:
-            for axis, key in zip(ax, (queries, "wall_s")):
-                axis.plot([r[key] for r in records], [100 * r[metric] for r in records], marker=".", label=name)
-        for axis, label in zip(ax, (f"{queries.replace('_', ' ')} (log)", "wall time (s, log)")):
-            axis.set(xscale="log", xlabel=label, ylabel=header, yscale="log" if lower else "linear")
-            axis.grid(alpha=0.3)
-        ax[0].legend(fontsize=8)
-        save_figure(fig, plot_path)
+        plot_runs(loaded, metric, queries, header, lower, plot_path)
     columns = [("run", "run"), ("estimator", "estimator"), ("backend", "backend"), ("metric_pct", header),
                ("best_pct", "best (%)"), ("queries", queries.replace("_", " ")), ("trainable_params", "trainable params"),
                ("steps", "steps"), ("wall_s", "wall (s)"), ("energy_j_training", "training J (model)"),
                ("energy_j_per_inference", "J / inference (model)")]
     return markdown_table(rows, columns)
+
+
+def plot_runs(loaded: Sequence[tuple[str, dict, list[dict]]], metric: str, queries: str, header: str, lower: bool,
+              path: Path) -> None:
+    """The plot of ``hwsim compare RUN... --plot``: each run's ``metric`` (%) at its evaluations, against
+    forward queries (log, with 0 -- the untrained model's evaluation -- kept as the axis' first tick) and
+    against wall time (linear: evaluations are about evenly spaced in time). Runs differ in line style too,
+    so identical curves stay visible."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.5))
+    styles = ("-", "--", ":", "-.")
+    for k, (name, _, records) in enumerate(loaded):
+        for axis, key in zip(ax, (queries, "wall_s")):
+            axis.plot([r[key] for r in records], [100 * r[metric] for r in records], marker=".", label=name,
+                      ls=styles[k % len(styles)], lw=1.4)
+    counts = [r[queries] for _, _, records in loaded for r in records]
+    _queries_axis(ax[0], counts)
+    ax[1].set_xlim(left=0)
+    for axis, label in zip(ax, (f"{queries.replace('_', ' ')} (log; 0 at the left)", "wall time (s)")):
+        axis.set(xlabel=label, ylabel=header)
+        if lower:
+            axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+    ax[0].legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def _queries_axis(ax, counts: Sequence[float]) -> None:
+    """x of ``ax`` for query counts that include 0: log above the smallest positive count, linear below it
+    (matplotlib's symlog), labelled at powers of ten only (and 0)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    positive = [c for c in counts if c > 0]
+    if not positive:
+        return
+    low, high = min(positive), max(positive)
+    ax.set_xscale("symlog", linthresh=low, linscale=0.4)
+    ax.set_xlim(-0.05 * low, high * 1.3)
+    powers = [10 ** e for e in range(math.ceil(math.log10(low)), math.floor(math.log10(high * 1.3)) + 1)]
+    ticks = [0.0] + (powers or [low, high])
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "0" if v == 0 else f"{v:.0e}".replace("e+0", "e")))
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
