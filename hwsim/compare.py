@@ -28,8 +28,9 @@ import yaml
 
 from hwsim.backends.base import DEFAULT_BACKEND, backend_class, backend_names
 from hwsim.config import ConfigError, from_dict, load_config, read_raw
-from hwsim.report import markdown_table, save_figure, write_atomic, write_json
+from hwsim.report import markdown_table, write_atomic, write_json
 from hwsim.rundir import RunLock
+from hwsim.stats import wilson_interval
 
 
 @dataclass
@@ -116,17 +117,24 @@ def _overrides(spec: Spec, row: Row, chip: int | None) -> list[str]:
     return ([f"backend={json.dumps(backend)}"] + ([f"data.test_limit={limit}"] if limit else []) + list(row.set))
 
 
+ENERGY_MODEL_PREFIXES = ("energy_j_", "latency_s_", "energy_breakdown_")   # a deployment's figures a row keeps
+# figures shown as a column only when some row carries them (e.g. energy_j_calibration: a chip's calibration)
+OPTIONAL_COLUMNS = [("energy_j_calibration", "calibration J")]
+
+
 def run_job(spec: Spec, row: Row, chip: int | None, reference: Path, out_dir: Path) -> dict:
     """Deploy (and fine-tune) the reference on one row's hardware; a failure is returned as its reason."""
-    from hwsim.train import evaluate, train
+    from hwsim.train import evaluate, run_config, train
 
     result: dict[str, Any] = {"row": row.name, "chip": chip}
     t0 = time.perf_counter()
     try:
         overrides = _overrides(spec, row, chip)
         deployed = evaluate(reference, overrides)
+        batch = run_config(reference, overrides).train.eval_batch_size
         result.update(deployed_accuracy=deployed["test_accuracy"], inferences=deployed["inferences"],
-                      **{k: v for k, v in deployed.items() if "per_inference" in k})
+                      eval_batch=min(batch, deployed["inferences"]),
+                      **{k: v for k, v in deployed.items() if k.startswith(ENERGY_MODEL_PREFIXES)})
         if spec.finetune.steps and row.finetune is not False:
             cfg = load_config(str(reference / "config.yaml"), overrides + [
                 f"train.init={reference}", f"train.steps={spec.finetune.steps}", "train.epochs=null",
@@ -163,8 +171,9 @@ def summarize(spec: Spec, results: list[dict]) -> list[dict]:
                 line[key] = statistics.fmean(values)
                 line[key + "_std"] = statistics.pstdev(values)
                 line[key + "_min"], line[key + "_max"] = min(values), max(values)
-        for key in ("inferences", "energy_j_per_inference", "latency_s_per_inference", "energy_j_training",
-                    "latency_s_training", "forward_queries", "device_memory_bytes_zo", "device_memory_bytes_bp"):
+        for key in ("inferences", "eval_batch", "energy_j_per_inference", "latency_s_per_inference", "energy_j_training",
+                    "latency_s_training", "forward_queries", "device_memory_bytes_zo", "device_memory_bytes_bp",
+                    *(k for k, _ in OPTIONAL_COLUMNS)):
             values = [r[key] for r in ok if key in r]
             if values:
                 line[key] = statistics.fmean(values)
@@ -179,29 +188,63 @@ def summarize(spec: Spec, results: list[dict]) -> list[dict]:
 
 COLUMNS = [("row", "hardware"), ("chips", "chips"), ("inferences", "test images"), ("deployed", "deployed acc. (%)"),
            ("finetuned", "fine-tuned acc. (%)"), ("energy_j_per_inference", "J / inference"),
-           ("latency_s_per_inference", "s / inference"), ("energy_j_training", "fine-tune J"),
-           ("latency_s_training", "fine-tune s (device)"), ("forward_queries", "forward queries"),
-           ("device_memory_bytes_zo", "memory ZO (B)"), ("device_memory_bytes_bp", "memory BP (B)"),
-           ("error", "failed")]
+           ("eval_batch", "eval. batch"), ("latency_s_per_inference", "s / inference"),
+           ("energy_j_training", "fine-tune J"), ("latency_s_training", "fine-tune s (device)"),
+           ("forward_queries", "forward queries"), ("device_memory_bytes_zo", "memory ZO (B)"),
+           ("device_memory_bytes_bp", "memory BP (B)"), ("error", "failed")]
+
+TABLE_NOTES = """\
+- test images: n, the first n images of the test set (rows with the same n see the same images; so does every
+  chip of a row).
+- acc. (%): mean over the row's chips, then [95 % Wilson interval for n test images] (E. B. Wilson, J. Amer.
+  Statist. Assoc. 22, 209-212, 1927; the test-set sampling error: chips share the images, so they do not add to
+  n); rows with several chips add "chips ± std (min-max)", the spread over chip instances.
+- J / inference, s / inference: the energy and device time of evaluating the row's n test images, divided
+  by n (hwsim energy model). The images run in evaluation batches of "eval. batch" images (train.eval_batch_size,
+  at most n); costs paid once per batch (programming or settling a chip, loading weights) are amortised over
+  it, so these figures depend on the batch: compare rows at the same batch.
+- fine-tune: BP-free fine-tuning on the row's hardware (J and s of the device, forward queries); memory: the
+  device memory to train BP-free (ZO) vs by back-propagation (BP)."""
 
 
 def _accuracy_cell(line: dict, key: str) -> str:
+    """mean [Wilson 95 % interval] and, for several chips, chips ± std (min-max); all in %."""
     if key not in line:
         return ""
-    mean = 100 * line[key]
+    low, high = wilson_interval(line[key], int(line["inferences"]))
+    cell = f"{100 * line[key]:.2f} [{100 * low:.1f}, {100 * high:.1f}]"
     if line["chips"] - line["failed"] > 1:
-        return f"{mean:.2f} ± {100 * line[key + '_std']:.2f} ({100 * line[key + '_min']:.1f}-{100 * line[key + '_max']:.1f})"
-    return f"{mean:.2f}"
+        cell += (f"; chips ± {100 * line[key + '_std']:.2f} ({100 * line[key + '_min']:.1f}-"
+                 f"{100 * line[key + '_max']:.1f})")
+    return cell
 
 
 def table(lines: list[dict]) -> str:
+    """compare.md's table: COLUMNS, and an OPTIONAL_COLUMNS entry after J / inference where a row has it."""
     shown = [{**line, "deployed": _accuracy_cell(line, "deployed_accuracy"),
               "finetuned": _accuracy_cell(line, "finetuned_accuracy"),
-              "forward_queries": int(line["forward_queries"]) if "forward_queries" in line else "",
-              "inferences": int(line["inferences"]) if "inferences" in line else "",
-              **{k: int(line[k]) for k in ("device_memory_bytes_zo", "device_memory_bytes_bp") if k in line}}
+              **{k: int(line[k]) for k in ("forward_queries", "inferences", "eval_batch", "device_memory_bytes_zo",
+                                           "device_memory_bytes_bp") if k in line}}
              for line in lines]
-    return markdown_table(shown, COLUMNS)
+    extra = [column for column in OPTIONAL_COLUMNS if any(column[0] in line for line in lines)]
+    at = [k for k, _ in COLUMNS].index("eval_batch")
+    return markdown_table(shown, COLUMNS[:at] + extra + COLUMNS[at:])
+
+
+def reference_line(reference: Path) -> str:
+    """What the reference is: its directory, backend, and its own test accuracy on how many test images."""
+    from hwsim.data import load_dataset
+
+    metrics = json.loads((reference / "metrics.json").read_text()) if (reference / "metrics.json").is_file() else {}
+    cfg = load_config(str(reference / "config.yaml"))
+    d = cfg.data
+    try:
+        images = f"{len(load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit).test.y):,}"
+    except Exception:      # the count is a label; a data set not readable here must not stop the report
+        images = str(d.test_limit or "all")
+    accuracy = (f", test accuracy {100 * metrics['test_accuracy']:.2f} % on {images} test images"
+                if "test_accuracy" in metrics else " (not finished)")
+    return f"Reference: {reference} ({cfg.backend.name} backend{accuracy})"
 
 
 def _csv(lines: list[dict]) -> str:
@@ -306,12 +349,17 @@ def _compare(spec: Spec, out_dir: Path, jobs: int, log: Callable[[str], None], p
     write_json(out_dir / "compare.json", report)
     write_atomic(out_dir / "compare.csv", _csv(lines))
     text = table(lines)
-    write_atomic(out_dir / "compare.md", f"# hwsim compare: {spec.config}\n\nReference: {reference}\n\n{text}\n")
+    write_atomic(out_dir / "compare.md", markdown_report(spec, reference, text))
     figures = plots(lines, results, out_dir, spec.config, model_classes(reference), spec.finetune.steps)
     log(text)
     log(f"hwsim compare: {report['wall_s']:.0f} s; table {out_dir / 'compare.md'}, plots "
         + ", ".join(str(p) for p in figures))
     return report
+
+
+def markdown_report(spec: Spec, reference: Path, text: str) -> str:
+    """compare.md: the reference, the table and what its columns mean."""
+    return f"# hwsim compare: {spec.config}\n\n{reference_line(reference)}\n\n{text}\n\n{TABLE_NOTES}\n"
 
 
 def model_classes(run_dir: Path) -> int | None:

@@ -167,8 +167,8 @@ def accuracy_vs_energy(lines: list[dict], results: list[dict], path: Path, title
         _label_in_place(ax, [a for a, line in zip(anchors, rows) if line in labelled])
         if len(panels) > 1 and what == "all rows":
             ax.axhspan(*zoom, color="0.85", alpha=0.5, lw=0, zorder=0)
-            ax.text(0.02, (zoom[1] + 1) / 100, "zoomed on the right", transform=ax.transAxes, fontsize=7,
-                    color="0.35", va="bottom")
+            ax.text(0.02, (zoom[0] - 1) / 100, "zoomed on the right", transform=ax.transAxes, fontsize=7,
+                    color="0.35", va="top")
     from matplotlib.lines import Line2D
     key = [Line2D([], [], marker="o", mfc="white", color="0.2", ls="", label="deployed"),
            Line2D([], [], marker="^", color="0.2", ls="", label=f"fine-tuned ({finetune_steps} BP-free steps on the chip)"),
