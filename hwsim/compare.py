@@ -122,6 +122,11 @@ ENERGY_MODEL_PREFIXES = ("energy_j_", "latency_s_", "energy_breakdown_")   # a d
 OPTIONAL_COLUMNS = [("energy_j_calibration", "calibration J")]
 
 
+def row_dir(out_dir: Path, row: str, chip: int | None) -> Path:
+    """The run directory of a row's fine-tuning (of one chip)."""
+    return out_dir / "rows" / (row.replace(" ", "_") + ("" if chip is None else f"_chip{chip}"))
+
+
 def run_job(spec: Spec, row: Row, chip: int | None, reference: Path, out_dir: Path) -> dict:
     """Deploy (and fine-tune) the reference on one row's hardware; a failure is returned as its reason."""
     from hwsim.train import evaluate, run_config, train
@@ -139,7 +144,7 @@ def run_job(spec: Spec, row: Row, chip: int | None, reference: Path, out_dir: Pa
             cfg = load_config(str(reference / "config.yaml"), overrides + [
                 f"train.init={reference}", f"train.steps={spec.finetune.steps}", "train.epochs=null",
                 f"train.eval_every={spec.finetune.steps}"] + spec.finetune.set + list(row.set))
-            where = out_dir / "rows" / (row.name.replace(" ", "_") + ("" if chip is None else f"_chip{chip}"))
+            where = row_dir(out_dir, row.name, chip)
             m = train(cfg, where, progress=False, log=lambda s: None)
             result.update(finetuned_accuracy=m["test_accuracy"], forward_queries=m["forward_queries"],
                           **{k: m[k] for k in ("energy_j_training", "latency_s_training", "device_memory_bytes_zo",
@@ -219,8 +224,9 @@ def _accuracy_cell(line: dict, key: str) -> str:
     return cell
 
 
-def table(lines: list[dict]) -> str:
-    """compare.md's table: COLUMNS, and an OPTIONAL_COLUMNS entry after J / inference where a row has it."""
+def table_cells(lines: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The table's rows (cells formatted) and its (key, header) columns: COLUMNS, and an OPTIONAL_COLUMNS
+    entry after J / inference where a row has it."""
     shown = [{**line, "deployed": _accuracy_cell(line, "deployed_accuracy"),
               "finetuned": _accuracy_cell(line, "finetuned_accuracy"),
               **{k: int(line[k]) for k in ("forward_queries", "inferences", "eval_batch", "device_memory_bytes_zo",
@@ -228,7 +234,12 @@ def table(lines: list[dict]) -> str:
              for line in lines]
     extra = [column for column in OPTIONAL_COLUMNS if any(column[0] in line for line in lines)]
     at = [k for k, _ in COLUMNS].index("eval_batch")
-    return markdown_table(shown, COLUMNS[:at] + extra + COLUMNS[at:])
+    return shown, COLUMNS[:at] + extra + COLUMNS[at:]
+
+
+def table(lines: list[dict]) -> str:
+    """compare.md's table (Markdown)."""
+    return markdown_table(*table_cells(lines))
 
 
 def reference_line(reference: Path) -> str:
@@ -351,15 +362,44 @@ def _compare(spec: Spec, out_dir: Path, jobs: int, log: Callable[[str], None], p
     text = table(lines)
     write_atomic(out_dir / "compare.md", markdown_report(spec, reference, text))
     figures = plots(lines, results, out_dir, spec.config, model_classes(reference), spec.finetune.steps)
+    write_atomic(out_dir / "report.html", html_report(spec, reference, lines, figures, out_dir))
     log(text)
-    log(f"hwsim compare: {report['wall_s']:.0f} s; table {out_dir / 'compare.md'}, plots "
-        + ", ".join(str(p) for p in figures))
+    log(f"hwsim compare: {report['wall_s']:.0f} s; table {out_dir / 'compare.md'}, report {out_dir / 'report.html'}, "
+        f"plots " + ", ".join(str(p) for p in figures))
     return report
 
 
 def markdown_report(spec: Spec, reference: Path, text: str) -> str:
     """compare.md: the reference, the table and what its columns mean."""
     return f"# hwsim compare: {spec.config}\n\n{reference_line(reference)}\n\n{text}\n\n{TABLE_NOTES}\n"
+
+
+FIGURE_CAPTIONS = {
+    "accuracy_vs_energy.png": "Test accuracy vs energy per inference: deployed (o) -> fine-tuned (^), 95 % Wilson "
+                              "intervals, chips as points and boxes, the Pareto front.",
+    "energy_breakdown.png": "Energy per inference by component (absolute, log axis) and the total of every row.",
+    "chips.png": "Accuracy of every chip instance of the rows with several chips."}
+
+
+def html_report(spec: Spec, reference: Path, lines: list[dict], figures: list[Path], out_dir: Path) -> str:
+    """report.html: the table and its notes, the plots (embedded), the spec, the reference's config and
+    mapping, every fine-tuned row's mapping (its first chip), and versions (hwsim.html_report)."""
+    from hwsim import html_report as page
+    from hwsim.report import format_cell
+
+    shown, columns = table_cells(lines)
+    cells = [{k: format_cell(row.get(k, "")) for k, _ in columns} for row in shown]
+    sections = [("compare spec", yaml.safe_dump(_as_dict(spec), sort_keys=False))]
+    for name in ("config.yaml", "mapping.txt"):
+        if (reference / name).is_file():
+            sections.append((f"reference {name} ({reference / name})", (reference / name).read_text(errors="replace")))
+    for row in spec.rows:
+        runs = [row_dir(out_dir, row.name, chip) / "mapping.txt" for chip in (None, 0)]
+        for mapping in [path for path in runs if path.is_file()][:1]:
+            sections.append((f"{row.name}: mapping ({mapping})", mapping.read_text(errors="replace")))
+    sections.append(("versions", "\n".join(f"{k}: {v}" for k, v in page.versions().items())))
+    return page.render(f"hwsim compare: {spec.config}", reference_line(reference), page.table_html(cells, columns),
+                       TABLE_NOTES, [(f, FIGURE_CAPTIONS.get(f.name, f.name)) for f in figures], sections)
 
 
 def model_classes(run_dir: Path) -> int | None:

@@ -260,12 +260,16 @@ def _queries_axis(ax, counts: Sequence[float]) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
+def format_cell(value) -> str:
+    """A table cell: floats to 4 significant digits, integers with thousands separators."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
     """A Markdown table; ``columns`` are (key, header) pairs; floats are printed compactly."""
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return f"{v:,}" if isinstance(v, int) else str(v)
+    cell = format_cell
     head = "| " + " | ".join(h for _, h in columns) + " |"
     rule = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(cell(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
