@@ -322,7 +322,7 @@ class _Run:
         tally.queries += queries
         tally.loss_sum, tally.loss_n = tally.loss_sum + loss, tally.loss_n + 1
         tally.differences, tally.zeros = tally.differences + differences, tally.zeros + zeros
-        self.shown.step(self.step, time.perf_counter() - step_started)
+        self.shown.step(self.step, time.perf_counter() - step_started, getattr(self.estimator, "phase", None))
         return epoch
 
     def gradient(self, epoch: int) -> tuple[int, float, int, int]:

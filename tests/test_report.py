@@ -143,3 +143,14 @@ def test_compare_of_runs_keeps_step_0_on_its_query_axis():
     assert ax.get_xscale() == "symlog" and low < 0 < 1620 and high > 364500
     assert 0.0 in list(ax.get_xticks())
     plt.close(fig)
+
+
+def test_the_time_estimate_is_made_again_when_the_estimator_changes_phase(monkeypatch):
+    """The hybrid's estimate, made in its cheap RGE phase, was 5x low after the switch to CGE."""
+    from hwsim import progress
+    monkeypatch.setattr(progress, "ESTIMATE_AFTER_S", 0.0)
+    lines = []
+    shown = progress.Progress("run", 20, 0, False, lines.append)
+    for step in range(1, 21):
+        shown.step(step, 0.1 if step <= 10 else 0.5, "rge" if step <= 10 else "cge")
+    assert [line.split(":")[1].strip() for line in lines] == ["0.1 s per step (RGE)", "0.5 s per step (CGE)"]
