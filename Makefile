@@ -23,12 +23,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# one progress line per benchmark (each can run for minutes before it prints)
+BENCHES := bench_zo_step.py bench_tt_linear.py "bench_backend_step.py --chip fixed" \
+           "bench_backend_step.py --chip photonic" bench_rtl.py cli_help_time.py
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_zo_step.py
-	$(BIN)/python benchmarks/bench_tt_linear.py
-	$(BIN)/python benchmarks/bench_backend_step.py --chip fixed
-	$(BIN)/python benchmarks/bench_backend_step.py --chip photonic
-	$(BIN)/python benchmarks/bench_rtl.py
+	@n=0; for b in $(BENCHES); do n=$$((n+1)); \
+	  echo "make bench: [$$n/6] benchmarks/$$b ($$(date +%H:%M:%S))"; \
+	  $(BIN)/python benchmarks/$$b || exit 1; done; echo "make bench: done -> benchmarks/results/*.json"
 
 clean:
 	rm -rf $(VENV) runs
