@@ -122,8 +122,8 @@ def _energy_limits(lines: list[dict]) -> tuple[float, float]:
 
 
 def accuracy_vs_energy(lines: list[dict], results: list[dict], path: Path, title: str, classes: int | None,
-                       finetune_steps: int) -> Path:
-    """accuracy_vs_energy.png: every row's test accuracy against its energy per inference (log), deployed
+                       finetune_steps: int) -> Path | None:
+    """accuracy_vs_energy.png (None when no row has an accuracy and an energy): every row's test accuracy against its energy per inference (log), deployed
     (o) and fine-tuned (^) drawn apart with an arrow between them, 95 % Wilson intervals, chips as jittered
     points and a box, the Pareto front; rows labelled in place. When some rows sit far below the best, a
     second panel zooms onto those near it."""
@@ -131,6 +131,8 @@ def accuracy_vs_energy(lines: list[dict], results: list[dict], path: Path, title
 
     plotted = [line for line in lines if "energy_j_per_inference" in line and "deployed_accuracy" in line]
     left_out = [line["row"] for line in lines if line not in plotted]
+    if not plotted:                                          # every row failed: nothing to draw
+        return None
     best = max(100 * line.get(key, 0) for line in plotted for key, _ in ACCURACY_KEYS)
     near = [line for line in plotted if max(100 * line.get(k, 0) for k, _ in ACCURACY_KEYS) >= best - ZOOM_POINTS]
     panels = [("all rows", plotted)] + ([(f"zoom: rows within {ZOOM_POINTS:g} points of the best", near)]
@@ -186,13 +188,15 @@ def accuracy_vs_energy(lines: list[dict], results: list[dict], path: Path, title
     return path
 
 
-def energy_by_component(lines: list[dict], path: Path, title: str) -> Path:
-    """energy_breakdown.png: a dot plot of every row's energy per inference by component (J, log axis)
+def energy_by_component(lines: list[dict], path: Path, title: str) -> Path | None:
+    """energy_breakdown.png (None when no row has one): a dot plot of every row's energy per inference by component (J, log axis)
     with the row's total; a component under VISIBLE_SHARE of its row's total is named in the row's label
     instead ("< 0.1 %: ...")."""
     import matplotlib.pyplot as plt
 
     rows = [line for line in lines if line.get("energy_breakdown_per_inference")]
+    if not rows:
+        return None
     components = sorted({c for line in rows for c in line["energy_breakdown_per_inference"]})
     markers = dict(zip(components, "osD^vP*Xh<>"))
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.8))

@@ -154,3 +154,8 @@ def test_the_time_estimate_is_made_again_when_the_estimator_changes_phase(monkey
     for step in range(1, 21):
         shown.step(step, 0.1 if step <= 10 else 0.5, "rge" if step <= 10 else "cge")
     assert [line.split(":")[1].strip() for line in lines] == ["0.1 s per step (RGE)", "0.5 s per step (CGE)"]
+
+
+def test_plots_of_a_spec_whose_rows_all_failed_are_left_out(tmp_path):
+    failed = [{"row": "broken", "backend": "fixed", "chips": 1, "failed": 1, "error": "ConfigError: backend.bits"}]
+    assert plots(failed, [], tmp_path, "made-up", classes=10) == []
