@@ -254,5 +254,5 @@ PHOTONIC = ArchitectureKind(
     "photonic", PhotonicChip,
     lambda network, backend, arch: map_photonic(network, arch, *backend.converter_widths()),
     photonic_cost, devices=(resources.files("hwsim.backends.photonic") / "devices.yaml",),
-    assumptions=resources.files("hwsim.backends.photonic") / "assumptions",
+    assumptions=resources.files("hwsim.backends.photonic") / "assumptions", assumable=("backend.noise.",),
     summary="MZI-block cores with modulators, detectors, converters and SRAM between cores")

@@ -13,7 +13,9 @@ a run's workload into joules and seconds comes from it, never from the backend's
   hwsim's shipped table, in its format (value, unit, kind, source, locator);
 - ``preset``: keys this kind fixes (not settable under ``architecture:``);
 - ``assumptions``: a folder (importlib resources) of named charging-assumption sets for ``hwsim energy
-  --assume NAME`` (YAML: description, set: [key=value, ...]).
+  --assume NAME`` (YAML: description, set: [key=value, ...]); ``assumable``: config key prefixes besides
+  ``energy.`` and ``architecture.`` such a set may change because they change only what is charged
+  (e.g. converter widths the cost model reads from a backend option).
 
 Kinds shipped with hwsim: the TT-contraction engine as an ASIC or an FPGA (hwsim.arch.engine); a backend
 package brings its own (an MZI-mesh chip in its backend's folder, a micro-controller in a plug-in).
@@ -33,4 +35,5 @@ class ArchitectureKind:
     devices: tuple[Any, ...] = ()
     preset: dict = field(default_factory=dict)
     assumptions: Any = None
+    assumable: tuple[str, ...] = ()
     summary: str = ""

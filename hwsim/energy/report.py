@@ -12,13 +12,13 @@ from hwsim.energy.terms import Estimate
 from hwsim.errors import ConfigError
 
 
-ASSUMABLE = ("energy.", "architecture.", "backend.noise.")     # what changes the charging, not the run
+ASSUMABLE = ("energy.", "architecture.")     # what changes the charging, not the run (+ the kind's own keys)
 
 
 def assumptions(name: str, kind) -> list[str]:
     """The ``--set`` overrides of a named set of charging assumptions of architecture ``kind`` (its
     ``assumptions`` folder: NAME.yaml) or of a YAML file {description, set: [key=value, ...]}; only
-    device-table, architecture and converter keys (``ASSUMABLE``)."""
+    device-table and architecture keys (``ASSUMABLE``) and those the kind names (``assumable``)."""
     folder = kind.assumptions
     shipped = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder else []
     path = Path(name)
@@ -40,9 +40,10 @@ def assumptions(name: str, kind) -> list[str]:
     if not isinstance(items, list) or not all(isinstance(i, str) and "=" in i for i in items):
         raise ConfigError(f"--assume {name}: expected a mapping with set: [key=value, ...]")
     for item in items:
-        if not item.startswith(ASSUMABLE):
+        allowed = ASSUMABLE + kind.assumable
+        if not item.startswith(allowed):
             raise ConfigError(f"--assume {name}: {item.split('=')[0]} changes the run, not its charging; "
-                              f"allowed: {', '.join(k + '*' for k in ASSUMABLE)}")
+                              f"allowed: {', '.join(k + '*' for k in allowed)}")
     return items
 
 
