@@ -24,7 +24,8 @@ pass, with its precision, noise, energy and latency.
 examples:
   hwsim info                                  backends, datasets, simulators and shipped configs
   hwsim train mnist_tt_zo --out runs/mnist    train a shipped config (any key: --set train.steps=300)
-  hwsim eval runs/mnist --set backend.name=fixed --set backend.bits=8
+  hwsim eval runs/mnist --set backend.name=NAME [--set backend.OPTION=...]
+                                              deploy a trained run on another backend (hwsim info)
   hwsim compare mnist_backends                one model on many hardware rows: table, plots, report.html
   hwsim energy runs/mnist --explain           joules and device seconds, every term with its source
 
