@@ -343,7 +343,8 @@ def _compare(spec: Spec, out_dir: Path, jobs: int, log: Callable[[str], None], p
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
         try:
-            with multiprocessing.get_context("spawn").Pool(jobs, _worker_init, (threads,)) as pool:
+            with _spawned_ignoring_sigint(main, lambda: multiprocessing.get_context("spawn").Pool(
+                    jobs, _worker_init, (threads,))) as pool:
                 pending = [pool.apply_async(run_job, (spec, row, chip, reference, out_dir)) for row, chip in work]
                 for k, result in enumerate(pending, 1):
                     done_one(k, result.get())
@@ -407,6 +408,18 @@ def model_classes(run_dir: Path) -> int | None:
     layers = (read_raw(str(Path(run_dir) / "config.yaml")).get("model") or {}).get("layers") or []
     outputs = [layer["out_features"] for layer in layers if isinstance(layer, dict) and "out_features" in layer]
     return int(outputs[-1]) if outputs else None
+
+
+def _spawned_ignoring_sigint(main: bool, make):
+    """``make()`` (a process pool) with SIGINT ignored while it spawns its workers: a process started with
+    SIGINT ignored keeps it ignored through Python's start-up, so a Ctrl-C that reaches the process group
+    while a worker still imports (before :func:`_worker_init` runs) cannot print its traceback."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        return make()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _worker_init(threads: int) -> None:
