@@ -106,7 +106,7 @@ class Backend(ABC):
         return {}
 
     def layer_widths(self, index: int, layer: Any) -> "Widths":
-        """Operand widths of linear layer ``index`` on the device (hwsim.arch.mapping.Widths): float MACs at
+        """Operand widths of linear layer ``index`` on the device (hwsim.arch.workload.Widths): float MACs at
         this backend's dtype unless a backend says otherwise."""
         bits = torch.finfo(self.dtype).bits
         return Widths(True, bits, bits, (bits,) * len(core_shapes(layer)), bits)
@@ -213,7 +213,7 @@ class Backend(ABC):
     def count_passes(self, rows: int, passes: int = 1) -> None:
         """``passes`` forward passes of ``rows`` input rows each through the whole network (a query's
         evaluation, or one batch of an evaluation): the workload the architecture's mapping charges
-        (hwsim.arch.mapping.Workload), counted by the callers above the seam, whatever the simulator shared."""
+        (hwsim.arch.workload.Workload), counted by the callers above the seam, whatever the simulator shared."""
         self.count(f"passes_rows{rows}", passes)
 
     def count_programs(self, layers, times: int = 1) -> None:

@@ -48,7 +48,7 @@ def build_backend(cfg: BackendConfig, network: Network, architecture: dict | Non
 
 def build_mapping(architecture: dict, network: Network, backend: Backend):
     """The backend's architecture with the config's ``architecture:`` keys, and ``network`` mapped onto it
-    (hwsim.arch.mapping); a bad key is a ConfigError naming it."""
+    (its architecture kind's mapping); a bad key is a ConfigError naming it."""
     return map_network(network, backend, resolve(backend, architecture))
 
 

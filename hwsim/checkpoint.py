@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hwsim.config import ConfigError
+from hwsim.errors import ConfigError
 from hwsim.report import write_atomic
 
 MAGIC = b"HWSIM-CHECKPOINT 1 "

@@ -118,7 +118,7 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
     rendezvous); its exit status (torchrun stops every rank when one fails)."""
     import subprocess
 
-    from hwsim.config import ConfigError
+    from hwsim.errors import ConfigError
 
     if nproc < 1:
         raise ConfigError(f"--nproc: {nproc} is not allowed; use a number of processes >= 1")
@@ -134,7 +134,7 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
 def _refuse_existing_run(out: Path, command: str) -> None:
     """A fresh run never replaces another silently: an out dir holding a run is refused with what to do."""
     from hwsim import checkpoint
-    from hwsim.config import ConfigError
+    from hwsim.errors import ConfigError
 
     saved = checkpoint.list_checkpoints(out)
     if (out / "metrics.json").is_file():
@@ -172,7 +172,7 @@ def _eval(args) -> int:
 def _compare(args) -> int:
     """A compare spec (one model on many hardware rows), or finished run directories side by side."""
     from hwsim.compare import compare, is_spec, load_spec
-    from hwsim.config import ConfigError
+    from hwsim.errors import ConfigError
     from hwsim.report import compare_runs, write_atomic
 
     if len(args.runs) == 1 and not Path(args.runs[0]).is_dir() and is_spec(args.runs[0]):
@@ -259,7 +259,7 @@ def _energy(args) -> int:
 
 def require_positive(**flags) -> None:
     """Refuse a command-line number that is not > 0, naming its flag (``--name``)."""
-    from hwsim.config import ConfigError
+    from hwsim.errors import ConfigError
 
     for name, value in flags.items():
         if not value > 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from hwsim.config import ConfigError
+from hwsim.errors import ConfigError
 
 
 def physical_bytes() -> int:

@@ -124,7 +124,7 @@ class Parts:
     generator: torch.Generator
     start: torch.Tensor
     steps: int
-    mapping: object = None           # the network on the backend's architecture (hwsim.arch.mapping)
+    mapping: object = None           # the network mapped onto the backend's architecture (its kind's mapping)
     warnings: list[str] = field(default_factory=list)
 
 

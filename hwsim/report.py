@@ -155,7 +155,7 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     """(metrics, metrics.jsonl records) of a run directory. A run that has not finished (stopped, killed,
     still going) has no metrics.json: its metrics are those of its last evaluation, with ``partial`` set to
     "step N of M". FileNotFoundError names what is missing."""
-    from hwsim.config import ConfigError
+    from hwsim.errors import ConfigError
 
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
@@ -195,7 +195,7 @@ def compare_runs(run_dirs: Sequence[Path], plot_path: Path | None = None) -> str
     """Markdown table of runs of one kind (``hwsim train``: test accuracy; ``hwsim pinn``: rel. L2 error;
     a run not finished shows its last evaluation, labelled partial); optionally one plot of that metric
     against forward queries and against wall time."""
-    from hwsim.config import ConfigError
+    from hwsim.errors import ConfigError
 
     loaded = [(Path(d).name, *load_run(d)) for d in run_dirs]
     kinds = sorted({"pinn" if "rel_l2" in m else "train" for _, m, _ in loaded})

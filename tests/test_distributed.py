@@ -26,7 +26,7 @@ PHOTONIC = ["backend.name=photonic", "backend.noise={preset: typical, drift: 0.5
             "backend.block=4"]
 PINN = ["pde.dim=3", "pde.points=8", "pde.test_points=100", "train.steps=5", "train.eval_every=2",
         "train.smoothed_points=10", "model.layers.0.in_features=4", "model.layers.0.in_factors=[2, 2]"]
-# What the device is charged for (hwsim.arch.mapping.Workload): the same on any number of ranks, as are the
+# What the device is charged for (hwsim.arch.workload.Workload): the same on any number of ranks, as are the
 # energy figures made from it. The simulator's own counts (calls, MACs it computed, activations it cached)
 # are not: on an exact backend each rank runs the shared prefix once.
 WORKLOAD = ("passes_rows", "programs_layer", "held_pi_rows:")

@@ -17,7 +17,7 @@ from hwsim import checkpoint
 from hwsim.backends.rtl import sim as simulators
 from hwsim.build import build_network
 from hwsim.cli import main
-from hwsim.config import ConfigError, PinnConfig, load_config
+from hwsim.config import PinnConfig, load_config
 from hwsim.loop import NonFiniteError
 from hwsim.objective import BatchObjective
 from hwsim.pinn.train import pinn

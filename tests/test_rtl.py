@@ -127,7 +127,7 @@ def test_backend_forward_equals_the_fixed_backend(sim, gen):
 
 @pytest.mark.parametrize("sim", [VERILATOR])
 def test_the_fpga_mapping_counts_what_the_verilog_core_counts(sim, gen):
-    """The energy is charged from the mapping (hwsim.arch.mapping), not from the simulator's calls: its
+    """The energy is charged from the mapping (hwsim.arch.engine), not from the simulator's calls: its
     per-group counts of a layer equal the core's own counters (3 jobs of 5 rows, 4 lanes), and its RAM bits
     are those wide-word counts x lanes x word width (regression: state RAM was charged 8 bits per wide
     word, 16x low with 16 lanes)."""
