@@ -1,4 +1,5 @@
 """`hwsim compare SPEC`: one model on many hardware rows; failing rows keep their reason, the others finish."""
+import contextlib
 import json
 import os
 import signal
@@ -122,6 +123,16 @@ def _compare_with_busy_workers(tmp_path, **popen) -> tuple[subprocess.Popen, str
     return proc, mark
 
 
+def _kill_all(proc: subprocess.Popen, mark: str) -> None:
+    """Whatever the test found: the compare process and every worker it left (a failed assertion must not
+    leave two workers fine-tuning for 100,000 steps behind the test session)."""
+    proc.kill()
+    proc.wait()
+    for pid in marked(mark):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_a_sigterm_to_compare_ends_its_workers(tmp_path):
     """Regression: `hwsim compare --jobs 2` stopped by SIGTERM (a `kill`, not a terminal's Ctrl-C, which
@@ -132,8 +143,7 @@ def test_a_sigterm_to_compare_ends_its_workers(tmp_path):
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
         assert gone(mark, within=30), f"workers left after SIGTERM: {marked(mark)}"
     finally:
-        proc.kill()
-        proc.wait()
+        _kill_all(proc, mark)
 
 
 def test_ctrl_c_to_compare_and_its_workers_is_one_line(tmp_path):
@@ -148,8 +158,7 @@ def test_ctrl_c_to_compare_and_its_workers_is_one_line(tmp_path):
         assert err.strip().splitlines()[-1].startswith("hwsim: stopped at once"), err
         assert gone(mark, within=30), f"workers left after Ctrl-C: {marked(mark)}"
     finally:
-        proc.kill()
-        proc.wait()
+        _kill_all(proc, mark)
 
 
 from hypothesis import given, strategies as st  # noqa: E402
