@@ -246,7 +246,40 @@ def photonic_cost(mapping: PhotonicMap, counters: dict, table: Table) -> Estimat
     per, tier = memory_per_bit(table, mapping.buffer_bytes)
     est.terms.append(Term("memory", f"SRAM between cores ({fmt_bytes(mapping.buffer_bytes)}) bits",
                           ev.get("buffer_bits", 0), per, (tier,), "a write charged as a read"))
+    calibration_cost(est, mapping, counters, table, lasers * block)
     return est
+
+
+def calibration_cost(est: Estimate, mapping: PhotonicMap, counters: dict, table: Table, laser_w: float) -> None:
+    """The terms of the chip's calibrations (backend counters ``calibration_*``, backends/photonic/
+    calibration.py), added to ``est``: every phase setting settles (``phase_shifter_settle``) and every
+    probe takes a symbol, one after another; the lasers (``laser_w``, all blocks) are on for that time, the
+    heaters hold each setting's load while it settles; every setting writes its shifters' DACs; every
+    probe value is converted and modulated, every detector output read (ADC, TIA)."""
+    settings = counters.get("calibration_settings", 0)
+    if not settings:
+        return
+    rate, settle = mapping.arch.symbol_rate_hz, table["phase_shifter_settle"]
+    settling, probing = settings * settle, counters.get("calibration_symbols", 0) / rate
+    est.latency.append(("calibration: phase settings x phase_shifter_settle", settling))
+    est.latency.append((f"calibration: probe symbols / {rate:g} per s", probing))
+    mods, dets = counters.get("calibration_modulations", 0), counters.get("calibration_detections", 0)
+    est.terms += [
+        Term("laser", "calibration: lasers on for the calibration time (s)", settling + probing, laser_w,
+             LASER_ENTRIES),
+        Term("heaters", "calibration: heater load of every setting (sum |phase|/pi) x its settling (pi-s)",
+             counters.get("calibration_held_pi", 0.0) * settle, table["phase_shifter_p_pi"],
+             ("phase_shifter_p_pi", "phase_shifter_settle")),
+        Term("converters", f"calibration: phase DAC writes ({mapping.dac_bits} bits)",
+             counters.get("calibration_phase_writes", 0), dac_energy(table, mapping.dac_bits), ("dac_8b_sample",)),
+        Term("converters", f"calibration: probe modulator DAC samples ({mapping.input_bits} bits)", mods,
+             dac_energy(table, mapping.input_bits), ("dac_8b_sample",)),
+        Term("converters", "calibration: probe modulator symbols", mods, table["modulator_symbol"], ("modulator_symbol",)),
+        Term("converters", f"calibration: detector ADC samples ({mapping.adc_bits} bits)", dets,
+             adc_energy(table, mapping.adc_bits), ("adc_8b_sample",)),
+        Term("converters", "calibration: TIA on for one symbol per detection (s)", dets / rate, table["tia_power"],
+             ("tia_power",)),
+    ]
 
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 
@@ -63,9 +63,13 @@ class PhotonicBackend(Backend):
         """params: weights | phases; noise: a preset (ideal | typical | pessimistic) or a mapping
         {preset, <noise key>: value} (backends/photonic/noise.py); block: mesh size n; mesh: clements |
         reck; chip_seed: draws the chip's frozen variations; calibrate: false | gain (measure every block's
-        loss and cancel it with its electronic gain) | true (measure and cancel the phase biases and the loss)
-        before use; dtype: float32 | float64 of the contractions; symbol_rate_hz: modulator rate (the
-        architecture's, for the optical time)."""
+        loss and cancel it with its electronic gain) | true (measure every shifter's offset and
+        power-to-phase response and every block's scale through the chip's DACs and detectors, and program
+        through them: calibration.calibrate_mesh) before use; recalibrate_every: optimizer steps between
+        recalibrations (drift), null: never; recalibrate_threshold: recalibrate when the monitor's relative
+        rms deviation (a reading at one reference setting vs the calibrated model's prediction) exceeds it,
+        checked every monitor_every steps; dtype: float32 | float64 of the contractions; symbol_rate_hz:
+        modulator rate (the architecture's, for the optical time)."""
 
         params: Literal["weights", "phases"] = "weights"
         noise: Any = "ideal"
@@ -73,6 +77,9 @@ class PhotonicBackend(Backend):
         mesh: Literal["clements", "reck"] = "clements"
         chip_seed: int = 0
         calibrate: Union[bool, Literal["gain"]] = False
+        recalibrate_every: Optional[int] = None
+        recalibrate_threshold: Optional[float] = None
+        monitor_every: int = 50
         dtype: Literal["float32", "float64"] = "float32"
         symbol_rate_hz: float = 1e10
 
@@ -81,7 +88,20 @@ class PhotonicBackend(Backend):
                 raise ConfigError(f"backend.block: {excerpt(self.block)} is not allowed; use an integer mesh size in 2..64")
             if self.calibrate not in CALIBRATE or not isinstance(self.calibrate, (bool, str)):
                 raise ConfigError(f"backend.calibrate: {excerpt(self.calibrate)} is not allowed; use false, gain (block "
-                                 f"gains only) or true (phase biases and gains)")
+                                 f"gains only) or true (phase offsets, responses and gains)")
+            for key in ("recalibrate_every", "monitor_every"):
+                value = getattr(self, key)
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                    raise ConfigError(f"backend.{key}: {excerpt(value)} is not allowed; use an integer >= 1 (optimizer steps)")
+            threshold = self.recalibrate_threshold
+            if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                          or not 0 < threshold < math.inf):
+                raise ConfigError(f"backend.recalibrate_threshold: {excerpt(threshold)} is not allowed; use a relative "
+                                 f"deviation > 0 (e.g. 0.02)")
+            if (self.recalibrate_every is not None or threshold is not None) and self.calibrate is not True:
+                key = "recalibrate_every" if self.recalibrate_every is not None else "recalibrate_threshold"
+                raise ConfigError(f"backend.{key}: needs backend.calibrate: true (a recalibration refines a phase "
+                                 f"calibration), got calibrate: {excerpt(self.calibrate)}")
             if not (isinstance(self.symbol_rate_hz, (int, float)) and math.isfinite(self.symbol_rate_hz)
                     and self.symbol_rate_hz > 0):
                 raise ConfigError(f"backend.symbol_rate_hz: {excerpt(self.symbol_rate_hz)} is not allowed; use a rate > 0")
@@ -98,6 +118,9 @@ class PhotonicBackend(Backend):
         self._drift_gen = torch.Generator().manual_seed(seed + 1)
         self._read_gen = torch.Generator().manual_seed(seed + 2)
         self._held: dict[int, tuple] = {}      # layer -> (its tensors, their key, cores, heat) as last programmed
+        self._raw: dict[str, torch.Tensor] = {}  # region -> raw commands a calibration set (units, n^2)
+        self._since_calibration = 0              # optimizer steps since the last (re)calibration
+        self._monitor_gen = torch.Generator().manual_seed(seed + 3)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -143,15 +166,108 @@ class PhotonicBackend(Backend):
         if self.options.calibrate:
             self.calibrate(self.options.calibrate)
 
-    def calibrate(self, what: bool | str = True) -> dict:
-        """From forward measurements of each block, cancel every block's loss (``what="gain"``) or every
-        shifter's phase bias and the loss (True); returns the report of :func:`calibration.calibrate_gains`
-        or :func:`calibration.calibrate_biases` (queries are also counted)."""
-        routine = calibration.calibrate_gains if what == "gain" else calibration.calibrate_biases
+    def calibrate(self, what: bool | str = True, fresh: bool = True) -> dict:
+        """Calibrate the chip through :meth:`port` (its DACs and detectors only): ``what="gain"`` every
+        block's gain (calibration.calibrate_gains), True every shifter's offset and power-to-phase response
+        and every block's scale (calibration.calibrate_mesh; ``fresh`` False: a recalibration from the
+        current estimate). Installs the result and returns a report: what the calibration cost
+        (``calibration_*`` counters, also added to the backend's) and, from the simulator's truth (never
+        seen by the calibration), the rms offset error before and after (rad)."""
         self._held.clear()
-        report = routine(list(self._regions.values()), self.layout, self.noise, self._read_gen, self._read_out)
-        self.count("calibration_queries", report["queries"])
-        return report
+        before = self.counters()
+        port = self.port()
+        regions = list(self._regions.values())
+        truth = lambda: torch.cat([(r.state.bias + r.state.drift).flatten() for r in regions])     # noqa: E731
+        error_before = calibration._wrap(truth())                            # an uncalibrated chip's
+        if what == "gain":
+            found = calibration.calibrate_gains(port, self._read_gen)
+            for r in regions:
+                r.state.correction.zero_()
+                r.state.response.fill_(1.0)
+                r.state.gain.copy_(found["gains"][r.name])
+            report = {"loss_db": found["loss_db"]}
+        else:
+            previous = None if fresh else {r.name: calibration.Estimate(r.state.correction, r.state.response,
+                                                                           1 / r.state.gain, None, None) for r in regions}
+            found = calibration.calibrate_mesh(port, self._read_gen, previous)
+            for r in regions:
+                est = found[r.name]
+                r.state.correction.copy_(est.offset)
+                r.state.response.copy_(est.response)
+                r.state.gain.copy_(1.0 / est.scale)
+            error_after = calibration._wrap(truth() - torch.cat([r.state.correction.flatten() for r in regions]))
+            report = {"rms_before": float(error_before.pow(2).mean().sqrt()),
+                      "rms_after": float(error_after.pow(2).mean().sqrt()),
+                      "fit_residual": float(torch.cat([found[r.name].residual for r in regions]).mean())}
+        self._raw.clear()
+        self._since_calibration = 0
+        self.count("calibration_runs")
+        spent = {k: v - before.get(k, 0) for k, v in self.counters().items() if k.startswith("calibration_")}
+        return {**report, **spent}
+
+    def port(self) -> calibration.ChipPort:
+        """The chip as a lab sees it (calibration.ChipPort): set raw phase commands through the DACs and read
+        the detectors, through this chip's mapping (modulators, partial sums, read-out noise and ADCs); every
+        setting and probe is counted (``calibration_*``: settings, phase writes, the heaters' load per
+        setting, symbols, modulations, detections). Every block is assumed to have its n modulators and n
+        detectors, also where the mapping leaves padding unused."""
+        n = self.options.block
+        cores = {c.region: c for layer in self.mapping.layers for c in layer.cores}
+        infos = [calibration.RegionInfo(name, r.tiling.grid, r.copies) for name, r in self._regions.items()]
+
+        def set_phases(name: str, commands: torch.Tensor) -> None:
+            region = self._regions[name]
+            raw = commands.to(torch.float64).reshape(region.state.gain.shape[0], n * n).clone()
+            ones = torch.ones(raw.shape[0], dtype=torch.float64)
+            w = realise(raw, ones, torch.ones(raw.shape[0], 2 * n, dtype=torch.float64), self.layout, self.noise,
+                        region.state, calibrated=False)
+            self._raw[name] = w.real if w.is_complex() else w                  # what the settled blocks do
+            self._held.clear()
+            self.count("calibration_settings")
+            self.count("calibration_phase_writes", raw.numel())
+            self.count("calibration_held_pi", float(commanded(raw, n, self.noise).abs().sum()) / math.pi)
+
+        def read(name: str, x: torch.Tensor) -> torch.Tensor:
+            region, core = self._regions[name], cores[name]
+            (gr, gc), copies = region.tiling.grid, region.copies
+            w = self._raw[name].reshape(copies, gr, gc, n, n)
+            x = x.to(torch.float64)
+            if self.noise.input_bits:
+                x = _quantize(x, self.noise.input_bits, _largest(x, 1))
+            k = x.shape[1]
+            if core.digital and gc > 1:                   # every block read on its own, then added
+                y = torch.einsum("pkjc,pijoc->pkijo", x.reshape(copies, k, gc, n), w)
+                y = self._read_out(y, scale_dims=3).sum(-2).flatten(-2)
+            else:
+                y = torch.einsum("pkjc,pijoc->pkio", x.reshape(copies, k, gc, n), w).flatten(-2)
+                y = self._read_out(y, scale_dims=1)               # photocurrents added, one read per output
+            self.count("calibration_symbols", k)
+            self.count("calibration_modulations", copies * k * gc * n)
+            self.count("calibration_detections", copies * k * gr * n * (gc if core.digital and gc > 1 else 1))
+            return y
+
+        return calibration.ChipPort(infos, n, self.options.mesh, self.noise.dac_bits, set_phases, read)
+
+    def monitor(self) -> float:
+        """The drift monitor: every unit read at one random setting programmed through the calibration,
+        compared with the calibrated model's prediction; returns the relative rms deviation (counted like
+        the calibration's readings)."""
+        port, lay = self.port(), self.layout
+        num, den = 0.0, 0.0
+        for info in port.regions:
+            state = self._regions[info.name].state
+            target = calibration._random_settings(1, info.units, lay, self._monitor_gen)[0]
+            cmd = calibration._dac((target - state.correction) / state.response, port)
+            read = calibration.measure(port, [info], cmd)
+            params = torch.cat([state.correction, state.response, (1 / state.gain).log()[:, None],
+                                torch.ones(info.units, 1, dtype=torch.float64)], -1)
+            want = calibration.model(params, cmd[None], lay)[0]
+            num += float((read - want).pow(2).sum())
+            den += float(read.pow(2).sum())
+        self._raw.clear()
+        self._held.clear()
+        self.count("calibration_monitor_reads")
+        return math.sqrt(num / max(den, 1e-30))
 
     def param_space(self, network) -> ParamSpace:
         if self.options.params == "weights":
@@ -201,10 +317,23 @@ class PhotonicBackend(Backend):
                 view[:, m:m + n].clamp_(0.0, math.pi)
 
     def advance(self, steps: int = 1) -> None:
-        """Simulated time passes (optimizer steps): the phases drift."""
+        """Simulated time passes (optimizer steps): the phases drift; a recalibration runs when it is due
+        (``recalibrate_every``) or when the monitor, read every ``monitor_every`` steps, deviates by more
+        than ``recalibrate_threshold``."""
         self._held.clear()
         for region in self._regions.values():
             region.state.advance(self.noise, steps, self._drift_gen)
+        o = self.options
+        if o.recalibrate_every is None and o.recalibrate_threshold is None:
+            return
+        before = self._since_calibration
+        self._since_calibration += steps
+        if o.recalibrate_every is not None and self._since_calibration >= o.recalibrate_every:
+            self.calibrate(True, fresh=False)
+        elif (o.recalibrate_threshold is not None
+              and self._since_calibration // o.monitor_every > before // o.monitor_every
+              and self.monitor() > o.recalibrate_threshold):
+            self.calibrate(True, fresh=False)
 
     def check_perturbation(self, mu: float) -> str | None:
         step = self.noise.dac_step
@@ -216,10 +345,11 @@ class PhotonicBackend(Backend):
     def state_dict(self) -> dict:
         """Counters, the drift and read-noise generators, and per region the drift so far, the calibration
         (bias corrections, gain factors) and, in phases mode, the gains and output signs fixed by encode."""
-        regions = {name: {"drift": r.state.drift, "correction": r.state.correction, "gain": r.state.gain,
-                          "gains": r.gains, "signs": r.signs} for name, r in self._regions.items()}
+        regions = {name: {"drift": r.state.drift, "correction": r.state.correction, "response": r.state.response,
+                          "gain": r.state.gain, "gains": r.gains, "signs": r.signs} for name, r in self._regions.items()}
         return {**super().state_dict(), "drift_rng": self._drift_gen.get_state(),
-                "read_rng": self._read_gen.get_state(), "regions": regions}
+                "read_rng": self._read_gen.get_state(), "monitor_rng": self._monitor_gen.get_state(),
+                "since_calibration": self._since_calibration, "regions": regions}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -229,10 +359,14 @@ class PhotonicBackend(Backend):
                              f"{sorted(self._regions)}")
         self._drift_gen.set_state(state["drift_rng"])
         self._read_gen.set_state(state["read_rng"])
+        if "monitor_rng" in state:
+            self._monitor_gen.set_state(state["monitor_rng"])
+        self._since_calibration = state.get("since_calibration", 0)
         for name, saved in state["regions"].items():
             region = self._regions[name]
             for key in ("drift", "correction", "gain"):
                 getattr(region.state, key).copy_(saved[key])
+            region.state.response.copy_(saved.get("response", torch.ones_like(region.state.response)))
             region.gains, region.signs = saved["gains"], saved["signs"]
 
     # --- execution ---------------------------------------------------------------------------------

@@ -1,145 +1,337 @@
-"""Calibration of the chip from forward measurements only.
+"""Calibration of the chip from what a lab has: phase DACs to set and detectors to read.
 
-Every block is measured at a few random phase settings by sending the n unit vectors through it (n
-queries per setting, all blocks of the chip in parallel) and reading the detectors.
+Two procedures:
 
-- :func:`calibrate_gains` (``calibrate: gain``) compares the measured power with the host model's and sets
-  every block's electronic gain to cancel the block's loss (insertion loss, on average also gamma spread
-  and crosstalk). Phase biases hardly matter: a block's Frobenius norm ||U S V|| = ||S|| does not depend on
-  the mesh phases, and cos^2 of a uniformly random attenuator phase has mean 1/2 whatever its bias.
-- :func:`calibrate_biases` (``calibrate: true``) fits, per block, the phase offsets b (n^2) and an
-  amplitude scale c that make its ideal model c * block(commanded phases + b) match the measurements
-  (Levenberg-Marquardt, finite-difference Jacobian on the host model). Afterwards every command is sent as
-  phase - b and every gain divided by c, so fabrication bias is cancelled as well as the loss.
+- :func:`calibrate_gains` (``calibrate: gain``) compares every block's measured power with the host
+  model's and sets its electronic gain to cancel the block's loss (phase biases hardly matter: a block's
+  Frobenius norm ||U S V|| = ||S|| does not depend on the mesh phases).
+- :func:`calibrate_mesh` (``calibrate: true``) measures every MZI's phase offset and power-to-phase
+  response and every block's scale, in three stages, through a :class:`ChipPort` only (set phases, read
+  detectors: never the true phases):
+
+  A. *attenuator fringes*: with both meshes at zero command, the attenuators' commands are set at random
+     and the block's total detected power ||M||_F^2 = c^2 sum_i cos^2(a_i) is read (mesh-independent for
+     orthogonal meshes): a linear least-squares fit of 1 + 2n sinusoids in 2 c_i gives every attenuator's
+     offset (mod pi: its sign is taken in (-pi/2, pi/2]). This is fringe fitting (Mower et al., PRA 92,
+     032322 (2015); Carolan et al., Science 349, 711 (2015), supplementary), all attenuators at once
+     because their fringes add.
+  B. *transfer-matrix decomposition*: the attenuators are set to n known, distinct transmissions and the
+     meshes to zero command; the block's transfer matrix M = c U(b_U) diag(cos t) V(b_V) is measured with
+     the n unit vectors and split by its SVD (the singular values' order names the attenuator), and each
+     factor's Clements decomposition (mesh.clements_decompose) gives the meshes' offsets b_U, b_V. With
+     only external detectors a rectangular mesh can be calibrated (Alexiev et al., "Calibrating
+     rectangular interferometer meshes with external photodetectors", OSA Continuum 4, 2892 (2021)); with
+     coherent read-out the whole matrix is read at once and inverted.
+  C. *device-model fit*: from ``SETTINGS`` random settings programmed through the stage-B estimate, a
+     Levenberg-Marquardt fit of the block model c x block(g o command + b; loss alpha per MZI) to the
+     readings refines every offset b, every shifter's power-to-phase factor g, the block's scale c and the
+     per-MZI transmission alpha (the fit of a device model to measured transfer data, as in
+     Bandyopadhyay et al., "Hardware error correction for programmable photonics", Optica 8, 1247
+     (2021), whose correction also starts from a measured device model).
+  A recalibration (drift) starts from the previous estimate and runs stage C only.
+
+What no stage removes: thermal crosstalk (the model has none; the fit absorbs its mean), coupler imbalance
+(the model's couplers are ideal; min |cross| = |sin(e1 + e2)| stays), the mode-dependent insertion loss
+(modelled, so it does not bias the offsets, but not undone), the DAC's step, and read-out noise and ADC
+quantisation in the readings (averaged over settings). docs/photonic.md, "Calibration".
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from hwsim.backends.photonic.chip import commanded, optics, realise
-from hwsim.backends.photonic.mesh import Layout
+from hwsim.backends.photonic.chip import commanded, optics
+from hwsim.backends.photonic.mesh import Layout, clements_decompose, layout, mesh_matrix, mzi_transfer
 from hwsim.backends.photonic.noise import Noise
 
-SETTINGS = 4          # random phase settings measured per block
-ITERATIONS = 20
-STARTS = 2            # Levenberg-Marquardt runs per block (one from 0, one random): the fit has local minima
-STEP = 1e-6           # finite-difference step of the Jacobian (rad)
+SETTINGS = 16          # stage C: random settings read per calibration
+FRINGES = 8            # stage A: settings beyond the 1 + 2n fringe unknowns
+ITERATIONS = 12        # stage C: Levenberg-Marquardt steps
+STEP = 1e-6            # finite-difference step of the Jacobian (rad)
+SPREAD = (1.0, 0.3)    # stage B: attenuator transmissions cos t_i from SPREAD[0] down to SPREAD[1]
+GAIN_SETTINGS = 4      # calibrate: gain: random settings per block
+SWEEPS = 4             # stage B: coordinate-descent passes over the meshes' offsets
+GRID = 256             # stage B: offsets tried per shifter and pass
+RETRY = 3.0            # a unit whose relative fit residual exceeds RETRY x the median is fitted again ...
+RESTARTS = 10          # ... from its offsets moved by up to HOP rad at random, at most this many times
+HOP = 0.5
 
 
-def calibrate_gains(regions, lay: Layout, noise: Noise, generator: torch.Generator, read_out) -> dict:
-    """Set every block's gain correction (chip.Region.state.gain) in place; returns {"queries": probe
-    vectors sent, "loss_db": the mean measured block loss in dB on power}."""
-    queries, losses = 0, []
-    for region in regions:
-        target, measured = _measure(region.state, lay, noise, generator, read_out)
-        ones = torch.ones(target.shape[1], dtype=torch.float64)
-        model = optics(target, ones, _signs(target, lay), lay, Noise())
+@dataclass(frozen=True)
+class RegionInfo:
+    """What a lab knows of a region (one weight tensor's blocks) from the chip's layout: its name, its
+    ``grid`` of n x n blocks (rows, columns), its physical ``copies``."""
+
+    name: str
+    grid: tuple[int, int]
+    copies: int
+
+    @property
+    def units(self) -> int:
+        """Physical blocks, copy-major then row-major over the grid."""
+        return self.copies * self.grid[0] * self.grid[1]
+
+
+class ChipPort:
+    """The chip as a calibration sees it: its layout (regions, block size n, mesh layout, phase-DAC bits),
+    :meth:`set_phases` and :meth:`read`. Nothing else: no true phase, bias, gain or coupler is reachable
+    from it."""
+
+    __slots__ = ("regions", "n", "mesh", "dac_bits", "_set", "_read")
+
+    def __init__(self, regions: list[RegionInfo], n: int, mesh: str, dac_bits: int | None,
+                 set_phases: Callable, read: Callable):
+        self.regions, self.n, self.mesh, self.dac_bits = tuple(regions), n, mesh, dac_bits
+        self._set, self._read = set_phases, read
+
+    def set_phases(self, region: str, commands: torch.Tensor) -> None:
+        """Command every shifter of ``region`` through its DAC (raw: no calibration applied): commands
+        (copies, blocks, n^2) in the block phase order [theta_U, phi_S, theta_V]; the chip settles."""
+        self._set(region, commands)
+
+    def read(self, region: str, x: torch.Tensor) -> torch.Tensor:
+        """Send the probe vectors x (copies, K, grid columns x n) through the modulators of ``region`` (one
+        symbol each) and return what its detectors read, (copies, K, grid rows x n): noisy, digitised."""
+        return self._read(region, x)
+
+
+# --- calibrate: gain ------------------------------------------------------------------------------
+def calibrate_gains(port: ChipPort, generator: torch.Generator) -> dict:
+    """Every unit's gain factor from its measured power vs an ideal block's at ``GAIN_SETTINGS`` random
+    settings. Returns {"gains": {region: (units,) factors to multiply the block gain by}, "loss_db": mean
+    measured block loss in dB on power}."""
+    lay = layout(port.n, port.mesh)
+    gains, losses = {}, []
+    for info in port.regions:
+        settings = _random_settings(GAIN_SETTINGS, info.units, lay, generator)
+        measured = torch.stack([measure(port, [info], s) for s in settings])       # (S, units, n, n)
+        ones = torch.ones(info.units, dtype=torch.float64)
+        model = optics(_dac(settings, port), ones, _screens(info.units, lay.n), lay, Noise())
         ratio = (measured.pow(2).sum((0, 2, 3)) / model.pow(2).sum((0, 2, 3))).sqrt()
-        region.state.gain.copy_(1.0 / ratio)
-        queries += SETTINGS * lay.n
-        losses.append(-20 * torch.log10(ratio))
-    return {"queries": queries, "loss_db": float(torch.cat(losses).mean()) if losses else 0.0}
+        gains[info.name] = 1.0 / ratio.clamp_min(1e-12)
+        losses.append(-20 * torch.log10(ratio.clamp_min(1e-12)))
+    return {"gains": gains, "loss_db": float(torch.cat(losses).mean()) if losses else 0.0}
 
 
-def calibrate_biases(regions, lay: Layout, noise: Noise, generator: torch.Generator, read_out) -> dict:
-    """Calibrate every region (chip.Region) in place; returns {"queries": probe vectors sent,
-    "rms_before"/"rms_after": rms of the bias error (rad) before and after, per the simulator's truth}."""
-    queries, before, after = 0, [], []
-    for region in regions:
-        state = region.state
-        target, measured = _measure(state, lay, noise, generator, read_out)
-        ones = torch.ones(target.shape[1], dtype=torch.float64)
-        b, c = _fit(target, measured, ones, _signs(target, lay), lay, generator)
-        queries += SETTINGS * lay.n
-        truth = state.bias + state.drift
-        before.append(truth)
-        after.append(_wrap(truth - b))
-        state.correction.copy_(b)
-        state.gain.copy_(1.0 / c)
-    rms = lambda ts: float(torch.cat([t.flatten() for t in ts]).pow(2).mean().sqrt()) if ts else 0.0  # noqa: E731
-    return {"queries": queries, "rms_before": rms(before), "rms_after": rms(after)}
+# --- calibrate: true ------------------------------------------------------------------------------
+@dataclass
+class Estimate:
+    """A region's calibration, per unit (copies x blocks): ``offset`` (units, n^2) rad, ``response``
+    (units, n^2) power-to-phase factors, ``scale`` (units,) block amplitude, ``transmission`` (units,) per
+    MZI passed, ``residual`` (units,) rms fit residual over rms reading."""
+
+    offset: torch.Tensor
+    response: torch.Tensor
+    scale: torch.Tensor
+    transmission: torch.Tensor
+    residual: torch.Tensor
 
 
-def _measure(state, lay: Layout, noise: Noise, generator: torch.Generator, read_out):
-    """Clear ``state``'s corrections, command SETTINGS random phase settings on all its blocks and read
-    each block's response to the n unit vectors. Returns (the phases commanded (S, blocks, n^2), the
-    measured matrices (S, blocks, n, n))."""
-    blocks, p = state.bias.shape
-    n = lay.n
-    settings = torch.rand(SETTINGS, blocks, p, generator=generator, dtype=torch.float64) * 2 * math.pi
-    settings[..., n * (n - 1) // 2: n * (n - 1) // 2 + n] /= 2                   # attenuators in [0, pi]
-    state.correction.zero_()
-    state.gain.fill_(1.0)
-    ones = torch.ones(blocks, dtype=torch.float64)
-    chip = realise(settings, ones, _signs(settings, lay), lay, noise, state)       # (S, blocks, n, n)
-    chip = chip.real if chip.is_complex() else chip
-    # column j of a block is its response to the unit vector e_j: read out like any layer output
-    measured = read_out(chip.transpose(-1, -2)).transpose(-1, -2)
-    return commanded(settings, n, noise), measured
+def calibrate_mesh(port: ChipPort, generator: torch.Generator,
+                   previous: dict[str, Estimate] | None = None) -> dict[str, Estimate]:
+    """Stages A, B, C (module doc) on every region of ``port`` (regions are separate cores with their own
+    modulators and detectors: measured one after another, fitted together); with ``previous`` estimates (a
+    recalibration) stage C only, starting from them. Returns {region: Estimate}."""
+    lay = layout(port.n, port.mesh)
+    infos = list(port.regions)
+    if previous is not None:
+        offset = torch.cat([previous[i.name].offset for i in infos])
+        response = torch.cat([previous[i.name].response for i in infos])
+    else:
+        offset = initial_offsets(port, infos, lay, generator)
+        response = torch.ones_like(offset)
+    est = refine(port, infos, lay, offset, response, generator, 0 if previous is not None else SWEEPS)
+    out, at = {}, 0
+    for info in infos:
+        part = slice(at, at + info.units)
+        out[info.name] = Estimate(est.offset[part], est.response[part], est.scale[part], est.transmission[part],
+                                  est.residual[part])
+        at += info.units
+    return out
 
 
-def _signs(settings: torch.Tensor, lay: Layout) -> torch.Tensor:
-    """All-positive output screens (blocks, 2n) for settings (S, blocks, n^2)."""
-    return torch.ones(settings.shape[1], 2 * lay.n, dtype=torch.float64)
+def measure(port: ChipPort, infos: list[RegionInfo], commands: torch.Tensor) -> torch.Tensor:
+    """Set ``commands`` (units, n^2) on the regions ``infos`` (their units back to back) and read every
+    unit's n x n matrix with the n unit vectors, one block column at a time (the blocks of a block row share
+    their outputs' detectors; those of a block column share the modulators). Returns (units, n, n): column
+    k = the unit's response to e_k."""
+    n, parts, at = port.n, [], 0
+    eye = torch.eye(n, dtype=torch.float64)
+    for info in infos:
+        (gr, gc), copies = info.grid, info.copies
+        port.set_phases(info.name, commands[at:at + info.units].reshape(copies, gr * gc, n * n))
+        at += info.units
+        out = torch.empty(copies, gr, gc, n, n, dtype=torch.float64)
+        for j in range(gc):
+            x = torch.zeros(copies, n, gc * n, dtype=torch.float64)
+            x[:, :, j * n:(j + 1) * n] = eye
+            y = port.read(info.name, x).to(torch.float64)                      # (copies, n probes, gr n)
+            out[:, :, j] = y.reshape(copies, n, gr, n).permute(0, 2, 3, 1)      # (copies, gr, out i, probe k)
+        parts.append(out.reshape(info.units, n, n))
+    return torch.cat(parts)
 
 
-def _fit(phases: torch.Tensor, measured: torch.Tensor, gains, signs, lay: Layout, generator: torch.Generator):
-    """Least-squares b (blocks, P) and c (blocks,) of c * ideal(phases + b) ~ measured, per block: the best
-    of ``STARTS`` Levenberg-Marquardt runs (one from b = 0, the rest from random offsets)."""
-    s, blocks, p = phases.shape
-    k = STARTS
-    start = torch.zeros(k, blocks, p + 1, dtype=torch.float64)
-    start[1:, :, :p] = (torch.rand(k - 1, blocks, p, generator=generator, dtype=torch.float64) * 2 - 1) * math.pi
-    start[..., p] = 1.0
-    flat_phases = phases.repeat(1, k, 1)                                     # (S, k blocks, p)
-    flat_measured = measured.repeat(1, k, 1, 1)
-    params, cost = _levenberg_marquardt(start.reshape(k * blocks, p + 1), flat_phases, flat_measured,
-                                        gains.repeat(k), signs.repeat(k, 1), lay)
-    best = cost.reshape(k, blocks).argmin(0)
-    params = params.reshape(k, blocks, p + 1)[best, torch.arange(blocks)]
-    return params[:, :p], params[:, p]
+def initial_offsets(port: ChipPort, infos: list[RegionInfo], lay: Layout, generator: torch.Generator) -> torch.Tensor:
+    """Stage A: the attenuators' offsets (units, n^2; the meshes' left at 0) from the fringes of the total
+    power, meshes at zero command."""
+    n, m, units = lay.n, lay.size, sum(i.units for i in infos)
+    count = 1 + 2 * n + FRINGES
+    cmd = torch.zeros(count, units, n * n, dtype=torch.float64)
+    cmd[..., m:m + n] = (torch.rand(count, units, n, generator=generator, dtype=torch.float64) * 2 - 1) * math.pi
+    cmd = _dac(cmd, port)
+    power = torch.stack([measure(port, infos, c).pow(2).sum((-1, -2)) for c in cmd])      # (count, units)
+    c2 = 2 * cmd[..., m:m + n]
+    design = torch.cat([torch.ones(count, units, 1, dtype=torch.float64), c2.cos(), c2.sin()], -1)
+    coef = torch.linalg.lstsq(design.transpose(0, 1), power.T[..., None]).solution[..., 0]   # (units, 1 + 2n)
+    att = 0.5 * torch.atan2(-coef[:, 1 + n:], coef[:, 1:1 + n])                        # offsets mod pi
+    zeros = torch.zeros(units, m, dtype=torch.float64)
+    return torch.cat([zeros, att, zeros], -1)
 
 
-def _levenberg_marquardt(params, phases, measured, gains, signs, lay: Layout):
-    """ITERATIONS damped Gauss-Newton steps on every block at once; returns (params, final cost)."""
-    p = params.shape[-1] - 1
-    damping = torch.full(params.shape[:1], 1e-2, dtype=torch.float64)
-    eye = torch.eye(p + 1, dtype=torch.float64)
+def sweep(params: torch.Tensor, cmd: torch.Tensor, readings: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """Stage B: one pass of exact coordinate descent over every shifter's offset: with the other phases
+    fixed, a block is affine in (cos a_k, sin a_k) of shifter k, so the fit's cost is a trigonometric
+    polynomial of degree 2 in the offset b_k (its coefficients from three model evaluations), minimised
+    globally over a grid of GRID values; then the scale by least squares. params as :func:`model`'s."""
+    params = params.clone()
+    grid = torch.linspace(-math.pi, math.pi, GRID + 1, dtype=torch.float64)[:-1]
+    c, s = grid.cos()[:, None], grid.sin()[:, None]
+    for k in range(lay.n ** 2):
+        probe = params[None].repeat(3, 1, 1)
+        base = params[:, k]
+        probe[0, :, k], probe[1, :, k], probe[2, :, k] = base, base + math.pi / 2, base + math.pi
+        f0, f1, f2 = model(probe, cmd, lay)                                   # (S, units, n, n) each
+        mid = (f0 + f2) / 2                                                   # block(b + d) = mid + p cos d + q sin d
+        p, q, r = (f0 - f2) / 2, f1 - mid, mid - readings
+        dot = lambda x, y: (x * y).sum((0, 2, 3))                             # noqa: E731  (units,)
+        rp, rq, pp, qq, pq = dot(r, p), dot(r, q), dot(p, p), dot(q, q), dot(p, q)
+        cost = 2 * (rp * c + rq * s) + pp * c * c + qq * s * s + 2 * pq * c * s   # (GRID, units), + a constant
+        params[:, k] = base + grid[cost.argmin(0)]
+    fitted = model(params, cmd, lay)
+    ratio = (fitted * readings).sum((0, 2, 3)) / fitted.pow(2).sum((0, 2, 3)).clamp_min(1e-30)
+    params[:, -2] += ratio.clamp_min(1e-12).log()
+    return params
 
-    def residual(x):                                   # x (..., blocks, p+1) -> (..., blocks, S n^2)
-        model = _scale(optics(_shift(phases, x[..., :p]), gains, signs, lay, Noise()), x[..., -1])
-        return (model - measured).movedim(-4, -3).reshape(*x.shape[:-1], -1)
+
+def refine(port: ChipPort, infos: list[RegionInfo], lay: Layout, offset: torch.Tensor, response: torch.Tensor,
+           generator: torch.Generator, sweeps: int = 0) -> Estimate:
+    """Stages B and C: read ``SETTINGS`` random settings programmed through (offset, response), then
+    ``sweeps`` coordinate-descent passes (:func:`sweep`) and a Levenberg-Marquardt fit of the block model
+    (offset, response, log scale, transmission per unit). A unit whose fit leaves more than RETRY x the
+    median residual is fitted again from random mesh offsets (up to RESTARTS times; the best fit is kept)."""
+    n, units = lay.n, offset.shape[0]
+    targets = _random_settings(SETTINGS, units, lay, generator)
+    cmd = _dac((targets - offset) / response, port)                          # what the DACs set
+    readings = torch.stack([measure(port, infos, c) for c in cmd])           # (S, units, n, n)
+    total = readings.pow(2).sum((0, 2, 3)).clamp_min(1e-30)
+
+    def fit(start: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c, y = cmd[:, idx], readings[:, idx]
+        params = torch.cat([start, response[idx], torch.zeros(len(idx), 1, dtype=torch.float64),
+                            torch.ones(len(idx), 1, dtype=torch.float64)], -1)
+        norm = model(params, c, lay).pow(2).sum((0, 2, 3)).sqrt()
+        params[:, -2] = (y.pow(2).sum((0, 2, 3)).sqrt() / norm).clamp_min(1e-12).log()
+        for _ in range(sweeps):
+            params = sweep(params, c, y, lay)
+        params, cost = _levenberg_marquardt(params, c, y, lay)
+        return params, (cost / total[idx]).sqrt()
+
+    every = torch.arange(units)
+    params, residual = fit(offset, every)
+    for _ in range(RESTARTS if sweeps else 0):
+        bad = every[residual > RETRY * residual.median()]
+        if not len(bad):
+            break
+        start = params[bad, :n * n] + (torch.rand(len(bad), n * n, generator=generator, dtype=torch.float64) * 2 - 1) * HOP
+        again, res = fit(start, bad)
+        better = res < residual[bad]
+        params[bad[better]], residual[bad[better]] = again[better], res[better]
+    p = n * n
+    return Estimate(_wrap(params[:, :p]), params[:, p:2 * p], params[:, -2].exp(), params[:, -1], residual)
+
+
+def model(params: torch.Tensor, cmd: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """The lab's block model: params (..., units, 2 n^2 + 2) = [offset, response, log scale, transmission
+    per MZI], commands (S, units, n^2) -> matrices (..., S, units, n, n): real orthogonal meshes, ideal
+    couplers, every MZI (attenuators too) passing ``transmission`` of the amplitude."""
+    p = lay.n ** 2
+    phases = params[..., None, :, p:2 * p] * cmd + params[..., None, :, :p]
+    return block(phases, params[..., None, :, -1], lay) * params[..., None, :, -2, None, None].exp()
+
+
+def block(phases: torch.Tensor, transmission: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """U diag(cos phi_S) V for the phases the light sees (..., n^2), every MZI scaled by ``transmission``
+    (...,)."""
+    n, m = lay.n, lay.size
+    amp = transmission[..., None, None, None]
+    u = mesh_matrix(lay, mzi_transfer(phases[..., :m]) * amp)
+    v = mesh_matrix(lay, mzi_transfer(phases[..., m + n:]) * amp)
+    s = torch.cos(phases[..., m:m + n]) * transmission[..., None]
+    return (u * s[..., None, :]) @ v
+
+
+def _levenberg_marquardt(params: torch.Tensor, cmd: torch.Tensor, readings: torch.Tensor, lay: Layout):
+    """ITERATIONS damped Gauss-Newton steps on every unit at once; the Jacobian by finite differences in
+    the phases the light sees (the response's columns by the chain rule: d/dg_k = command_k d/da_k) and
+    in the transmission; the scale's analytically. Returns (params, final cost)."""
+    p = lay.n ** 2
+    units, k = params.shape
+    damping = torch.full((units,), 1e-3, dtype=torch.float64)
+
+    def residual(x):                                          # (..., units, k) -> (..., units, S n^2)
+        return (model(x, cmd, lay) - readings).movedim(-4, -3).flatten(-3)
+
+    def jacobian(x):                                          # (units, S n^2, k)
+        phases = x[None, :, p:2 * p] * cmd + x[None, :, :p]                    # (S, units, p)
+        base = block(phases, x[:, -1].expand(phases.shape[:-1]), lay)            # (S, units, n, n)
+        scale = x[:, -2].exp()[None, :, None, None]
+        probes = phases[None] + STEP * torch.eye(p, dtype=torch.float64)[:, None, None, :]   # (p, S, units, p)
+        d_phase = (block(probes, x[:, -1].expand(probes.shape[:-1]), lay) - base) / STEP * scale
+        d_phase = d_phase.permute(2, 1, 3, 4, 0).flatten(1, 3)                 # (units, S n^2, p)
+        d_resp = d_phase * cmd.permute(1, 0, 2).repeat_interleave(lay.n ** 2, 1)   # chain rule
+        d_trans = (block(phases, (x[:, -1] + STEP).expand(phases.shape[:-1]), lay) - base) / STEP * scale
+        d_scale = base * scale
+        flat = lambda t: t.movedim(0, 1).flatten(1)[..., None]               # noqa: E731
+        return torch.cat([d_phase, d_resp, flat(d_scale), flat(d_trans)], -1)
 
     cost = residual(params).pow(2).sum(-1)
     for _ in range(ITERATIONS):
         r = residual(params)
-        probes = params[None] + STEP * eye[:, None, :]                  # (p+1, blocks, p+1)
-        jac = ((residual(probes) - r[None]) / STEP).permute(1, 2, 0)   # (blocks, S n^2, p+1)
+        jac = jacobian(params)
         jtj = jac.transpose(1, 2) @ jac
         g = jac.transpose(1, 2) @ r[..., None]
-        step = -torch.linalg.solve(jtj + damping[:, None, None] * torch.diag_embed(
-            torch.diagonal(jtj, dim1=1, dim2=2) + 1e-12), g)[..., 0]
+        diag = torch.diagonal(jtj, dim1=1, dim2=2) + 1e-9
+        step = -torch.linalg.solve(jtj + damping[:, None, None] * torch.diag_embed(diag), g)[..., 0]
         trial = params + step
         new_cost = residual(trial).pow(2).sum(-1)
         better = new_cost < cost
         params = torch.where(better[:, None], trial, params)
         cost = torch.where(better, new_cost, cost)
-        damping = torch.where(better, damping / 3, damping * 4)
+        damping = torch.where(better, damping / 4, damping * 4)
     return params, cost
 
 
-def _shift(phases: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """phases (S, blocks, p) + b (..., blocks, p) -> (..., S, blocks, p)."""
-    return phases + b.unsqueeze(-3)
+def _random_settings(count: int, units: int, lay: Layout, generator: torch.Generator) -> torch.Tensor:
+    """(count, units, n^2) phases like a programmed weight's: mesh angles in [-pi/2, pi/2], attenuators in
+    [0, pi/2]."""
+    n, m = lay.n, lay.size
+    x = (torch.rand(count, units, n * n, generator=generator, dtype=torch.float64) - 0.5) * math.pi
+    x[..., m:m + n] = x[..., m:m + n] + math.pi / 4
+    return x
 
 
-def _scale(model: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """model (..., S, blocks, n, n) * c (..., blocks)."""
-    return model * c[..., None, :, None, None]
+def _dac(commands: torch.Tensor, port: ChipPort) -> torch.Tensor:
+    """What the phase DACs set for ``commands`` (the lab knows its DACs' grid)."""
+    return commanded(commands, port.n, Noise(dac_bits=port.dac_bits))
+
+
+def _screens(units: int, n: int) -> torch.Tensor:
+    return torch.ones(units, 2 * n, dtype=torch.float64)
 
 
 def _wrap(p: torch.Tensor) -> torch.Tensor:
-    """Phase differences into [-pi, pi)."""
+    """Phases into [-pi, pi)."""
     return torch.remainder(p + math.pi, 2 * math.pi) - math.pi

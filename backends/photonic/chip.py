@@ -116,14 +116,15 @@ class ChipState:
         self.coupler = noise.splitter_imbalance * torch.randn(blocks, p, 2, generator=generator, **f64)
         self.mzi = imbalance_coefficients(self.coupler)      # every MZI's (a, b), (blocks, p, 2, 2) each
         self.drift = torch.zeros(blocks, p, **f64)
-        self.correction = torch.zeros(blocks, p, **f64)      # calibrated bias, subtracted from commands
+        self.correction = torch.zeros(blocks, p, **f64)      # calibrated offset, subtracted from commands
+        self.response = torch.ones(blocks, p, **f64)         # calibrated power-to-phase factor, divides commands
         self.gain = torch.ones(blocks, **f64)                # calibrated gain factor of every block
 
     @classmethod
     def concat(cls, states: list["ChipState"]) -> "ChipState":
         """The blocks of ``states`` as one state (copies, for reading: realise them in one call)."""
         merged = cls.__new__(cls)
-        for name in ("gamma", "bias", "coupler", "drift", "correction", "gain"):
+        for name in ("gamma", "bias", "coupler", "drift", "correction", "response", "gain"):
             setattr(merged, name, torch.cat([getattr(s, name) for s in states]))
         merged.mzi = tuple(torch.cat(parts) for parts in zip(*(s.mzi for s in states)))
         return merged
@@ -146,9 +147,12 @@ def commanded(phases: torch.Tensor, n: int, noise: Noise) -> torch.Tensor:
     return torch.round(wrapped / step).clamp(-top, top) * step
 
 
-def actual_phases(phases: torch.Tensor, n: int, name: str, noise: Noise, state: ChipState | None) -> torch.Tensor:
-    """The phases (..., blocks, n^2) the light sees when ``phases`` are commanded."""
-    target = phases if state is None else phases - state.correction
+def actual_phases(phases: torch.Tensor, n: int, name: str, noise: Noise, state: ChipState | None,
+                  calibrated: bool = True) -> torch.Tensor:
+    """The phases (..., blocks, n^2) the light sees when ``phases`` are commanded: through the state's
+    calibration (offset subtracted, divided by the power-to-phase factor) unless ``calibrated`` is False
+    (raw DAC commands, as a calibration sets them)."""
+    target = phases if state is None or not calibrated else (phases - state.correction) / state.response
     heater = commanded(target, n, noise)
     if state is None:
         return heater
@@ -180,12 +184,13 @@ def imbalanced_mzi(theta: torch.Tensor, coefficients: tuple[torch.Tensor, torch.
 
 
 def realise(phases: torch.Tensor, gains: torch.Tensor, signs: torch.Tensor, lay: Layout, noise: Noise,
-            state: ChipState | None = None) -> torch.Tensor:
+            state: ChipState | None = None, calibrated: bool = True) -> torch.Tensor:
     """The matrices (..., blocks, n, n) the blocks really apply when ``phases`` (..., blocks, n^2) are
     commanded, with gains (..., blocks) and output signs (..., blocks, 2n). Real unless the couplers are
-    imbalanced (then complex: the detector reads the real part). ``state`` None: no per-chip variation."""
-    act = actual_phases(phases.to(torch.float64), lay.n, lay.name, noise, state)
-    if state is not None:
+    imbalanced (then complex: the detector reads the real part). ``state`` None: no per-chip variation;
+    ``calibrated`` False: raw commands, no calibrated offsets or gains (what a calibration measures)."""
+    act = actual_phases(phases.to(torch.float64), lay.n, lay.name, noise, state, calibrated)
+    if state is not None and calibrated:
         gains = gains * state.gain
     return optics(act, gains, signs, lay, noise, state)
 
