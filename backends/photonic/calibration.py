@@ -47,7 +47,7 @@ from hwsim.backends.photonic.chip import commanded, optics
 from hwsim.backends.photonic.mesh import Layout, clements_decompose, layout, mesh_matrix, mzi_transfer
 from hwsim.backends.photonic.noise import Noise
 
-SETTINGS = 16          # stage C: random settings read per calibration
+SETTINGS = 32          # stages B, C: random settings read per calibration (16 left ~1 block in 8 in a false minimum)
 FRINGES = 8            # stage A: settings beyond the 1 + 2n fringe unknowns
 ITERATIONS = 12        # stage C: Levenberg-Marquardt steps
 STEP = 1e-6            # finite-difference step of the Jacobian (rad)
@@ -56,8 +56,8 @@ GAIN_SETTINGS = 4      # calibrate: gain: random settings per block
 SWEEPS = 4             # stage B: coordinate-descent passes over the meshes' offsets
 GRID = 256             # stage B: offsets tried per shifter and pass
 RETRY = 3.0            # a unit whose relative fit residual exceeds RETRY x the median is fitted again ...
-RESTARTS = 10          # ... from its offsets moved by up to HOP rad at random, at most this many times
-HOP = 0.5
+RESTARTS = 3           # ... from stage A's start on MORE further settings, at most this many times
+MORE = 16
 
 
 @dataclass(frozen=True)
@@ -221,15 +221,22 @@ def refine(port: ChipPort, infos: list[RegionInfo], lay: Layout, offset: torch.T
     """Stages B and C: read ``SETTINGS`` random settings programmed through (offset, response), then
     ``sweeps`` coordinate-descent passes (:func:`sweep`) and a Levenberg-Marquardt fit of the block model
     (offset, response, log scale, transmission per unit). A unit whose fit leaves more than RETRY x the
-    median residual is fitted again from random mesh offsets (up to RESTARTS times; the best fit is kept)."""
+    median residual is stuck in a false minimum (its fit at 16 settings: ~1 block in 8; a false minimum
+    depends on the readings, more readings remove most): it is fitted again from the same start on MORE
+    further settings (read for every unit: the chip sets whole regions), up to RESTARTS times; the fit with
+    the smaller residual on all its readings is kept."""
     n, units = lay.n, offset.shape[0]
-    targets = _random_settings(SETTINGS, units, lay, generator)
-    cmd = _dac((targets - offset) / response, port)                          # what the DACs set
-    readings = torch.stack([measure(port, infos, c) for c in cmd])           # (S, units, n, n)
-    total = readings.pow(2).sum((0, 2, 3)).clamp_min(1e-30)
+
+    def read(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = _random_settings(count, units, lay, generator)
+        cmd = _dac((targets - offset) / response, port)                      # what the DACs set
+        return cmd, torch.stack([measure(port, infos, c) for c in cmd])      # (S, units, n^2), (S, units, n, n)
+
+    cmd, readings = read(SETTINGS)
 
     def fit(start: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c, y = cmd[:, idx], readings[:, idx]
+        total = y.pow(2).sum((0, 2, 3)).clamp_min(1e-30)
         params = torch.cat([start, response[idx], torch.zeros(len(idx), 1, dtype=torch.float64),
                             torch.ones(len(idx), 1, dtype=torch.float64)], -1)
         norm = model(params, c, lay).pow(2).sum((0, 2, 3)).sqrt()
@@ -237,7 +244,7 @@ def refine(port: ChipPort, infos: list[RegionInfo], lay: Layout, offset: torch.T
         for _ in range(sweeps):
             params = sweep(params, c, y, lay)
         params, cost = _levenberg_marquardt(params, c, y, lay)
-        return params, (cost / total[idx]).sqrt()
+        return params, (cost / total).sqrt()
 
     every = torch.arange(units)
     params, residual = fit(offset, every)
@@ -245,9 +252,14 @@ def refine(port: ChipPort, infos: list[RegionInfo], lay: Layout, offset: torch.T
         bad = every[residual > RETRY * residual.median()]
         if not len(bad):
             break
-        start = params[bad, :n * n] + (torch.rand(len(bad), n * n, generator=generator, dtype=torch.float64) * 2 - 1) * HOP
-        again, res = fit(start, bad)
-        better = res < residual[bad]
+        more_cmd, more = read(MORE)
+        cmd, readings = torch.cat([cmd, more_cmd]), torch.cat([readings, more])
+        y = readings[:, bad]
+        old = ((model(params[bad], cmd[:, bad], lay) - y).pow(2).sum((0, 2, 3))
+               / y.pow(2).sum((0, 2, 3)).clamp_min(1e-30)).sqrt()                # the old fit on all readings
+        residual[bad] = old
+        again, res = fit(offset[bad], bad)
+        better = res < old
         params[bad[better]], residual[bad[better]] = again[better], res[better]
     p = n * n
     return Estimate(_wrap(params[:, :p]), params[:, p:2 * p], params[:, -2].exp(), params[:, -1], residual)
