@@ -445,3 +445,31 @@ def test_replicated_cores_give_every_copy_its_own_variations():
     assert region.copies == subvectors > 1 and region.state.bias.shape[0] == subvectors * region.tiling.blocks
     biased = str({"phase_bias": 0.3})
     assert not torch.allclose(outs[biased, "replicated"], outs[biased, "time_multiplexed"])
+
+
+def test_recalibration_follows_drift():
+    """Three identical chips drift alike (same chip seed: same drift draws) for 200 steps, rms
+    sigma = drift sqrt(200 / 1000) per shifter; no read-out noise, so a (re)calibration fits to its
+    Levenberg-Marquardt precision. Without recalibration the programmed blocks err to first order in sigma
+    (each of a block's phases moves its matrix by ~sigma; 0.1 sigma is a safe floor); with
+    ``recalibrate_every`` or a monitor threshold below that error the drift is fitted away (1000x smaller),
+    and a threshold above every reading never recalibrates. The recalibrations are paid for."""
+    net = tt_net()
+    noise = {"phase_bias": 0.2, "drift": 0.1}
+    sigma = 0.1 * math.sqrt(200 / 1000)
+    chips = {"never": _backend(net, noise=noise, calibrate=True),
+             "every": _backend(net, noise=noise, calibrate=True, recalibrate_every=200),
+             "monitor": _backend(net, noise=noise, calibrate=True, recalibrate_threshold=0.1 * sigma, monitor_every=50),
+             "deaf": _backend(net, noise=noise, calibrate=True, recalibrate_threshold=1e9, monitor_every=50)}
+    for chip in chips.values():
+        for _ in range(4):
+            chip.advance(50)
+    error = {k: c.matrix_error()[0] for k, c in chips.items()}
+    runs = {k: c.counters()["calibration_runs"] for k, c in chips.items()}
+    assert error["never"] > 0.1 * sigma and error["deaf"] == error["never"]
+    assert error["every"] < 1e-3 * error["never"] and error["monitor"] < 1e-3 * error["never"]
+    assert runs["never"] == runs["deaf"] == 1 and runs["every"] == 2 and runs["monitor"] >= 2
+    assert chips["deaf"].counters()["calibration_monitor_reads"] == 4
+    assert chips["never"].monitor() > 0.1 * sigma > chips["every"].monitor()
+    settings = {k: c.counters()["calibration_settings"] for k, c in chips.items()}
+    assert settings["every"] > settings["never"] and settings["monitor"] > settings["deaf"] > settings["never"]

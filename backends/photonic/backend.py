@@ -192,13 +192,15 @@ class PhotonicBackend(Backend):
             report = {"loss_db": found["loss_db"]}
         else:
             previous = None if fresh else {r.name: calibration.Estimate(r.state.correction, r.state.response,
-                                                                           1 / r.state.gain, None, None) for r in regions}
+                                                                           None, r.state.transmission, None)
+                                           for r in regions}
             found = calibration.calibrate_mesh(port, self._read_gen, previous)
             for r in regions:
                 est = found[r.name]
                 r.state.correction.copy_(est.offset)
                 r.state.response.copy_(est.response)
-                r.state.gain.copy_(1.0 / est.scale)
+                r.state.transmission.copy_(est.transmission)
+                r.state.gain.copy_(1.0 / (est.scale * calibration.path_loss(est.transmission, self.layout)))
             error_after = calibration._wrap(truth() - torch.cat([r.state.correction.flatten() for r in regions]))
             report = {"rms_before": float(error_before.pow(2).mean().sqrt()),
                       "rms_after": float(error_after.pow(2).mean().sqrt()),
@@ -285,8 +287,8 @@ class PhotonicBackend(Backend):
             target = calibration._random_settings(1, info.units, lay, self._monitor_gen)[0]
             cmd = calibration._dac((target - state.correction) / state.response, port)
             read = calibration.measure(port, [info], cmd)
-            params = torch.cat([state.correction, state.response, (1 / state.gain).log()[:, None],
-                                torch.ones(info.units, 1, dtype=torch.float64)], -1)
+            scale = 1 / (state.gain * calibration.path_loss(state.transmission, lay))    # the fitted scale
+            params = torch.cat([state.correction, state.response, scale.log()[:, None], state.transmission[:, None]], -1)
             want = calibration.model(params, cmd[None], lay)[0]
             num += float((read - want).pow(2).sum())
             den += float(read.pow(2).sum())
@@ -370,9 +372,10 @@ class PhotonicBackend(Backend):
 
     def state_dict(self) -> dict:
         """Counters, the drift and read-noise generators, and per region the drift so far, the calibration
-        (bias corrections, gain factors) and, in phases mode, the gains and output signs fixed by encode."""
+        (bias corrections, responses, gain factors, transmissions) and, in phases mode, the gains and output signs fixed by encode."""
         regions = {name: {"drift": r.state.drift, "correction": r.state.correction, "response": r.state.response,
-                          "gain": r.state.gain, "gains": r.gains, "signs": r.signs} for name, r in self._regions.items()}
+                          "gain": r.state.gain, "transmission": r.state.transmission, "gains": r.gains, "signs": r.signs}
+                   for name, r in self._regions.items()}
         return {**super().state_dict(), "drift_rng": self._drift_gen.get_state(),
                 "read_rng": self._read_gen.get_state(), "monitor_rng": self._monitor_gen.get_state(),
                 "since_calibration": self._since_calibration, "regions": regions}
@@ -392,6 +395,7 @@ class PhotonicBackend(Backend):
             region = self._regions[name]
             for key in ("drift", "correction", "gain"):
                 getattr(region.state, key).copy_(saved[key])
+            region.state.transmission.copy_(saved.get("transmission", torch.ones_like(region.state.transmission)))
             region.state.response.copy_(saved.get("response", torch.ones_like(region.state.response)))
             region.gains, region.signs = saved["gains"], saved["signs"]
 

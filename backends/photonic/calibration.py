@@ -55,9 +55,12 @@ SPREAD = (1.0, 0.3)    # stage B: attenuator transmissions cos t_i from SPREAD[0
 GAIN_SETTINGS = 4      # calibrate: gain: random settings per block
 SWEEPS = 4             # stage B: coordinate-descent passes over the meshes' offsets
 GRID = 256             # stage B: offsets tried per shifter and pass
-RETRY = 3.0            # a unit whose relative fit residual exceeds RETRY x the median is fitted again ...
+RETRY = 1.5            # a unit whose relative fit residual exceeds RETRY x the median is fitted again ... (a
+                       # right fit's residual, set by read-out noise and unmodelled imbalance and crosstalk, is
+                       # the same for every block to +-5 %; a false minimum at 2.3x the median erred by 0.2)
 RESTARTS = 3           # ... from stage A's start on MORE further settings, at most this many times
 MORE = 16
+FLOOR = 1e-3           # ... and exceeds this (an 8-bit ADC's steps alone leave ~2e-3 of full scale rms)
 
 
 @dataclass(frozen=True)
@@ -191,15 +194,17 @@ def initial_offsets(port: ChipPort, infos: list[RegionInfo], lay: Layout, genera
     return torch.cat([zeros, att, zeros], -1)
 
 
-def sweep(params: torch.Tensor, cmd: torch.Tensor, readings: torch.Tensor, lay: Layout) -> torch.Tensor:
+def sweep(params: torch.Tensor, cmd: torch.Tensor, readings: torch.Tensor, lay: Layout,
+          order: torch.Tensor | None = None) -> torch.Tensor:
     """Stage B: one pass of exact coordinate descent over every shifter's offset: with the other phases
     fixed, a block is affine in (cos a_k, sin a_k) of shifter k, so the fit's cost is a trigonometric
     polynomial of degree 2 in the offset b_k (its coefficients from three model evaluations), minimised
-    globally over a grid of GRID values; then the scale by least squares. params as :func:`model`'s."""
+    globally over a grid of GRID values, in ``order`` (default: U, attenuators, V); then the scale by least
+    squares. params as :func:`model`'s."""
     params = params.clone()
     grid = torch.linspace(-math.pi, math.pi, GRID + 1, dtype=torch.float64)[:-1]
     c, s = grid.cos()[:, None], grid.sin()[:, None]
-    for k in range(lay.n ** 2):
+    for k in (range(lay.n ** 2) if order is None else order.tolist()):
         probe = params[None].repeat(3, 1, 1)
         base = params[:, k]
         probe[0, :, k], probe[1, :, k], probe[2, :, k] = base, base + math.pi / 2, base + math.pi
@@ -222,8 +227,8 @@ def refine(port: ChipPort, infos: list[RegionInfo], lay: Layout, offset: torch.T
     ``sweeps`` coordinate-descent passes (:func:`sweep`) and a Levenberg-Marquardt fit of the block model
     (offset, response, log scale, transmission per unit). A unit whose fit leaves more than RETRY x the
     median residual is stuck in a false minimum (its fit at 16 settings: ~1 block in 8; a false minimum
-    depends on the readings, more readings remove most): it is fitted again from the same start on MORE
-    further settings (read for every unit: the chip sets whole regions), up to RESTARTS times; the fit with
+    depends on the readings, more readings remove most): it is fitted again from the same start, its
+    coordinates swept in a random order, on MORE further settings (read for every unit: the chip sets whole regions), up to RESTARTS times; the fit with
     the smaller residual on all its readings is kept."""
     n, units = lay.n, offset.shape[0]
 
@@ -234,7 +239,7 @@ def refine(port: ChipPort, infos: list[RegionInfo], lay: Layout, offset: torch.T
 
     cmd, readings = read(SETTINGS)
 
-    def fit(start: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def fit(start: torch.Tensor, idx: torch.Tensor, order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         c, y = cmd[:, idx], readings[:, idx]
         total = y.pow(2).sum((0, 2, 3)).clamp_min(1e-30)
         params = torch.cat([start, response[idx], torch.zeros(len(idx), 1, dtype=torch.float64),
@@ -242,14 +247,14 @@ def refine(port: ChipPort, infos: list[RegionInfo], lay: Layout, offset: torch.T
         norm = model(params, c, lay).pow(2).sum((0, 2, 3)).sqrt()
         params[:, -2] = (y.pow(2).sum((0, 2, 3)).sqrt() / norm).clamp_min(1e-12).log()
         for _ in range(sweeps):
-            params = sweep(params, c, y, lay)
+            params = sweep(params, c, y, lay, order)
         params, cost = _levenberg_marquardt(params, c, y, lay)
         return params, (cost / total).sqrt()
 
     every = torch.arange(units)
     params, residual = fit(offset, every)
     for _ in range(RESTARTS if sweeps else 0):
-        bad = every[residual > RETRY * residual.median()]
+        bad = every[residual > (RETRY * residual.median()).clamp_min(FLOOR)]
         if not len(bad):
             break
         more_cmd, more = read(MORE)
@@ -258,11 +263,23 @@ def refine(port: ChipPort, infos: list[RegionInfo], lay: Layout, offset: torch.T
         old = ((model(params[bad], cmd[:, bad], lay) - y).pow(2).sum((0, 2, 3))
                / y.pow(2).sum((0, 2, 3)).clamp_min(1e-30)).sqrt()                # the old fit on all readings
         residual[bad] = old
-        again, res = fit(offset[bad], bad)
+        again, res = fit(offset[bad], bad, torch.randperm(n * n, generator=generator))
         better = res < old
         params[bad[better]], residual[bad[better]] = again[better], res[better]
     p = n * n
     return Estimate(_wrap(params[:, :p]), params[:, p:2 * p], params[:, -2].exp(), params[:, -1], residual)
+
+
+def path_loss(transmission: torch.Tensor, lay: Layout, settings: int = 16) -> torch.Tensor:
+    """How much a block of per-MZI amplitude ``transmission`` (units,) shrinks the lossless block, from the
+    lab's model: sqrt(sum ||block_alpha||^2 / sum ||block_1||^2) over ``settings`` fixed random phase settings
+    (a path's loss depends a little on where its light runs). Returns (units,); the calibrated gain divides
+    the fitted scale by it, so a programmed block has the host's amplitude on average."""
+    units = transmission.shape[0]
+    phases = _random_settings(settings, units, lay, torch.Generator().manual_seed(0))       # (S, units, n^2)
+    lossy = block(phases, transmission.expand(settings, units), lay).pow(2).sum((0, 2, 3))
+    lossless = block(phases, torch.ones_like(transmission).expand(settings, units), lay).pow(2).sum((0, 2, 3))
+    return (lossy / lossless).sqrt()
 
 
 def model(params: torch.Tensor, cmd: torch.Tensor, lay: Layout) -> torch.Tensor:

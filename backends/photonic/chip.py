@@ -119,12 +119,13 @@ class ChipState:
         self.correction = torch.zeros(blocks, p, **f64)      # calibrated offset, subtracted from commands
         self.response = torch.ones(blocks, p, **f64)         # calibrated power-to-phase factor, divides commands
         self.gain = torch.ones(blocks, **f64)                # calibrated gain factor of every block
+        self.transmission = torch.ones(blocks, **f64)        # calibrated amplitude transmission per MZI
 
     @classmethod
     def concat(cls, states: list["ChipState"]) -> "ChipState":
         """The blocks of ``states`` as one state (copies, for reading: realise them in one call)."""
         merged = cls.__new__(cls)
-        for name in ("gamma", "bias", "coupler", "drift", "correction", "response", "gain"):
+        for name in ("gamma", "bias", "coupler", "drift", "correction", "response", "gain", "transmission"):
             setattr(merged, name, torch.cat([getattr(s, name) for s in states]))
         merged.mzi = tuple(torch.cat(parts) for parts in zip(*(s.mzi for s in states)))
         return merged
