@@ -13,6 +13,13 @@ typical_fab / pessimistic_fab (without the fabrication bias and the drift: stati
 (typical_fab with a drift of 0.1 rad rms per 1,000 steps). Writes runs/photonic_mnist/<row>/, benchmarks/results/photonic_mnist.json
 and docs/img/photonic_mnist.png; resumable like hjb_table.py (rows may run in parallel processes: then
 finish with ``--collect``).
+
+Calibrated rows (not run by default): deploy_<chip>_cal and insitu_<chip>_cal, the same chip calibrated
+with ``calibrate: true`` (every shifter's offset and response measured through the chip's DACs and
+detectors: backends/photonic/calibration.py) instead of ``gain``; in situ they train for ``--cal-steps``
+(default 200) steps, ZO on the phases learning only what calibration left.
+
+    python benchmarks/photonic_mnist.py --rows deploy_typical_cal insitu_typical_cal
 """
 from __future__ import annotations
 
@@ -43,13 +50,17 @@ CHIPS = {
     "drift": "{preset: typical, phase_bias: 0.0, drift: 0.1}",
 }
 INSITU_CHIPS = [c for c in CHIPS if c != "ideal"]
+CALIBRATED = ["typical_cal", "pessimistic_cal"]   # <chip>_cal: CHIPS[<chip>] with calibrate: true
 INSITU = ["backend.params=phases", "backend.calibrate=gain", "estimator.rge.mu=0.05", "optimizer.lr=0.002",
           "optimizer.schedule={name: cosine, min_lr: 0.0001}", f"train.init={TRAINED}"]
 DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 
 
 def overrides(chip: str, steps: int) -> list[str]:
-    return (["backend.name=photonic", f"backend.noise={CHIPS[chip]}"] + INSITU
+    """The config overrides of a row's chip (``<chip>_cal``: calibrate: true) for ``steps`` steps."""
+    calibrated = chip.endswith("_cal")
+    insitu = [("backend.calibrate=true" if o == "backend.calibrate=gain" else o) for o in INSITU] if calibrated else INSITU
+    return (["backend.name=photonic", f"backend.noise={CHIPS[chip.removesuffix('_cal')]}"] + insitu
             + [f"train.steps={steps}", f"train.eval_every={max(1, steps // 10)}"])
 
 
@@ -74,9 +85,11 @@ def deployed(chip: str, steps: int, checkpoints=(0,)) -> list[list]:
 
 def main() -> None:
     rows = [f"deploy_{c}" for c in CHIPS] + [f"insitu_{c}" for c in INSITU_CHIPS]
+    extra = [f"{kind}_{c}" for c in CALIBRATED for kind in ("deploy", "insitu")]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", nargs="+", choices=rows, default=rows)
+    ap.add_argument("--rows", nargs="+", choices=rows + extra, default=rows)
     ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--cal-steps", type=int, default=200, help="in-situ steps of the calibrated (_cal) rows")
     ap.add_argument("--out", default="runs/photonic_mnist")
     ap.add_argument("--collect", action="store_true", help="only gather finished rows, train nothing")
     args = ap.parse_args()
@@ -84,16 +97,17 @@ def main() -> None:
         raise SystemExit(f"{TRAINED}/params.pt is missing: run `make run` first")
     path = RESULTS / "photonic_mnist.json"
     stored_rows = json.loads(path.read_text())["rows"] if path.is_file() else []
-    previous = {r["row"]: r for r in stored_rows if r["row"] in rows}
+    previous = {r["row"]: r for r in stored_rows if r["row"] in rows + extra}
     results = {}
     for name in args.rows:
         kind, chip = name.split("_", 1)
-        ov = overrides(chip, args.steps)
+        steps = args.cal_steps if chip.endswith("_cal") else args.steps
+        ov = overrides(chip, steps)
         stored = previous.get(name) if previous.get(name, {}).get("overrides") == ov else None
         if kind == "deploy":
             metrics = stored["metrics"] if stored else None
             if metrics is None and not args.collect:
-                metrics = {"test_accuracy": deployed(chip, args.steps)[0][1]}
+                metrics = {"test_accuracy": deployed(chip, steps)[0][1]}
         else:
             out = Path(args.out) / name
             metrics = finished_run("mnist_tt_zo", ov, out, stored)
@@ -102,7 +116,7 @@ def main() -> None:
                                 log=lambda s: print(f"{name}: {s.splitlines()[0]}", flush=True))
             if metrics is not None and "deployed_curve" not in metrics:
                 metrics["deployed_curve"] = (stored["metrics"]["deployed_curve"] if stored else deployed(
-                    chip, args.steps, range(0, args.steps + 1, max(1, args.steps // 10))))
+                    chip, steps, range(0, steps + 1, max(1, steps // 10))))
         if metrics is None:
             continue
         print(f"{name}: {100 * metrics['test_accuracy']:.2f} %", flush=True)
@@ -118,7 +132,8 @@ def report(results: dict, out: Path) -> None:
     per chip; (c) test accuracy over the steps of in-situ training, and of the untrained deployment on the
     same (drifting) chip."""
     table = []
-    for chip in CHIPS:
+    ran = [c for c in CALIBRATED if f"deploy_{c}" in results or f"insitu_{c}" in results]
+    for chip in [*CHIPS, *ran]:
         dep, ins = results.get(f"deploy_{chip}"), results.get(f"insitu_{chip}")
         table.append({"chip": chip, "deployed": 100 * dep["metrics"]["test_accuracy"] if dep else "",
                       "insitu": 100 * ins["metrics"]["test_accuracy"] if ins else "",
@@ -137,7 +152,7 @@ def report(results: dict, out: Path) -> None:
     bars.set_ylabel("test accuracy (%)")
     bars.set_ylim(0, 118)
     bars.legend(fontsize=8, loc="upper center", ncol=2)
-    for chip in INSITU_CHIPS:
+    for chip in [*INSITU_CHIPS, *CALIBRATED]:
         row = results.get(f"insitu_{chip}")
         if row is None:
             continue
