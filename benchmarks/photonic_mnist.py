@@ -20,6 +20,8 @@ detectors: backends/photonic/calibration.py) instead of ``gain``; in situ they t
 (default 200) steps, ZO on the phases learning only what calibration left.
 
     python benchmarks/photonic_mnist.py --rows deploy_typical_cal insitu_typical_cal
+    python benchmarks/photonic_mnist.py --calibration-report 0 4    # a typical chip's calibration and its cost
+    python benchmarks/photonic_mnist.py --drift-report 0 0.3 1000 250   # drift with and without recalibration
 """
 from __future__ import annotations
 
@@ -83,6 +85,69 @@ def deployed(chip: str, steps: int, checkpoints=(0,)) -> list[list]:
     return curve
 
 
+def calibration_report(run: str, seeds: list[int]) -> None:
+    """Print, per typical chip ``seed`` of ``run``'s network: the report of a fresh ``calibrate: true``
+    (backend.calibrate: rms offset error, gauge-aware matrix error, calibration_* counters), its energy and
+    device time (the energy model's calibration: terms), the CPU seconds of the fit (one thread), and the
+    matrix error's floor: the simulator's true offsets, responses and loss installed instead."""
+    import time
+
+    from hwsim.backends.photonic import calibration
+    from hwsim.build import build_mapping
+    from hwsim.energy.table import load_table
+    from hwsim.train import run_config
+    torch.set_num_threads(1)
+    for seed in seeds:
+        cfg = run_config(Path(run), ["backend.name=photonic", "backend.noise=typical", "backend.calibrate=false",
+                                     f"backend.chip_seed={seed}"])
+        network = build_network(cfg.model)
+        backend = build_backend(cfg.backend, network, cfg.architecture)
+        start = time.process_time()
+        found = backend.calibrate(True)
+        cpu = time.process_time() - start
+        mapping, table = build_mapping(cfg.architecture, network, backend), load_table(cfg.energy, kind=backend.architecture)
+        est = backend.architecture.cost(mapping, {k: v for k, v in found.items() if k.startswith("calibration_")}, table)
+        print(f"chip {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in found.items()))
+        print(f"chip {seed}: calibration {est.joules:.4g} J, {est.latency_s * 1e3:.4g} ms of device time, "
+              f"{cpu:.1f} s CPU (one thread)", flush=True)
+        amp = 10 ** (-backend.noise.insertion_loss_db / 20)
+        for region in backend._regions.values():          # the floor: the simulator's true offsets installed
+            state = region.state
+            state.correction.copy_(state.bias + state.drift)
+            state.response.copy_(state.gamma)
+            state.transmission.fill_(amp)
+            state.gain.copy_(1 / calibration.path_loss(state.transmission, backend.layout))
+        rms, worst = backend.matrix_error()
+        print(f"chip {seed}: matrix_error with the true offsets and responses installed {rms:.4g} (max {worst:.4g})")
+
+
+def drift_report(run: str, seed: int, drift: float, steps: int, every: int, images: int = 1000) -> None:
+    """Print the test accuracy (first ``images`` test images) of ``run``'s weights deployed on typical chip
+    ``seed`` (calibrate: true) with a drift of ``drift`` rad rms per 1,000 steps, every 100 steps over
+    ``steps`` steps of drift, without and with ``recalibrate_every: every``."""
+    from hwsim.train import initial_params, run_config
+    torch.set_num_threads(1)
+    for recal in (None, every):
+        ov = ["backend.name=photonic", f"backend.noise={{preset: typical, drift: {drift}}}", "backend.calibrate=true",
+              f"backend.chip_seed={seed}", f"data.test_limit={images}"]
+        cfg = run_config(Path(run), ov + ([f"backend.recalibrate_every={recal}"] if recal else []))
+        d = cfg.data
+        data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
+        network = build_network(cfg.model)
+        backend = build_backend(cfg.backend, network, cfg.architecture)
+        theta = backend.encode(backend.to_backend(initial_params(run, network, "eval")))
+        x, y = torch.from_numpy(data.test.x).to(backend.data_dtype), torch.from_numpy(data.test.y)
+        curve = [(0, accuracy(network, backend, theta, x, y, 1000))]
+        for step in range(100, steps + 1, 100):
+            backend.advance(100)
+            curve.append((step, accuracy(network, backend, theta, x, y, 1000)))
+        c = backend.counters()
+        print(f"chip {seed}, drift {drift} rad rms / 1000 steps, recalibrate_every {recal}: "
+              + " ".join(f"{s}:{100 * a:.1f}" for s, a in curve)
+              + f" | calibration runs {c.get('calibration_runs', 0)}, settings {c.get('calibration_settings', 0):.0f}",
+              flush=True)
+
+
 def main() -> None:
     rows = [f"deploy_{c}" for c in CHIPS] + [f"insitu_{c}" for c in INSITU_CHIPS]
     extra = [f"{kind}_{c}" for c in CALIBRATED for kind in ("deploy", "insitu")]
@@ -92,7 +157,17 @@ def main() -> None:
     ap.add_argument("--cal-steps", type=int, default=200, help="in-situ steps of the calibrated (_cal) rows")
     ap.add_argument("--out", default="runs/photonic_mnist")
     ap.add_argument("--collect", action="store_true", help="only gather finished rows, train nothing")
+    ap.add_argument("--calibration-report", type=int, nargs="+", metavar="SEED",
+                    help="only print the calibration report and cost of these typical chips of --run")
+    ap.add_argument("--run", default="runs/mnist_backends/reference", help="the run of --calibration-report")
+    ap.add_argument("--drift-report", type=float, nargs=4, metavar=("SEED", "DRIFT", "STEPS", "EVERY"),
+                    help="only print --run's accuracy on a drifting typical chip without and with recalibration")
     args = ap.parse_args()
+    if args.drift_report:
+        seed, drift, steps, every = args.drift_report
+        return drift_report(args.run, int(seed), drift, int(steps), int(every))
+    if args.calibration_report:
+        return calibration_report(args.run, args.calibration_report)
     if not (Path(TRAINED) / "params.pt").is_file():
         raise SystemExit(f"{TRAINED}/params.pt is missing: run `make run` first")
     path = RESULTS / "photonic_mnist.json"

@@ -15,15 +15,17 @@ Two procedures:
      offset (mod pi: its sign is taken in (-pi/2, pi/2]). This is fringe fitting (Mower et al., PRA 92,
      032322 (2015); Carolan et al., Science 349, 711 (2015), supplementary), all attenuators at once
      because their fringes add.
-  B. *transfer-matrix decomposition*: the attenuators are set to n known, distinct transmissions and the
-     meshes to zero command; the block's transfer matrix M = c U(b_U) diag(cos t) V(b_V) is measured with
-     the n unit vectors and split by its SVD (the singular values' order names the attenuator), and each
-     factor's Clements decomposition (mesh.clements_decompose) gives the meshes' offsets b_U, b_V. With
-     only external detectors a rectangular mesh can be calibrated (Alexiev et al., "Calibrating
-     rectangular interferometer meshes with external photodetectors", OSA Continuum 4, 2892 (2021)); with
-     coherent read-out the whole matrix is read at once and inverted.
-  C. *device-model fit*: from ``SETTINGS`` random settings programmed through the stage-B estimate, a
-     Levenberg-Marquardt fit of the block model c x block(g o command + b; loss alpha per MZI) to the
+  B. *coordinate descent*: from stage A's attenuators and zero mesh offsets, ``SETTINGS`` random settings
+     are read (every block's n x n matrix, with the n unit vectors) and every offset is swept in turn: with
+     the others fixed a block is affine in (cos, sin) of one phase, so the misfit is a trigonometric
+     polynomial of degree 2 in that offset, minimised over a grid of GRID values (SWEEPS passes). Its false
+     minima are sign domains: a few MZIs pi-shifted, a mode's sign flipped between them, which no single
+     offset can undo. 16 settings left ~1 block in 8 in one (an 8 x 8 test bench: 5 of 32), 32 settings
+     0 of 32 on the bench and 2 of 31 on chip 1 of the reference run; a stuck block (residual > RETRY x
+     the median) is fitted again in a random sweep order on MORE further settings. (A Clements
+     decomposition of the measured meshes, as Alexiev et al., OSA Continuum 4, 2892 (2021) do with
+     external detectors, was tried: at 1e-5 read-out noise its nulling angles erred by up to ~0.9 rad.)
+  C. *device-model fit*: on the same readings, a Levenberg-Marquardt fit of the block model c x block(g o command + b; loss alpha per MZI) to the
      readings refines every offset b, every shifter's power-to-phase factor g, the block's scale c and the
      per-MZI transmission alpha (the fit of a device model to measured transfer data, as in
      Bandyopadhyay et al., "Hardware error correction for programmable photonics", Optica 8, 1247
@@ -32,7 +34,7 @@ Two procedures:
 
 What no stage removes: thermal crosstalk (the model has none; the fit absorbs its mean), coupler imbalance
 (the model's couplers are ideal; min |cross| = |sin(e1 + e2)| stays), the mode-dependent insertion loss
-(modelled, so it does not bias the offsets, but not undone), the DAC's step, and read-out noise and ADC
+(modelled, so it does not bias the offsets; the gain undoes its mean, :func:`path_loss`), the DAC's step, and read-out noise and ADC
 quantisation in the readings (averaged over settings). docs/photonic.md, "Calibration".
 """
 from __future__ import annotations
