@@ -411,21 +411,25 @@ def model_classes(run_dir: Path) -> int | None:
 
 
 def _spawned_ignoring_sigint(main: bool, make):
-    """``make()`` (a process pool) with SIGINT ignored while it spawns its workers: a process started with
-    SIGINT ignored keeps it ignored through Python's start-up, so a Ctrl-C that reaches the process group
-    while a worker still imports (before :func:`_worker_init` runs) cannot print its traceback."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    """``make()`` (a process pool) with SIGINT blocked while it spawns its workers: a worker inherits the
+    blocked signal through its start-up, so a Ctrl-C that reaches the process group while it still imports
+    cannot print its traceback (:func:`_worker_init` then ignores SIGINT and unblocks it); this process
+    keeps a Ctrl-C that came meanwhile pending and gets it once the pool exists (not lost: ignoring it here
+    instead left compare running after a Ctrl-C on a loaded machine)."""
+    if main:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         return make()
     finally:
         if main:
-            signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _worker_init(threads: int) -> None:
     """A pool worker: its share of the cores; Ctrl-C (sent by a terminal to the whole process group) is the
     parent's to handle: it ends the pool, so the workers do not print tracebacks of their own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     torch.set_num_threads(threads)
 
 
