@@ -343,8 +343,7 @@ def _compare(spec: Spec, out_dir: Path, jobs: int, log: Callable[[str], None], p
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
         try:
-            with _spawned_ignoring_sigint(main, lambda: multiprocessing.get_context("spawn").Pool(
-                    jobs, _worker_init, (threads,))) as pool:
+            with multiprocessing.get_context("spawn").Pool(jobs, _worker_init, (threads,)) as pool:
                 pending = [pool.apply_async(run_job, (spec, row, chip, reference, out_dir)) for row, chip in work]
                 for k, result in enumerate(pending, 1):
                     done_one(k, result.get())
@@ -410,26 +409,10 @@ def model_classes(run_dir: Path) -> int | None:
     return int(outputs[-1]) if outputs else None
 
 
-def _spawned_ignoring_sigint(main: bool, make):
-    """``make()`` (a process pool) with SIGINT blocked while it spawns its workers: a worker inherits the
-    blocked signal through its start-up, so a Ctrl-C that reaches the process group while it still imports
-    cannot print its traceback (:func:`_worker_init` then ignores SIGINT and unblocks it); this process
-    keeps a Ctrl-C that came meanwhile pending and gets it once the pool exists (not lost: ignoring it here
-    instead left compare running after a Ctrl-C on a loaded machine)."""
-    if main:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        return make()
-    finally:
-        if main:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
 def _worker_init(threads: int) -> None:
     """A pool worker: its share of the cores; Ctrl-C (sent by a terminal to the whole process group) is the
     parent's to handle: it ends the pool, so the workers do not print tracebacks of their own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     torch.set_num_threads(threads)
 
 

@@ -153,7 +153,7 @@ def test_ctrl_c_to_compare_and_its_workers_is_one_line(tmp_path):
     proc, mark = _compare_with_busy_workers(tmp_path, start_new_session=True)
     try:
         os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=240)      # leaving the pool waits for the workers' stops (a step each)
         assert proc.returncode == 130 and "Traceback" not in err, err
         assert err.strip().splitlines()[-1].startswith("hwsim: stopped at once"), err
         assert gone(mark, within=30), f"workers left after Ctrl-C: {marked(mark)}"
