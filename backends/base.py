@@ -35,6 +35,19 @@ ENTRY_POINT_GROUP = "hwsim.backends"
 DEFAULT_BACKEND = "ideal"           # a config without backend.name runs here
 
 
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(choice: str) -> torch.device:
+    """The torch device of a backend's ``device`` option: cpu | cuda | auto (CUDA when torch sees one);
+    'cuda' without a CUDA device is a ConfigError naming the key."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("backend.device: 'cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend guarantees; the layers above use it to decide which shortcuts are allowed.
@@ -46,7 +59,8 @@ class Capabilities:
         core may be computed from the unperturbed layer (the CGE shortcut).
     chip_instances: fabricated instances differ (option ``chip_seed`` draws one): ``hwsim compare``
         evaluates several and reports their spread.
-    devices: the torch device types the backend computes on.
+    devices: the torch device types the backend computes on; a backend with more than the CPU has an
+        option ``device`` (cpu | cuda | auto) that :func:`resolve_device` turns into ``Backend.device``.
     """
 
     exact: bool
@@ -75,13 +89,15 @@ class Backend(ABC):
 
     def __init__(self, options: "Backend.Options | None" = None):
         self.options = options if options is not None else self.Options()
+        self._device = resolve_device(getattr(self.options, "device", "cpu"))
         self._counters: Counter = Counter()
         self._keys: tuple[int, torch.Tensor] | None = None      # (stream, query places) inside keyed()
         self._streams: dict[tuple[int, int], torch.Generator] = {}
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cpu")
+        """Where the backend's tensors live (its ``device`` option; the CPU for a backend without one)."""
+        return self._device
 
     @property
     def dtype(self) -> torch.dtype:

@@ -7,7 +7,6 @@ from typing import Literal
 import torch
 
 from hwsim.backends.base import Backend, Capabilities, SparseDelta
-from hwsim.errors import ConfigError
 from hwsim.model import TTLinear
 from hwsim.tt import choose_method, core_environment, to_dense, tt_linear
 
@@ -29,21 +28,9 @@ class IdealBackend(Backend):
         device: Literal["cpu", "cuda", "auto"] = "cpu"
         tt_method: Literal["auto", "dense", "direct"] = "auto"
 
-        def __post_init__(self):
-            if self.device == "cuda" and not torch.cuda.is_available():
-                raise ConfigError("backend.device: 'cuda' was asked for but torch sees no CUDA device; "
-                                 "use 'cpu' or 'auto'")
-
     def __init__(self, options: "IdealBackend.Options | None" = None):
         super().__init__(options)
-        dev = self.options.device
-        self._device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else
-                                    "cpu" if dev == "auto" else dev)
         self._dtype = DTYPES[self.options.dtype]
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
 
     @property
     def dtype(self) -> torch.dtype:

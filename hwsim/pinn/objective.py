@@ -21,8 +21,9 @@ BLOCK_SHARE = 8
 class StencilLoss:
     """outputs of N at every stencil point (Q?, B * K, 1) -> mean squared residual (Q?,).
 
-    u = base + gate * N is formed in float64 on the host (the base, e.g. sum_i x_i, is exact there),
-    then the stencil turns the K values per point into derivatives."""
+    u = base + gate * N is formed in float64 (the base, e.g. sum_i x_i, is exact there) on the device of
+    the outputs (base and gate move there once), then the stencil turns the K values per point into
+    derivatives."""
 
     def __init__(self, problem: Problem, stencil: Stencil, x: torch.Tensor):
         self.problem, self.stencil = problem, stencil
@@ -30,6 +31,8 @@ class StencilLoss:
         self.base, self.gate = problem.base(self.points), problem.gate(self.points)
 
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        if self.base.device != out.device:
+            self.base, self.gate = self.base.to(out.device), self.gate.to(out.device)
         u = self.base + self.gate * out[..., 0].to(torch.float64)
         return self.problem.residual(self.stencil.combine(u)).pow(2).mean(-1)
 
