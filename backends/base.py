@@ -91,6 +91,7 @@ class Backend(ABC):
         self.options = options if options is not None else self.Options()
         self._device = resolve_device(getattr(self.options, "device", "cpu"))
         self._counters: Counter = Counter()
+        self._pending: dict[str, torch.Tensor] = {}      # counts still on the device (see count)
         self._keys: tuple[int, torch.Tensor] | None = None      # (stream, query places) inside keyed()
         self._streams: dict[tuple[int, int], torch.Generator] = {}
 
@@ -216,15 +217,26 @@ class Backend(ABC):
         """What a checkpoint must hold to continue this backend exactly: its counters and (subclasses) all
         state that changes while a run goes on (drift, calibration, random generators). State that
         :meth:`bind` rebuilds from the options (formats, frozen chip variations) is not included."""
-        return {"counters": dict(self._counters)}
+        return {"counters": self.counters()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` into a backend built and bound as the saved one was."""
-        self._counters = Counter(state["counters"])
+        self._counters, self._pending = Counter(state["counters"]), {}
 
-    def count(self, key: str, amount: int | float = 1) -> None:
-        """Add ``amount`` to counter ``key`` (ints stay exact; a float amount makes a float counter)."""
+    def count(self, key: str, amount: "int | float | torch.Tensor" = 1) -> None:
+        """Add ``amount`` to counter ``key`` (ints stay exact; a float amount makes a float counter). A
+        tensor amount (an integer count the device computed, 0-dim) stays on the device until the
+        counters are read: no host synchronisation per call on a GPU."""
+        if isinstance(amount, torch.Tensor):
+            self._pending[key] = self._pending[key] + amount if key in self._pending else amount
+            return
         self._counters[key] += amount if isinstance(amount, float) else int(amount)
+
+    def _settle(self) -> None:
+        """Bring the counts still on the device into the counters (one host read per counter)."""
+        for key, amount in self._pending.items():
+            self._counters[key] += int(amount)
+        self._pending.clear()
 
     def count_passes(self, rows: int, passes: int = 1) -> None:
         """``passes`` forward passes of ``rows`` input rows each through the whole network (a query's
@@ -241,10 +253,12 @@ class Backend(ABC):
     def counted_apart(self):
         """Within: events are counted in a fresh Counter (yielded) and not in the backend's own; give them
         back with :meth:`add_counts` (hwsim.distributed adds every rank's share this way)."""
+        self._settle()
         saved, self._counters = self._counters, Counter()
         try:
             yield self._counters
         finally:
+            self._settle()
             self._counters = saved
 
     def add_counts(self, counts: dict) -> None:
@@ -254,10 +268,12 @@ class Backend(ABC):
 
     def counters(self) -> dict[str, int]:
         """What was executed since the last reset (MACs, calls, rows, ...)."""
+        self._settle()
         return dict(self._counters)
 
     def reset_counters(self) -> None:
         self._counters.clear()
+        self._pending.clear()
 
 
 @dataclass

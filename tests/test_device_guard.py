@@ -4,6 +4,13 @@ with the backend's tensors on torch's ``meta`` device (shapes only, no data). A 
 the same device"), which a CPU-only run can never show: the paper-size PINN crashed at its first loss on
 a GPU this way (its ansatz's base and gate stayed on the host).
 
+What CUDA refuses but the meta device lets pass (an in-place operation on a device tensor with a host
+operand; a host generator drawing straight onto the device) is refused by a function mode around the
+test (DeviceGuard).
+
+The photonic chip's model programs the parameters on the host (it reads their values, which a meta
+tensor does not have): the guard hands it zeros of their shape there, and checks the data path around it.
+
 The losses (the estimators' only call into the network) run to their end. An evaluation runs until its
 first read of a result on the host (``int(...)``, ``.to("cpu")``), which a meta tensor cannot serve: the
 test accepts only that error there."""
@@ -11,9 +18,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import hwsim.backends.base as base
 from hwsim.backends.base import backend_class
+from hwsim.backends.photonic.backend import PhotonicBackend
 from hwsim.build import build_network
 from hwsim.config import PinnConfig, load_config, read_raw, shipped_configs
 from hwsim.loop import build_parts
@@ -24,8 +33,58 @@ SMALL_TRAIN = ["data.train_limit=512", "data.val_size=64", "data.test_limit=64",
 SMALL_PINN = ["pde.points=3", "pde.test_points=8", "train.eval_batch_size=8"]
 
 
-def _runs() -> list[str]:
-    """The shipped run configs (not compare specs) whose backend computes on more than the CPU."""
+class DeviceGuard(TorchFunctionMode):
+    """What CUDA refuses and the meta device lets pass: an in-place operation on a device tensor with a host
+    operand (``meta.mul_(cpu)`` is allowed, ``cuda.mul_(cpu)`` is not), and a draw whose generator lives on
+    another device type than the tensor it makes. Moves, copies and indexing may cross devices (CUDA
+    allows them); 0-dim host tensors are scalars."""
+
+    CROSSING = {"to", "cpu", "cuda", "copy_", "__getitem__", "__setitem__", "__get__", "__set__"}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        gen, device = kwargs.get("generator"), kwargs.get("device")
+        if gen is not None and device is not None and torch.device(device).type != gen.device.type:
+            raise RuntimeError(f"{name}: a {gen.device.type} generator drawing on {device}")
+        if name not in self.CROSSING:
+            kinds = {t.device.type for t in _tensors((args, kwargs)) if t.dim() > 0}
+            if len(kinds) > 1:
+                raise RuntimeError(f"{name}: tensors on {' and '.join(sorted(kinds))} in one operation")
+        return func(*args, **kwargs)
+
+
+def _tensors(obj):
+    """Every tensor in nested args (lists, tuples, dicts)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def _zeros_for_meta(t: torch.Tensor) -> torch.Tensor:
+    """PhotonicBackend._host under the guard: a meta tensor's stand-in on the host (zeros of its shape)."""
+    return torch.zeros(t.shape, dtype=t.dtype) if t.device == META else t.to("cpu")
+
+
+# Shipped configs on other hardware, for the paths no shipped config takes: the photonic chip's read-out
+# noise and ADCs (weights and phases), stochastic integer updates, a PINN on integer hardware.
+VARIANTS = [
+    ("mnist_tt_zo", ["backend.name=photonic", "backend.noise=typical", "backend.calibrate=gain"]),
+    ("mnist_tt_zo", ["backend.name=photonic", "backend.noise=typical", "backend.calibrate=gain", "backend.params=phases"]),
+    ("mnist_tt_zo", ["backend.name=fixed", "backend.master=integer", "backend.update_rounding=stochastic",
+                     "estimator.rge.mu=1"]),
+    ("hjb20_zo_tt_sg", ["backend.name=fixed", "backend.bits=12"]),
+    ("hjb20_zo_tt_fd", ["backend.name=photonic", "backend.noise=typical", "backend.calibrate=gain"]),
+]
+
+
+def _runs() -> list[tuple[str, list[str]]]:
+    """The shipped run configs (not compare specs) whose backend computes on more than the CPU, and VARIANTS."""
     names = []
     for name in shipped_configs():
         raw = read_raw(name)
@@ -33,24 +92,25 @@ def _runs() -> list[str]:
             continue
         backend = backend_class(raw.get("backend", {}).get("name", base.DEFAULT_BACKEND))
         if "cuda" in backend.capabilities.devices:
-            names.append(name)
-    return names
+            names.append((name, []))
+    return names + VARIANTS
 
 
-def _task(name: str):
-    """(task, parts) of shipped config ``name``, small, with every backend tensor on the meta device."""
+def _task(name: str, overrides: list[str]):
+    """(task, parts) of shipped config ``name`` with ``overrides``, small (every backend tensor on the meta
+    device when resolve_device is patched)."""
     raw = read_raw(name)
     if "pde" in raw:
         from hwsim.pinn.objective import derivative_method
         from hwsim.pinn.train import PinnTask, _setup
-        cfg = load_config(name, SMALL_PINN, PinnConfig)
+        cfg = load_config(name, SMALL_PINN + overrides, PinnConfig)
         problem, network, test_x = _setup(cfg)
         parts = build_parts(cfg, network, network.init_params, 1)
         method = derivative_method(cfg.pde.derivatives, problem.inputs, parts.generator)
         return PinnTask(cfg, problem, network, parts.backend, method, test_x), parts
     from hwsim.data import load_dataset
     from hwsim.train import Classification
-    cfg = load_config(name, SMALL_TRAIN)
+    cfg = load_config(name, SMALL_TRAIN + overrides)
     d = cfg.data
     data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
     network = build_network(cfg.model)
@@ -58,10 +118,16 @@ def _task(name: str):
     return Classification(cfg, data, network, parts.backend), parts
 
 
-@pytest.mark.parametrize("name", _runs())
-def test_shipped_config_keeps_every_tensor_on_the_backend_device(name, monkeypatch):
+@pytest.mark.parametrize("name, overrides", _runs(), ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_shipped_config_keeps_every_tensor_on_the_backend_device(name, overrides, monkeypatch):
     monkeypatch.setattr(base, "resolve_device", lambda choice: META)
-    task, parts = _task(name)
+    monkeypatch.setattr(PhotonicBackend, "_host", staticmethod(_zeros_for_meta))
+    with DeviceGuard():
+        _one_step_and_evaluation(name, overrides)
+
+
+def _one_step_and_evaluation(name: str, overrides: list[str]) -> None:
+    task, parts = _task(name, overrides)
     backend = parts.backend
     assert backend.device == META
     theta = backend.encode(backend.to_backend(parts.start))
@@ -73,14 +139,21 @@ def test_shipped_config_keeps_every_tensor_on_the_backend_device(name, monkeypat
         deltas = torch.zeros(2, theta.numel(), dtype=theta.dtype, device=theta.device)
         losses = objective.losses(theta, deltas)
         assert losses.device == META and losses.shape == (2,)
+    backend.project_(theta.clone(), parts.generator)    # after the optimizer step: back onto the hardware
+    backend.advance()
     with pytest.raises((RuntimeError, NotImplementedError), match=HOST_READ):
         task.evaluate(0, theta)
 
 
 def test_the_guard_sees_a_host_tensor_meet_a_device_tensor():
-    """The mechanism the guard relies on: a host tensor combined with a meta one raises."""
+    """The mechanisms the guard relies on: a host tensor combined with a meta one raises; so does a host
+    generator drawing on the meta device inside the guard's mode."""
     with pytest.raises(RuntimeError, match="device"):
         torch.ones(3) + torch.ones(3, device=META)
+    with DeviceGuard(), pytest.raises(RuntimeError, match="a cpu generator drawing on meta"):
+        torch.rand(3, generator=torch.Generator(), device=META)
+    with DeviceGuard(), pytest.raises(RuntimeError, match="mul_: tensors on cpu and meta in one operation"):
+        torch.ones(3, device=META).mul_(torch.ones(3))
 
 
 def test_cuda_without_a_cuda_device_is_one_config_error():

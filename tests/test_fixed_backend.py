@@ -218,3 +218,27 @@ def test_non_relu_activations_are_evaluated_on_the_host_and_put_back_on_the_grid
     assert torch.equal(y.double(), quantize(torch.tanh(x.double()), fmt.bits, fmt.frac_bits).double() * fmt.lsb)
     assert torch.equal(b.activation("relu", torch.tensor([-0.5, 0.25])), torch.tensor([0.0, 0.25]))
     assert b.counters() == {"activation_tanh": 3, "activation_relu": 2}
+
+
+@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
+@pytest.mark.parametrize("master", ["float", "integer"])
+def test_the_device_path_gives_the_host_codes_and_counts(gen, monkeypatch, overflow, master):
+    """Off the host (CUDA) the numerics skip every shortcut that reads data back (nothing to round, nothing
+    out of range) and leave overflow counts on the device; forced here on the CPU, the outputs are the same
+    bits and the counters the same numbers as the host path's, with values in and far out of range."""
+    import hwsim.backends.fixed.numerics as numerics
+    net = _net()
+    x = torch.rand(2, 5, 12, generator=gen) * torch.tensor([1.0, 30.0])[:, None, None]
+    for scale in (1, 40):
+        host = _fixed(net, bits=8, overflow=overflow, master=master)
+        theta = host.encode(net.init_params(gen) * scale)
+        runs = []
+        for on_host in (True, False):
+            monkeypatch.setattr(numerics, "_on_host", lambda t, on_host=on_host: on_host)
+            b = _fixed(net, bits=8, overflow=overflow, master=master)
+            out = net.forward(b, net.space.unflatten(theta), x)
+            runs.append((out, b.counters()))
+        (out_h, c_h), (out_d, c_d) = runs
+        assert torch.equal(out_h, out_d) and out_h.dtype == out_d.dtype
+        assert c_h == c_d
+    assert sum(v for k, v in c_h.items() if k.startswith("overflows")) > 0    # out of range was reached

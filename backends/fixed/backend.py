@@ -36,7 +36,7 @@ class FixedBackend(Backend):
 
     name = "fixed"
     summary = "bit-exact integer spec of a TT-contraction accelerator (docs/fixed_point.md)"
-    capabilities = Capabilities(exact=True, differentiable=False, multilinear=False)
+    capabilities = Capabilities(exact=True, differentiable=False, multilinear=False, devices=("cpu", "cuda"))
 
     @dataclass
     class Options:
@@ -44,7 +44,8 @@ class FixedBackend(Backend):
         defaults; formats: {role: [bits, frac_bits]} overriding both; layers: {network layer index:
         {int_bits: ..., formats: ...}} overriding the weight and intermediate formats of one layer, the
         intermediate one per core step if given as a list; bias_bits; rounding; overflow;
-        update_rounding (integer master): nearest | stochastic."""
+        update_rounding (integer master): nearest | stochastic; device: cpu | cuda | auto (the same codes
+        on every device; on CUDA every accumulator must be exact in float64, which has no int64 GEMM)."""
 
         master: Literal["float", "integer"] = "float"
         bits: int = 8
@@ -55,6 +56,7 @@ class FixedBackend(Backend):
         rounding: Literal["floor", "half_up", "half_even"] = "half_up"
         overflow: Literal["saturate", "wrap"] = "saturate"
         update_rounding: Literal["nearest", "stochastic"] = "nearest"
+        device: Literal["cpu", "cuda", "auto"] = "cpu"
 
         def __post_init__(self):
             if not isinstance(self.bits, int) or not 2 <= self.bits <= MAX_BITS:
@@ -155,9 +157,14 @@ class FixedBackend(Backend):
                              own["intermediate"], fmts["output"] if j == len(linears) - 1 else fmts["activation"],
                              o.bias_bits, o.rounding, o.overflow)
             try:
-                spec.steps(_core_shapes(layer), layer.bias)
+                steps = spec.steps(_core_shapes(layer), layer.bias)
             except ValueError as e:
                 raise ConfigError(f"backend: layer {i}: {e}") from None
+            wide = [k for k, step in enumerate(steps) if not step.dtype.is_floating_point]
+            if wide and self.device.type == "cuda":
+                raise ConfigError(f"backend.device: layer {i}'s core step {wide[0]} needs a "
+                                  f"{steps[wide[0]].acc_bits}-bit accumulator, beyond float64's exact 53 bits, and "
+                                  f"CUDA has no int64 matrix product: run this format on the cpu")
             self._layers[id(layer)] = (i, spec)
             for name, _ in layer.param_shapes():
                 fmt = spec.bias_format(_core_shapes(layer)) if name == "bias" else spec.weight
@@ -194,7 +201,7 @@ class FixedBackend(Backend):
         if self.options.master == "float":
             return
         if self.options.update_rounding == "stochastic":
-            noise = torch.rand(theta.shape, generator=generator, dtype=theta.dtype, device=theta.device)
+            noise = torch.rand(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
             theta.add_(noise).floor_()
         else:
             theta.copy_(round_half_up(theta))
@@ -225,8 +232,7 @@ class FixedBackend(Backend):
             raise RuntimeError("the fixed backend is not bound to this network: call backend.bind(network) first")
         index, spec = self._layers[id(layer)]
         xc, over = self._input_codes(index, x, spec.input)
-        if over:
-            self.count(f"overflows_layer{index}_input", over)
+        self.count(f"overflows_layer{index}_input", over)
         shapes = _core_shapes(layer)
         if isinstance(layer, TTLinear):
             cores = [self._param(params[n], spec.weight, 4) for n in layer.core_names]

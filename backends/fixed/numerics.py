@@ -76,11 +76,11 @@ def quantize_counted(x: torch.Tensor, fmt: Format, rounding: str, overflow: str)
     """:func:`quantize` of float values x (any shape): (codes as float64 integers, number of values whose
     rounded value lay outside the format, i.e. saturated or wrapped)."""
     x = x.to(torch.float64)
-    if not bool(torch.isfinite(x).all()):
+    if _on_host(x) and not bool(torch.isfinite(x).all()):   # a device keeps computing: the loop's guard stops it
         raise ValueError("quantize: input holds NaN or infinite values")
     v = _round_scaled(x, fmt.frac_bits, rounding)            # may be +-inf where x * 2^F exceeds float64
     outside = _outside(v, fmt.lo, -fmt.lo)
-    if not outside:
+    if _none(outside):
         return v, 0
     if overflow == "saturate":
         return v.clamp_(fmt.lo, fmt.hi), outside
@@ -95,7 +95,7 @@ def grid_codes(x: torch.Tensor, fmt: Format, rounding: str, overflow: str) -> tu
     the numbers of :func:`quantize_counted`. Values already on the grid and inside the range (activations,
     integer-master codes) skip the rounding and keep x's dtype."""
     scaled = x * 2.0 ** fmt.frac_bits                # exact (a power of two) unless it under- or overflows
-    if (torch.equal(scaled, scaled.trunc()) and not _outside(scaled, fmt.lo, -fmt.lo)
+    if (_on_host(x) and torch.equal(scaled, scaled.trunc()) and not _outside(scaled, fmt.lo, -fmt.lo)
             and (fmt.frac_bits >= 0 or torch.equal(scaled * 2.0 ** -fmt.frac_bits, x))):   # no underflow to 0
         return scaled, 0
     return quantize_counted(x, fmt, rounding, overflow)
@@ -148,18 +148,33 @@ def requantize_exact(acc: torch.Tensor, shift: int, fmt: Format, rounding: str, 
     else:
         v = _shift_right(acc, shift, rounding)
     outside = _outside(v, fmt.lo, -fmt.lo)
-    if not outside:
+    if _none(outside):
         return v, 0
     if overflow == "saturate":
         return (v.clamp_(fmt.lo, fmt.hi) if inplace or v is not acc else v.clamp(fmt.lo, fmt.hi)), outside
     return _wrap(v, fmt), outside
 
 
-def _outside(v: torch.Tensor, lo: int, end: int) -> int:
+def _on_host(t: torch.Tensor) -> bool:
+    """Whether t is on the CPU, where reading a value back costs nothing: the shortcuts that branch on data
+    (nothing to round, nothing out of range) run there only. On a device every value takes the full path,
+    which gives the same codes (rounding an integer and clamping an in-range value change nothing)."""
+    return t.device.type == "cpu"
+
+
+def _none(count: "int | torch.Tensor") -> bool:
+    """Whether an :func:`_outside` count is known, without a host read, to be zero."""
+    return isinstance(count, int) and count == 0
+
+
+def _outside(v: torch.Tensor, lo: int, end: int) -> "int | torch.Tensor":
     """How many integers of v lie outside [lo, end). The codes of a format are [-2^(W-1), 2^(W-1)): powers
-    of two, exact in every dtype (2^(W-1) - 1 is no float32 beyond W = 25). One min/max pass if none do."""
+    of two, exact in every dtype (2^(W-1) - 1 is no float32 beyond W = 25). One min/max pass if none do.
+    Off the host: the count as a 0-dim tensor left on the device (Backend.count takes it as it is)."""
     if not v.numel():
         return 0
+    if not _on_host(v):
+        return torch.count_nonzero((v < lo) | (v >= end))
     vmin, vmax = torch.aminmax(v)
     if vmin >= lo and vmax < end:
         return 0

@@ -56,7 +56,8 @@ class PhotonicBackend(Backend):
 
     name = "photonic"
     summary = "noisy MZI-mesh blocks (SVD + Clements), converters, drift and calibration: a tensorized optical chip"
-    capabilities = Capabilities(exact=False, differentiable=False, multilinear=False, chip_instances=True)
+    capabilities = Capabilities(exact=False, differentiable=False, multilinear=False, chip_instances=True,
+                                devices=("cpu", "cuda"))
     architecture = PHOTONIC
 
     @dataclass
@@ -70,7 +71,10 @@ class PhotonicBackend(Backend):
         recalibrations (drift), null: never; recalibrate_threshold: recalibrate when the monitor's relative
         rms deviation (a reading at one reference setting vs the calibrated model's prediction) exceeds it,
         checked every monitor_every steps; dtype: float32 | float64 of the contractions; symbol_rate_hz:
-        modulator rate (the architecture's, for the optical time)."""
+        modulator rate (the architecture's, for the optical time); device: cpu | cuda | auto, where the
+        optical data path runs (modulators, core passes, read-out); the chip's model (its variations,
+        calibration, the blocks a programming realises) and every noise draw stay on the host, so a chip
+        is the same chip, with the same noise, on every device."""
 
         params: Literal["weights", "phases"] = "weights"
         noise: Any = "ideal"
@@ -83,6 +87,7 @@ class PhotonicBackend(Backend):
         monitor_every: int = 50
         dtype: Literal["float32", "float64"] = "float32"
         symbol_rate_hz: float = 1e10
+        device: Literal["cpu", "cuda", "auto"] = "cpu"
 
         def __post_init__(self):
             if not isinstance(self.block, int) or not 2 <= self.block <= 64:
@@ -315,23 +320,23 @@ class PhotonicBackend(Backend):
             return theta
         self._held.clear()
         space = self._bound().space
-        tensors = space.unflatten(theta)
+        tensors = space.unflatten(self._host(theta))
         for name, region in self._regions.items():
             phases, region.gains, region.signs = encode_blocks(region.tiling.split(
                 core_matrix(_as_core(name, tensors[name]))), self.layout)
             tensors[name] = commanded(phases, self.options.block, self.noise).to(theta.dtype)
-        return self.param_space(self._network).flatten(tensors)
+        return self.param_space(self._network).flatten(tensors).to(theta.device)
 
     def decode(self, theta: torch.Tensor) -> torch.Tensor:
         """Phases -> the float weights they stand for on an ideal chip (identity in weights mode)."""
         if self.options.params == "weights":
             return theta
-        tensors = self.param_space(self._bound()).unflatten(theta)
+        tensors = self.param_space(self._bound()).unflatten(self._host(theta))
         for name, region in self._regions.items():
             blocks = realise(tensors[name], region.gains, region.signs, self.layout, Noise())
             core = matrix_core(region.tiling.join(blocks), region.core_shape)
             tensors[name] = _from_core(name, core).to(theta.dtype)
-        return self._network.space.flatten(tensors)
+        return self._network.space.flatten(tensors).to(theta.device)
 
     def project_(self, theta: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Phases mode: keep attenuator phases in [0, pi] (mesh phases are periodic)."""
@@ -490,10 +495,11 @@ class PhotonicBackend(Backend):
         """What the chip realises for a layer's parameter tensors (weights or phases): per region its blocks
         (..., copies x blocks, n, n) as the detectors read them (the real part; copy-major, row-major grid),
         and the sum of |commanded phase| / pi over one copy's shifters (the heaters' load, mean over
-        queries). Tensors with the same leading (query) axes are realised together, in one call."""
+        queries). Tensors with the same leading (query) axes are realised together, in one call, by the
+        chip's model on the host; the blocks go to the backend's device."""
         phases_mode = self.options.params == "phases"
         dims = self._dims(regions)
-        tensors = [_shared(t, d) for t, d in zip(tensors, dims)]
+        tensors = [self._host(_shared(t, d)) for t, d in zip(tensors, dims)]
         groups: dict[tuple, list[int]] = {}
         for k, (tensor, d) in enumerate(zip(tensors, dims)):
             groups.setdefault(tuple(tensor.shape[:tensor.dim() - d]), []).append(k)
@@ -515,7 +521,7 @@ class PhotonicBackend(Backend):
             signs = torch.cat([_copies(sg, r.copies, 2) for r, (_, _, sg) in zip(members, parts)], -2)
             state = members[0].state if len(members) == 1 else ChipState.concat([r.state for r in members])
             blocks = realise(phases, gains, signs, self.layout, self.noise, state)
-            blocks = (blocks.real if blocks.is_complex() else blocks).to(self.dtype)   # coherent detection
+            blocks = (blocks.real if blocks.is_complex() else blocks).to(self.device, self.dtype)   # coherent detection
             for r, part in zip(members, blocks.split([r.tiling.blocks * r.copies for r in members], -3)):
                 out[r.name] = part
         return out, heat
@@ -529,7 +535,7 @@ class PhotonicBackend(Backend):
         fs = _largest(y, scale_dims)
         if nz.shot_noise or nz.thermal_noise:        # std = sqrt((thermal fs)^2 + shot^2 fs |y|)
             std = y.abs().mul_(nz.shot_noise ** 2 * fs).add_((nz.thermal_noise * fs) ** 2).sqrt_()
-            y = std.mul_(self._standard_normal(y.shape, y.dtype, layer, scale_dims)).add_(y)
+            y = std.mul_(self._standard_normal(y.shape, y.dtype, layer, scale_dims).to(y.device)).add_(y)
         if nz.adc_bits:
             y = _quantize(y, nz.adc_bits, fs)
         return y
@@ -552,6 +558,11 @@ class PhotonicBackend(Backend):
             torch.randn(shape[len(lead):], generator=self.noise_stream(stream, q, layer, self.options.chip_seed),
                         dtype=dtype, out=out[k])
         return out.reshape(shape)
+
+    @staticmethod
+    def _host(t: torch.Tensor) -> torch.Tensor:
+        """Parameters brought to the host, where the chip's model programs them (their values are read)."""
+        return t.to("cpu")
 
     def _bound(self):
         if self._network is None:

@@ -15,6 +15,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
+from hwsim.backends.base import Capabilities
 from hwsim.backends.fixed.backend import FixedBackend
 from hwsim.backends.fixed.layer import LayerSpec, _shared
 from hwsim.backends.rtl.program import CoreParams
@@ -34,6 +35,7 @@ class RtlBackend(FixedBackend):
     name = "rtl"
     summary = "the Verilog TT-contraction core (rtl/tt_core.v) co-simulated with cocotb, bit-exact with fixed"
     architecture = FPGA
+    capabilities = Capabilities(exact=True, differentiable=False, multilinear=False)   # the simulator: the host
 
     @dataclass
     class Options(FixedBackend.Options):
@@ -54,6 +56,9 @@ class RtlBackend(FixedBackend):
 
         def __post_init__(self):
             super().__post_init__()
+            if self.device != "cpu":
+                raise ConfigError(f"backend.device: {excerpt(self.device)} is not allowed; the rtl backend runs its "
+                                  "core in a simulator on the host: use cpu")
             if not isinstance(self.lanes, int) or not 1 <= self.lanes <= 64:
                 raise ConfigError(f"backend.lanes: {excerpt(self.lanes)} is not allowed; use an integer in 1..64")
             if not _finite_positive(self.timeout_s):

@@ -197,7 +197,7 @@ class McuBackend(Backend):
     @torch.no_grad()
     def project_(self, theta: torch.Tensor, generator: torch.Generator | None = None) -> None:
         if self.options.update_rounding == "stochastic":
-            noise = torch.rand(theta.shape, generator=generator, dtype=theta.dtype, device=theta.device)
+            noise = torch.rand(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
             theta.add_(noise).floor_()
         else:
             theta.copy_(_round_half_away(theta))
