@@ -30,6 +30,7 @@ import torch
 from common import save, timeit
 from hwsim.build import build_backend, build_estimator, build_network
 from hwsim.config import PinnConfig, load_config
+from hwsim.objective import chunk_elements
 from hwsim.pinn.derivatives import stein_grid, stein_mc
 from hwsim.pinn.objective import BLOCK_SHARE, StencilLoss, stencil_objective
 from hwsim.pinn.problems import build_problem
@@ -63,7 +64,7 @@ def loss_times(config: str, dtype: str, repeats: int) -> dict:
         out = torch.stack([net.forward(backend, tensors, by_node[:, k]) for k in range(stencil.size)], dim=1)
         return loss(out.reshape(-1, 1))
 
-    objective = stencil_objective(net, backend, problem, stencil, x, cfg.estimator.chunk_elements)
+    objective = stencil_objective(net, backend, problem, stencil, x, chunk_elements(cfg.estimator.chunk_elements, backend.device))
     zero = theta.new_zeros(1, theta.numel())
 
     def split():                         # the objective's path: first layer on B + K rows, sin(a + c) joined
@@ -82,7 +83,7 @@ def block_times(config: str, repeats: int) -> list[dict]:
     """Seconds for 4 perturbed-query losses by block size (elements P K H of one block's activations)."""
     cfg, problem, net, backend, theta, x, gen = _setup(config, "float64")
     stencil = stein_mc(problem.inputs, 1024, gen, cfg.pde.derivatives.sigma)
-    objective = stencil_objective(net, backend, problem, stencil, x, cfg.estimator.chunk_elements)
+    objective = stencil_objective(net, backend, problem, stencil, x, chunk_elements(cfg.estimator.chunk_elements, backend.device))
     deltas = 0.01 * torch.randn(4, theta.numel(), generator=gen, dtype=theta.dtype)
     per_point = stencil.size * objective.widest
     default = objective.block
@@ -106,7 +107,7 @@ def float32_error(config: str) -> dict:
         n = net.forward(backend, net.space.unflatten(theta), loss.points.to(backend.data_dtype))[..., 0]
         residual = problem.residual(stencil.combine(loss.base + loss.gate * n.double()))
         u = torch.randint(0, 2, (10, net.space.size), generator=torch.Generator().manual_seed(5)).double() * 2 - 1
-        objective = stencil_objective(net, backend, problem, stencil, x, cfg.estimator.chunk_elements)
+        objective = stencil_objective(net, backend, problem, stencil, x, chunk_elements(cfg.estimator.chunk_elements, backend.device))
         both = objective.losses(theta, torch.cat([0.01 * u, -0.01 * u]).to(theta.dtype)).double()
         out[dtype] = (residual, both[:10] - both[10:])
     (r32, d32), (r64, d64) = out["float32"], out["float64"]
@@ -119,7 +120,7 @@ def step_in_this_process(config: str, dtype: str) -> dict:
     cfg, problem, net, backend, theta, x, gen = _setup(config, dtype)
     estimator = build_estimator(cfg.estimator, net.space, backend)
     stencil = stein_grid(problem.inputs, cfg.pde.derivatives.sigma, cfg.pde.derivatives.level)
-    objective = stencil_objective(net, backend, problem, stencil, x, cfg.estimator.chunk_elements)
+    objective = stencil_objective(net, backend, problem, stencil, x, chunk_elements(cfg.estimator.chunk_elements, backend.device))
     estimator.estimate(objective, theta, gen)
     t = time.perf_counter()
     est = estimator.estimate(objective, theta, gen)

@@ -45,12 +45,14 @@ def save(name: str, payload: dict) -> Path:
 def finished_run(config: str, overrides: list[str], out: Path, stored: dict | None, kind=None) -> dict | None:
     """The metrics of a run already done with the same config: from its run directory ``out``, or from
     ``stored`` (a row of an earlier results JSON with "config" and "metrics"), so a sweep can go on in a
-    later session. Keys added to the config schema since then compare at their defaults."""
+    later session. Keys added to the config schema since then compare at their defaults; keys that never
+    change a number (hwsim.loop.HARMLESS: the chunking, checkpoints, energy) are not compared."""
     from hwsim.config import Config, from_dict, load_config, read_raw
+    from hwsim.loop import numeric_changes
 
     kind = kind or Config
     want = load_config(config, overrides, kind).to_dict()
-    same = lambda raw: from_dict(kind, raw).to_dict() == want  # noqa: E731
+    same = lambda raw: not numeric_changes(from_dict(kind, raw).to_dict(), want)  # noqa: E731
     if (out / "metrics.json").is_file() and (out / "config.yaml").is_file() and same(read_raw(str(out / "config.yaml"))):
         return json.loads((out / "metrics.json").read_text())
     return stored["metrics"] if stored and same(stored["config"]) else None

@@ -307,6 +307,7 @@ def compare(spec: Spec, out_dir: Path, jobs: int = 1, log: Callable[[str], None]
 
 
 def _compare(spec: Spec, out_dir: Path, jobs: int, log: Callable[[str], None], progress: bool) -> dict:
+    from hwsim.loop import numeric_changes
     from hwsim.train import train
 
     t0 = time.perf_counter()
@@ -318,7 +319,8 @@ def _compare(spec: Spec, out_dir: Path, jobs: int, log: Callable[[str], None], p
         reference = out_dir / "reference"
         cfg = load_config(spec.config, spec.set)
         done = reference / "metrics.json"
-        same = done.is_file() and read_raw(str(reference / "config.yaml")) == json.loads(json.dumps(cfg.to_dict()))
+        same = done.is_file() and not numeric_changes(read_raw(str(reference / "config.yaml")),
+                                                      json.loads(json.dumps(cfg.to_dict())))
         if same:
             log(f"hwsim compare: reference {reference} already trained with this config")
         else:

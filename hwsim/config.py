@@ -15,7 +15,6 @@ from typing import Literal, Optional, Union
 import yaml
 
 from hwsim import yaml12
-from hwsim.objective import DEFAULT_CHUNK_ELEMENTS
 from hwsim.backends.base import DEFAULT_BACKEND
 from hwsim.errors import ConfigError
 from hwsim.schema import from_dict
@@ -126,7 +125,7 @@ class EstimatorConfig:
     cge: CGEConfig = field(default_factory=CGEConfig)
     switch_epoch: Optional[int] = None
     patience: Optional[int] = None
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    chunk_elements: Optional[int] = None     # null: the backend device's default (hwsim.objective.chunk_elements)
     cache_prefix: bool = False       # noisy backends: reuse the layers before the first perturbed tensor
 
     def check(self, p: str) -> None:

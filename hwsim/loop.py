@@ -45,7 +45,9 @@ from hwsim.rundir import RunLock
 from hwsim.report import plot_energy, write_atomic, write_json, write_jsonl, write_yaml
 
 FORMAT_VERSION = 1
-HARMLESS = ("train.checkpoint.", "energy.")   # config keys a resume may change: they do not touch the numbers
+# config keys a resume (or a reused reference run) may change: they do not touch the numbers (the chunking:
+# tests/test_objective.py, tests/test_pinn.py)
+HARMLESS = ("train.checkpoint.", "energy.", "estimator.chunk_elements")
 EVAL_STREAM = -1                              # the noise stream of the step-0 evaluation (steps are >= 0)
 
 
@@ -528,7 +530,7 @@ def _check_resumable(saved: dict, path: Path, task: Task, cfg: RunConfig, allow_
     if saved.get("command") != task.command:
         raise ConfigError(f"--resume: {path} is a checkpoint of `hwsim {saved.get('command')}`, "
                           f"not `hwsim {task.command}`")
-    changed = [c for c in config_changes(saved["config"], cfg.to_dict()) if not c[0].startswith(HARMLESS)]
+    changed = numeric_changes(saved["config"], cfg.to_dict())
     if changed and not allow_changes:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:5])
         raise ConfigError(f"--resume: the config differs from the checkpoint's in {len(changed)} key(s): {shown} "
@@ -544,6 +546,11 @@ def _check_state_sizes(saved: dict, path: Path, theta: torch.Tensor, steps: int)
     step = saved["step"]
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= steps:
         raise checkpoint.CheckpointError(f"checkpoint {path}: step {str(step)[:40]} is outside the run's 0..{steps} steps")
+
+
+def numeric_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """:func:`config_changes` that can change a run's numbers (all but the HARMLESS keys)."""
+    return [c for c in config_changes(old, new) if not c[0].startswith(HARMLESS)]
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:

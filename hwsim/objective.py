@@ -21,6 +21,22 @@ from hwsim.model import Activation, Network, cross_entropy
 # keeps a chunk's activations within a CPU's last-level cache (2**22 float32 = 16 MiB; measured in
 # benchmarks/bench_zo_step.py, docs/results.md).
 DEFAULT_CHUNK_ELEMENTS = 2 ** 22
+# On a GPU a chunk must be large enough that its kernels fill the device (thousands of small kernels were
+# 18x slower for the paper-size PINN, docs/gpu.md): 1/64 of its memory in float32 elements, at most 2**28
+# (1 GiB per activation tensor).
+GPU_CHUNK_ELEMENTS, GPU_MEMORY_SHARE = 2 ** 28, 64
+
+
+def chunk_elements(configured: int | None, device: torch.device) -> int:
+    """``estimator.chunk_elements`` for a backend on ``device``: the configured value, or (None) the
+    device's default: DEFAULT_CHUNK_ELEMENTS on the CPU, on a GPU the smaller of GPU_CHUNK_ELEMENTS and its
+    memory / (4 GPU_MEMORY_SHARE). The chunking never changes a loss, only speed and memory."""
+    if configured is not None:
+        return configured
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+        return min(GPU_CHUNK_ELEMENTS, memory // (4 * GPU_MEMORY_SHARE))
+    return DEFAULT_CHUNK_ELEMENTS
 
 
 class BatchObjective:

@@ -18,9 +18,9 @@ from hwsim.data import load_dataset
 from hwsim.distributed import Ranks
 from hwsim.energy.report import subtract
 from hwsim.energy.table import load_table
-from hwsim.loop import Task, build_parts, run_loop
+from hwsim.loop import Parts, Task, build_parts, run_loop
 from hwsim.model import Network
-from hwsim.objective import BatchObjective
+from hwsim.objective import BatchObjective, chunk_elements
 from hwsim.report import plot_curves
 
 
@@ -64,7 +64,7 @@ class Classification(Task):
             self.perm = torch.randperm(len(self.ytr), generator=generator)
         idx = self.perm[pos * size:(pos + 1) * size].to(self.backend.device)
         return BatchObjective(self.network, self.backend, self.xtr[idx], self.ytr[idx],
-                              self.cfg.estimator.chunk_elements)
+                              chunk_elements(self.cfg.estimator.chunk_elements, self.backend.device))
 
     def query_counts(self, queries: int) -> dict:
         return {"forward_queries": queries}
@@ -121,6 +121,13 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True, log: 
     """Run one experiment; returns the final metrics (also written to ``out_dir`` when given). ``resume``:
     continue the run in ``out_dir`` from its newest checkpoint (hwsim.loop); ``ranks``: the processes
     sharing each step's queries (hwsim.distributed)."""
+    task, parts, header = prepare(cfg)
+    return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes, ranks)
+
+
+def prepare(cfg: Config) -> tuple["Classification", Parts, str]:
+    """What :func:`train` runs: the task, the parts (backend bound, estimator, start weights) and the
+    run's header line."""
     d = cfg.data
     data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
     network = build_network(cfg.model)
@@ -135,7 +142,7 @@ def train(cfg: Config, out_dir: Path | None = None, progress: bool = True, log: 
     header = (f"hwsim: {parts.backend.param_space(network).size:,} trainable parameters ({network.dense_params:,} "
               f"dense), backend {parts.backend.name}, estimator {cfg.estimator.name}, {n_steps} steps of batch "
               f"{cfg.train.batch_size} ({per_epoch} per epoch)\n" + network.describe())
-    return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes, ranks)
+    return task, parts, header
 
 
 def run_config(run_dir: Path, overrides: list[str], kind: type = Config):

@@ -23,9 +23,9 @@ from torch.overrides import TorchFunctionMode
 import hwsim.backends.base as base
 from hwsim.backends.base import backend_class
 from hwsim.backends.photonic.backend import PhotonicBackend
-from hwsim.build import build_network
 from hwsim.config import PinnConfig, load_config, read_raw, shipped_configs
-from hwsim.loop import build_parts
+from hwsim.pinn.train import prepare as pinn_prepare
+from hwsim.train import prepare as train_prepare
 
 META = torch.device("meta")
 HOST_READ = r"item\(\) cannot be called on meta tensors|Cannot copy out of meta tensor"
@@ -99,23 +99,11 @@ def _runs() -> list[tuple[str, list[str]]]:
 def _task(name: str, overrides: list[str]):
     """(task, parts) of shipped config ``name`` with ``overrides``, small (every backend tensor on the meta
     device when resolve_device is patched)."""
-    raw = read_raw(name)
-    if "pde" in raw:
-        from hwsim.pinn.objective import derivative_method
-        from hwsim.pinn.train import PinnTask, _setup
-        cfg = load_config(name, SMALL_PINN + overrides, PinnConfig)
-        problem, network, test_x = _setup(cfg)
-        parts = build_parts(cfg, network, network.init_params, 1)
-        method = derivative_method(cfg.pde.derivatives, problem.inputs, parts.generator)
-        return PinnTask(cfg, problem, network, parts.backend, method, test_x), parts
-    from hwsim.data import load_dataset
-    from hwsim.train import Classification
-    cfg = load_config(name, SMALL_TRAIN + overrides)
-    d = cfg.data
-    data = load_dataset(d.name, d.path, d.val_size, d.train_limit, d.test_limit)
-    network = build_network(cfg.model)
-    parts = build_parts(cfg, network, network.init_params, 1)
-    return Classification(cfg, data, network, parts.backend), parts
+    if "pde" in read_raw(name):
+        task, parts, _ = pinn_prepare(load_config(name, SMALL_PINN + overrides, PinnConfig))
+    else:
+        task, parts, _ = train_prepare(load_config(name, SMALL_TRAIN + overrides))
+    return task, parts
 
 
 @pytest.mark.parametrize("name, overrides", _runs(), ids=lambda v: " ".join(v) if isinstance(v, list) else v)

@@ -118,3 +118,17 @@ def test_the_prefix_runs_once_per_step_not_once_per_call(name, options):
     assert torch.equal(kept, again)
     assert c_again["prefix_cache_values"] == 4 * c_kept["prefix_cache_values"] == 4 * 7 * 5
     assert c_kept["rows"] < c_again["rows"]
+
+
+def test_chunk_elements_default_is_chosen_for_the_device(monkeypatch):
+    """null: 2^22 on the CPU (its cache); on a GPU 1/64 of its memory in float32 elements, at most 2^28;
+    a configured value is kept on every device."""
+    from types import SimpleNamespace
+
+    from hwsim.objective import DEFAULT_CHUNK_ELEMENTS, chunk_elements
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert chunk_elements(None, cpu) == DEFAULT_CHUNK_ELEMENTS == 2 ** 22
+    assert chunk_elements(1000, cpu) == chunk_elements(1000, gpu) == 1000
+    for memory, expected in ((141 * 2 ** 30, 2 ** 28), (16 * 2 ** 30, 2 ** 26)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d, m=memory: SimpleNamespace(total_memory=m))
+        assert chunk_elements(None, gpu) == expected

@@ -15,9 +15,10 @@ import torch
 from hwsim.build import build_network
 from hwsim.config import ConfigError, PinnConfig
 from hwsim.distributed import Ranks
-from hwsim.loop import Task, build_parts, run_loop
+from hwsim.loop import Parts, Task, build_parts, run_loop
 from hwsim.host_memory import require
 from hwsim.model import Network
+from hwsim.objective import chunk_elements
 from hwsim.pinn.derivatives import Stencil, stein_grid, stencil_nodes
 from hwsim.pinn.objective import derivative_method
 from hwsim.pinn.problems import Problem, build_problem
@@ -72,7 +73,8 @@ class PinnTask(Task):
         x = self.problem.sample(self.cfg.pde.points, generator)
         if step > 0:
             self.method.redraw(generator)
-        return self.method.objective(self.network, self.backend, self.problem, x, self.cfg.estimator.chunk_elements)
+        return self.method.objective(self.network, self.backend, self.problem, x,
+                                     chunk_elements(self.cfg.estimator.chunk_elements, self.backend.device))
 
     def query_counts(self, queries: int) -> dict:
         return {"loss_queries": queries, "forward_evals": queries * self.cfg.pde.points * self.method.per_point}
@@ -117,6 +119,13 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True, lo
     """Train one PINN; returns the final metrics (also written to ``out_dir`` when given). ``resume``:
     continue the run in ``out_dir`` from its newest checkpoint (hwsim.loop); ``ranks``: the processes
     sharing each step's queries (hwsim.distributed)."""
+    task, parts, header = prepare(cfg)
+    return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes, ranks)
+
+
+def prepare(cfg: PinnConfig) -> tuple[PinnTask, Parts, str]:
+    """What :func:`pinn` runs: the task, the parts (backend bound, estimator, start weights) and the run's
+    header line."""
     problem, network, test_x = _setup(cfg)
     method_name = cfg.pde.derivatives.method
     parts = build_parts(cfg, network, network.init_params, cfg.train.steps)
@@ -130,7 +139,7 @@ def pinn(cfg: PinnConfig, out_dir: Path | None = None, progress: bool = True, lo
               f"backend {parts.backend.name}, estimator {cfg.estimator.name}, derivatives {method_name} "
               f"({method.per_point} evaluations per point), {cfg.train.steps} steps of {cfg.pde.points} points; "
               f"untrained (N = 0) rel. L2 {100 * task.baseline:.2f} %\n" + network.describe())
-    return run_loop(task, parts, out_dir, progress, log, header, resume, allow_changes, ranks)
+    return task, parts, header
 
 
 def evaluate(run_dir: Path, overrides: list[str] = ()) -> dict:
