@@ -105,7 +105,7 @@ class RGE:
             moves = [torch.cat([self.mu * u, -self.mu * u]) for u in directions]
         losses = objective.block_losses(theta, [(m, b.start) for m, b in zip(moves, blocks)])
         grad = torch.zeros_like(theta)
-        zeros = 0
+        zeros = []                       # read back once per step (a host synchronisation on a GPU)
         if self.form == "forward":
             base = losses[0][0]
             losses[0] = losses[0][1:]
@@ -115,10 +115,10 @@ class RGE:
             else:
                 diffs = (both[:self.n] - both[self.n:]) / (2 * self.mu)
             grad[block] = diffs @ u / self.n
-            zeros += int((diffs == 0).sum())
+            zeros.append((diffs == 0).sum())
         queries = sum(len(m) for m in moves)
-        loss = float(base) if self.form == "forward" else sum(float(both.mean()) for both in losses) / len(blocks)
-        return Estimate(grad.sign() if self.sign else grad, queries, loss, self.n * len(blocks), zeros)
+        loss = float(base) if self.form == "forward" else float(torch.stack([b.mean() for b in losses]).double().sum()) / len(blocks)
+        return Estimate(grad.sign() if self.sign else grad, queries, loss, self.n * len(blocks), int(sum(zeros)))
 
 
 class CGE:
