@@ -149,6 +149,10 @@ def run_job(spec: Spec, row: Row, chip: int | None, reference: Path, out_dir: Pa
             result.update(finetuned_accuracy=m["test_accuracy"], forward_queries=m["forward_queries"],
                           **{k: m[k] for k in ("energy_j_training", "latency_s_training", "device_memory_bytes_zo",
                                                "device_memory_bytes_bp") if k in m})
+        else:                                  # a deployment only: its mapping where a fine-tuning run keeps it
+            where = row_dir(out_dir, row.name, chip)
+            where.mkdir(parents=True, exist_ok=True)
+            write_atomic(where / "mapping.txt", deployed["mapping"] + "\n")
     except Exception as e:  # a failing row is reported in its row; the others go on
         lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
         result["error"] = f"{type(e).__name__}: {lines[0]}"
@@ -385,7 +389,7 @@ FIGURE_CAPTIONS = {
 
 def html_report(spec: Spec, reference: Path, lines: list[dict], figures: list[Path], out_dir: Path) -> str:
     """report.html: the table and its notes, the plots (embedded), the spec, the reference's config and
-    mapping, every fine-tuned row's mapping (its first chip), and versions (hwsim.html_report)."""
+    mapping, every row's mapping (its first chip), and versions (hwsim.html_report)."""
     from hwsim import html_report as page
     from hwsim.report import format_cell
 

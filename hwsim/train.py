@@ -165,7 +165,8 @@ def deploy(run_dir: Path, cfg, network, measure: Callable) -> dict:
     figures, inferences = measure(backend, theta)
     spent = subtract(backend.counters(), before)
     result = {"run": str(run_dir), **figures, "backend": backend.name,
-              "backend_options": dict(cfg.backend.options), "counters": backend.counters(), "inferences": inferences}
+              "backend_options": dict(cfg.backend.options), "counters": backend.counters(), "inferences": inferences,
+              "mapping": mapping.report()}
     if not (Path(run_dir) / "params.pt").is_file():     # a run not finished: deployed from its newest checkpoint
         result["partial"] = f"its newest checkpoint, {read_params(run_dir)[1].name}"
     est = backend.architecture.cost(mapping, spent, table)
