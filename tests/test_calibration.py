@@ -1,8 +1,6 @@
 """The phase calibration (backends/photonic/calibration.py) on a chip it can only set and read."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from hwsim.backends.photonic import calibration as C

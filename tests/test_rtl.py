@@ -21,7 +21,7 @@ from hwsim.model import Activation, Network, TTLinear
 from hwsim.rtl import SOURCES
 from hwsim.train import train
 from hwsim.tt import TTShape
-from rtl_sims import SIMS, VERILATOR, found
+from rtl_sims import SIMS, VERILATOR
 
 
 def _run_bench(sim, module, toplevel, parameters, sources, tmp_path):

@@ -46,7 +46,7 @@ from typing import Callable
 import torch
 
 from hwsim.backends.photonic.chip import commanded, optics
-from hwsim.backends.photonic.mesh import Layout, clements_decompose, layout, mesh_matrix, mzi_transfer
+from hwsim.backends.photonic.mesh import Layout, layout, mesh_matrix, mzi_transfer
 from hwsim.backends.photonic.noise import Noise
 
 SETTINGS = 32          # stages B, C: random settings read per calibration (16 left ~1 block in 8 in a false minimum)
