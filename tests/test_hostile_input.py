@@ -167,6 +167,10 @@ CASES = [
      r"an accumulator of \d+ bits exceeds the 64-bit integer emulation"),
     ("RTL option out of range", None, [*TRAIN, "--set", "backend.name=rtl", "--set", "backend.lanes=0"],
      r"backend\.lanes: 0 is not allowed; use an integer in 1\.\.64"),
+    ("a GPU where torch sees none", None, [*TRAIN, "--set", "backend.name=fixed", "--set", "backend.device=cuda"],
+     r"backend\.device: 'cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'"),
+    ("a device for the simulated RTL core", None, [*TRAIN, "--set", "backend.name=rtl", "--set", "backend.device=cuda"],
+     r"backend\.device: 'cuda' is not allowed; the rtl backend runs its core in a simulator on the host: use cpu"),
     ("--set without =", None, [*TRAIN, "--set", "train.steps"], r"--set 'train\.steps': expected key\.path=value"),
     ("--set with a bad YAML value", None, [*TRAIN, "--set", "train.steps=[1,"], r"--set train\.steps: '\[1,' is not a valid YAML value"),
     ("--set with an empty key", None, [*TRAIN, "--set", "=5"], r"--set '=5': '' is not a key path"),
@@ -257,9 +261,15 @@ CASES = [
 ]
 
 
+WITHOUT_GPU = {"a GPU where torch sees none"}
+
+
 @pytest.mark.parametrize("what, setup, argv, message", CASES, ids=[c[0] for c in CASES])
 def test_hostile_input_is_one_line_exit_2_and_leaves_nothing(what, setup, argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    if what in WITHOUT_GPU:                   # also on a machine that has one
+        import torch
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     if setup is not None:
         setup(tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
