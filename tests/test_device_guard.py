@@ -74,12 +74,12 @@ def _zeros_for_meta(t: torch.Tensor) -> torch.Tensor:
 # Shipped configs on other hardware, for the paths no shipped config takes: the photonic chip's read-out
 # noise and ADCs (weights and phases), stochastic integer updates, a PINN on integer hardware.
 VARIANTS = [
-    ("mnist_tt_zo", ["backend.name=photonic", "backend.noise=typical", "backend.calibrate=gain"]),
-    ("mnist_tt_zo", ["backend.name=photonic", "backend.noise=typical", "backend.calibrate=gain", "backend.params=phases"]),
+    ("mnist_tt_zo", ["backend.name=photonic", "backend.noise=typical", "backend.calibrate=false"]),
+    ("mnist_tt_zo", ["backend.name=photonic", "backend.noise=typical", "backend.calibrate=false", "backend.params=phases"]),
     ("mnist_tt_zo", ["backend.name=fixed", "backend.master=integer", "backend.update_rounding=stochastic",
                      "estimator.rge.mu=1"]),
     ("hjb20_zo_tt_sg", ["backend.name=fixed", "backend.bits=12"]),
-    ("hjb20_zo_tt_fd", ["backend.name=photonic", "backend.noise=typical", "backend.calibrate=gain"]),
+    ("hjb20_zo_tt_fd", ["backend.name=photonic", "backend.noise=typical", "backend.calibrate=false"]),
 ]
 
 
