@@ -20,7 +20,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 
@@ -35,7 +35,7 @@ ENTRY_POINT_GROUP = "hwsim.backends"
 DEFAULT_BACKEND = "ideal"           # a config without backend.name runs here
 
 
-DEVICES = ("cpu", "cuda", "auto")
+DeviceChoice = Literal["cpu", "cuda", "auto"]     # a backend's ``device`` option (see resolve_device)
 
 
 def resolve_device(choice: str) -> torch.device:

@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from hwsim.backends.base import Backend, Capabilities, SparseDelta
+from hwsim.backends.base import Backend, Capabilities, DeviceChoice, SparseDelta
 from hwsim.model import TTLinear
 from hwsim.tt import choose_method, core_environment, to_dense, tt_linear
 
@@ -25,7 +25,7 @@ class IdealBackend(Backend):
         """dtype: float32 | float64; device: cpu | cuda | auto; tt_method: auto | dense | direct."""
 
         dtype: Literal["float32", "float64"] = "float32"
-        device: Literal["cpu", "cuda", "auto"] = "cpu"
+        device: DeviceChoice = "cpu"
         tt_method: Literal["auto", "dense", "direct"] = "auto"
 
     def __init__(self, options: "IdealBackend.Options | None" = None):

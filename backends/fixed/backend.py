@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from hwsim.arch.workload import Widths
-from hwsim.backends.base import Backend, Capabilities
+from hwsim.backends.base import Backend, Capabilities, DeviceChoice
 from hwsim.backends.fixed.layer import BIAS_BITS, LayerSpec, contract, dense_as_core, macs, requantized
 from hwsim.backends.fixed.numerics import (MAX_BITS, MAX_FRAC, Format, code_dtype,
                                            grid_codes, quantize, round_half_up)
@@ -56,7 +56,7 @@ class FixedBackend(Backend):
         rounding: Literal["floor", "half_up", "half_even"] = "half_up"
         overflow: Literal["saturate", "wrap"] = "saturate"
         update_rounding: Literal["nearest", "stochastic"] = "nearest"
-        device: Literal["cpu", "cuda", "auto"] = "cpu"
+        device: DeviceChoice = "cpu"
 
         def __post_init__(self):
             if not isinstance(self.bits, int) or not 2 <= self.bits <= MAX_BITS:

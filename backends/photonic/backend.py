@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
-from hwsim.backends.base import Backend, Capabilities
+from hwsim.backends.base import Backend, Capabilities, DeviceChoice
 from hwsim.backends.fixed.layer import dense_as_core
 from hwsim.backends.photonic import calibration
 from hwsim.backends.photonic.architecture import PHOTONIC, PhotonicChip, map_photonic
@@ -87,7 +87,7 @@ class PhotonicBackend(Backend):
         monitor_every: int = 50
         dtype: Literal["float32", "float64"] = "float32"
         symbol_rate_hz: float = 1e10
-        device: Literal["cpu", "cuda", "auto"] = "cpu"
+        device: DeviceChoice = "cpu"
 
         def __post_init__(self):
             if not isinstance(self.block, int) or not 2 <= self.block <= 64:
