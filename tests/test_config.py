@@ -6,7 +6,7 @@ from hwsim.compare import load_spec
 from hwsim.config import (Config, ConfigError, PinnConfig, apply_override, from_dict, load_config, read_raw,
                           shipped_configs)
 
-EXPECTED = {"mnist_tt_zo", "mnist_tt_fo", "mnist_dense_zo", "mnist_dense_fo", "mnist_tt_cge", "mnist_tt_hybrid",
+EXPECTED = {"mnist_tt_zo", "mnist_tt_fast", "mnist_tt_fo", "mnist_dense_zo", "mnist_dense_fo", "mnist_tt_cge", "mnist_tt_hybrid",
             "mnist_tt_fixed8", "mnist_tt_fixed8_int", "mnist_tt_fixed8_state12"}
 
 
