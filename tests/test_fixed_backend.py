@@ -242,3 +242,52 @@ def test_the_device_path_gives_the_host_codes_and_counts(gen, monkeypatch, overf
         assert torch.equal(out_h, out_d) and out_h.dtype == out_d.dtype
         assert c_h == c_d
     assert sum(v for k, v in c_h.items() if k.startswith("overflows")) > 0    # out of range was reached
+
+
+@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
+def test_row_blocks_change_no_code_and_no_counter(gen, monkeypatch, overflow):
+    """The contraction runs rows in cache-sized blocks (ROW_BLOCK_ELEMENTS): blocks of 1, 2 and all rows
+    (queries sharing a layer input and queries with their own) give the same bits and the same counters,
+    overflows included."""
+    import hwsim.backends.fixed.backend as fixed_backend
+    net = _net()
+    x = torch.rand(3, 7, 12, generator=gen) * torch.tensor([1.0, 3.0, 30.0])[:, None, None]
+    theta = net.init_params(gen) * 40                                    # saturates / wraps
+    runs = []
+    for elements in (1, 12, 2 ** 22):
+        monkeypatch.setattr(fixed_backend, "ROW_BLOCK_ELEMENTS", elements)
+        monkeypatch.setattr(fixed_backend, "ROW_BLOCK_MIN", 1)
+        b = _fixed(net, bits=8, overflow=overflow)
+        out = net.forward(b, net.space.unflatten(theta), x)
+        shared = b.linear(net.layers[0], {n.split(".", 1)[1]: t.expand(4, *t.shape) for n, t in
+                                          net.space.unflatten(theta).items() if n.startswith("0.")}, x[0], 4)
+        runs.append((out, shared, b.counters()))
+    for out, shared, counters in runs[:-1]:
+        assert torch.equal(out, runs[-1][0]) and torch.equal(shared, runs[-1][1]) and counters == runs[-1][2]
+    assert sum(v for k, v in runs[-1][2].items() if k.startswith("overflows")) > 0
+
+
+def test_layer_inputs_known_on_the_grid_give_the_checked_codes(gen, monkeypatch):
+    """A hidden layer takes its input's codes unchecked when the backend made that input (a layer output,
+    then ReLU); the same network with that memory off (GRID_MEMORY = 0) gives the same bits and counters.
+    A remembered tensor changed in place afterwards is checked again (off-grid values are rounded)."""
+    import hwsim.backends.fixed.backend as fixed_backend
+    net = _net()
+    x = torch.rand(3, 5, 12, generator=gen)
+    tensors = net.space.unflatten(net.init_params(gen) * 3)
+    runs = []
+    for memory in (0, fixed_backend.GRID_MEMORY):
+        monkeypatch.setattr(fixed_backend, "GRID_MEMORY", memory)
+        b = _fixed(net, bits=8)
+        runs.append((net.forward(b, tensors, x), b.counters(), len(b._grid)))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+    assert runs[0][2] == 0 and runs[1][2] > 0
+    b = _fixed(net, bits=8)
+    local = {n.split(".", 1)[1]: t for n, t in tensors.items() if n.startswith("2.")}
+    hidden = b.activation("relu", b.linear(net.layers[0], {n.split(".", 1)[1]: t for n, t in tensors.items()
+                                                          if n.startswith("0.")}, x, None))
+    on_grid = b.linear(net.layers[2], local, hidden, None)
+    hidden.add_(0.7 * b.formats["activation"].lsb)            # off the grid now: rounds up by one code
+    fresh = _fixed(net, bits=8)
+    assert torch.equal(b.linear(net.layers[2], local, hidden, None), fresh.linear(net.layers[2], local, hidden.clone(), None))
+    assert not torch.equal(on_grid, fresh.linear(net.layers[2], local, hidden.clone(), None))

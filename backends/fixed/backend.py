@@ -29,6 +29,11 @@ ROLES = ("input", "weight", "intermediate", "activation", "output")
 # ranges of the MNIST TT model (docs/fixed_point.md, "Default formats").
 DEFAULT_INT_BITS = {"input": 1, "weight": 2, "intermediate": 5, "activation": 5, "output": 6}
 LAYER_ROLES = ("weight", "intermediate")       # the roles one layer may override (backend.layers)
+# Row blocks of a layer's contraction: at most this many values in its widest core-step result (16 MiB of
+# float32, within a CPU's last-level cache; benchmarks/bench_backend_step.py), and at least ROW_BLOCK_MIN rows.
+ROW_BLOCK_ELEMENTS = 2 ** 22
+ROW_BLOCK_MIN = 16
+GRID_MEMORY = 4              # layer outputs / activations remembered as on their format's grid
 
 
 class FixedBackend(Backend):
@@ -123,6 +128,8 @@ class FixedBackend(Backend):
         self._layers: dict[int, tuple[int, LayerSpec]] = {}
         self._param_formats: dict[str, Format] = {}
         self._cache: dict[int, tuple] = {}
+        self._grid: dict[int, tuple] = {}          # id -> (tensor, version, format) of values known on a grid
+        self._workspace: dict = {}                 # contract()'s reusable buffers
         self._network = None
 
     @property
@@ -147,6 +154,7 @@ class FixedBackend(Backend):
         self._layers.clear()
         self._param_formats.clear()
         self._cache.clear()
+        self._grid.clear()
         unknown = sorted(set(o.per_layer) - set(linears))
         if unknown:
             raise ConfigError(f"backend.layers: {unknown[0]} is not a linear layer of the network; "
@@ -250,21 +258,42 @@ class FixedBackend(Backend):
         self.count(f"overflows_layer{index}", sum(overflows))
         self.count("linear_calls")
         self.count("rows", rows)
-        return _values(y, spec.output)
+        return self._on_grid(_values(y, spec.output), spec.output)
 
     def _contract(self, index: int, layer, spec: LayerSpec, cores: list[torch.Tensor], x: torch.Tensor,
                   bias: torch.Tensor | None) -> tuple[torch.Tensor, list[int]]:
-        """Layer ``index`` on integer codes: (output codes (Q?, B, M), overflow counts). The emulator; the
-        rtl backend runs TT layers on the Verilog core instead."""
-        return contract(cores, x, spec, bias)
+        """Layer ``index`` on integer codes x (Q?, B, P): (output codes (Q?, B, M), overflow counts per core
+        step). The emulator; the rtl backend runs TT layers on the Verilog core instead. Rows go through in
+        blocks whose widest step result stays within ROW_BLOCK_ELEMENTS (cache-sized: the core steps are
+        memory-bound); rows are independent, so the codes and counts do not depend on the blocks."""
+        rows = x.shape[-2]
+        queries = math.prod(torch.broadcast_shapes(x.shape[:-2], *(g.shape[:-4] for g in cores)))
+        widest = max(requantized(_core_shapes(layer), 1))
+        block = max(ROW_BLOCK_MIN, ROW_BLOCK_ELEMENTS // (queries * widest))
+        if block >= rows:
+            return contract(cores, x, spec, bias, workspace=self._workspace)
+        parts = [contract(cores, x[..., s:s + block, :], spec, bias, workspace=self._workspace)
+                 for s in range(0, rows, block)]
+        return torch.cat([y for y, _ in parts], -2), [sum(step) for step in zip(*(over for _, over in parts))]
 
     def activation(self, kind, x):
         self.count(f"activation_{kind}", x.numel())
-        if kind == "relu":
-            return torch.relu(x)                      # max(0, code): exact on the grid
+        if kind == "relu":                            # max(0, code): exact on the grid, in range
+            known = self._grid.get(id(x))
+            y = torch.relu(x)
+            return self._on_grid(y, known[2]) if known and known[0] is x and known[1] == x._version else y
         fmt = self.options.resolved["activation"]     # host-evaluated, then back onto the grid
         codes, _ = self._codes(getattr(torch, kind)(x.to(torch.float64)), fmt, 2)
-        return _values(codes, fmt)
+        return self._on_grid(_values(codes, fmt), fmt)
+
+    def _on_grid(self, values: torch.Tensor, fmt: Format) -> torch.Tensor:
+        """Remember that ``values`` (made here: a layer output or an activation of one) lie on ``fmt``'s grid
+        and inside its range, so the next layer takes their codes without checking them (the last few
+        such tensors, held alive so that their identity cannot pass to another tensor)."""
+        self._grid[id(values)] = (values, values._version, fmt)
+        while len(self._grid) > GRID_MEMORY:
+            del self._grid[next(iter(self._grid))]
+        return values
 
     def _param(self, t: torch.Tensor, fmt: Format, dims: int) -> torch.Tensor:
         """Codes of a parameter tensor (a leading query axis made by expand stays shared)."""
@@ -278,7 +307,11 @@ class FixedBackend(Backend):
         c = self._cache.get(index)
         if c is not None and c[0] is x and c[1] == x._version and c[2] == fmt:
             return c[3], c[4]
-        codes, over = self._codes(x, fmt, 2)
+        known = self._grid.get(id(x))
+        if known and known[0] is x and known[1] == x._version and known[2] == fmt:
+            codes, over = (x * 2.0 ** fmt.frac_bits).to(code_dtype(fmt.bits)), 0     # exact: a power of two
+        else:
+            codes, over = self._codes(x, fmt, 2)
         codes = codes.transpose(-1, -2).contiguous().transpose(-1, -2)   # the layout contract() starts from
         self._cache[index] = (x, x._version, fmt, codes, over)
         return codes, over

@@ -124,7 +124,8 @@ def int_linear_steps(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: Layer
 
 
 def contract(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: LayerSpec,
-             bias: torch.Tensor | None = None, trace: list | None = None) -> tuple[torch.Tensor, list[int]]:
+             bias: torch.Tensor | None = None, trace: list | None = None,
+             workspace: dict | None = None) -> tuple[torch.Tensor, list[int]]:
     """The contraction loop of :func:`int_linear`; the result stays in the last step's exact dtype.
 
     A core, input or bias whose leading query axis was made by ``expand`` (stride 0) counts as shared:
@@ -136,7 +137,14 @@ def contract(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: LayerSpec,
     (q?, r_k, n_k, m_k-1, ..., m_0, n_k+1, ..., n_K-1, B), so every step is one GEMM
     core^T (m_k r_k+1, r_k n_k) @ state (r_k n_k, rest) and the permutation back to that layout moves
     only the three leading axes (large contiguous blocks).
+
+    ``workspace``, if a dict, keeps the buffers of the intermediate steps (their GEMM results and the
+    re-laid-out inputs of the next step) for the next call of the same shapes: a fresh buffer of many MiB
+    costs more in first-touch page faults than the memory-bound GEMM that fills it. Nothing of a workspace
+    escapes (the result is a fresh tensor); not with ``trace``.
     """
+    if trace is not None:
+        workspace = None
     steps = spec.steps([tuple(g.shape[-4:]) for g in cores], bias is not None)
     queries = torch.broadcast_shapes(x.shape[:-2], *(g.shape[:-4] for g in cores),
                                      bias.shape[:-1] if bias is not None else ())
@@ -150,10 +158,12 @@ def contract(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: LayerSpec,
         g = _shared(g, 4)
         r, n, m, s = g.shape[-4:]
         w = g.to(step.dtype).reshape(*g.shape[:-4], r * n, m * s) * _scale(step)
-        a = t.to(step.dtype).reshape(*lead, r * n, -1)
+        a = _laid_out(t.to(step.dtype), (*lead, r * n, -1), workspace, ("in", k))
         done = math.prod(outs[:k])
         if k == len(cores) - 1:                            # s = 1: y^T = a^T w keeps m_K-1 innermost
-            y = torch.matmul(a.transpose(-1, -2), w)      # (q?, m_K-2..m_0 B, m_K-1)
+            # (q?, m_K-2..m_0 B, m_K-1), computed as (w^T a)^T: a GEMM with the few outputs m_K-1 as its rows
+            # is several times faster than one with them as its columns; the re-layout below copies anyway
+            y = torch.matmul(w.transpose(-1, -2), a).transpose(-1, -2)
             lead = y.shape[:-2]
             q, d = len(lead), len(outs) - 1
             y = y.reshape(*lead, *reversed(outs[:-1]), rows, m)
@@ -167,7 +177,7 @@ def contract(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: LayerSpec,
             if trace is not None:
                 trace.append(y)
             return y, overflows
-        y = torch.matmul(w.transpose(-1, -2), a)          # (q?, m_k r_k+1, m_k-1..m_0, n_k+1.., B)
+        y = _matmul(w.transpose(-1, -2), a, workspace, ("out", k))   # (q?, m_k r_k+1, m_k-1..m_0, n_k+1.., B)
         lead = y.shape[:-2]
         q = len(lead)
         y, over = _requantize(y, step, spec)
@@ -176,6 +186,33 @@ def contract(cores: Sequence[torch.Tensor], x: torch.Tensor, spec: LayerSpec,
             trace.append(_canonical(y, lead, outs[:k + 1], math.prod(ins[k + 1:]), s, rows))
         y = y.view(*lead, m, s, done, ins[k + 1], -1)
         t = y.permute(*range(q), q + 1, q + 3, q, q + 2, q + 4)          # (q?, s, n', m, D, rest)
+
+
+def _buffer(workspace: dict, key, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """The workspace's buffer for ``key``, this shape and dtype (one per combination: a step sees a few)."""
+    key = (key, shape, dtype)
+    buf = workspace.get(key)
+    if buf is None:
+        buf = workspace[key] = torch.empty(shape, dtype=dtype)
+    return buf
+
+
+def _matmul(p: torch.Tensor, q: torch.Tensor, workspace: dict | None, key) -> torch.Tensor:
+    """p @ q (batched, broadcast), into the workspace's buffer ``key`` when there is a workspace."""
+    if workspace is None or p.device.type != "cpu":
+        return torch.matmul(p, q)
+    shape = (*torch.broadcast_shapes(p.shape[:-2], q.shape[:-2]), p.shape[-2], q.shape[-1])
+    return torch.matmul(p, q, out=_buffer(workspace, key, shape, torch.result_type(p, q)))
+
+
+def _laid_out(t: torch.Tensor, shape: tuple, workspace: dict | None, key) -> torch.Tensor:
+    """t.reshape(shape); where that needs a copy (t permuted), the copy goes into the workspace's buffer."""
+    if workspace is None or t.device.type != "cpu":
+        return t.reshape(shape)
+    try:
+        return t.view(shape)
+    except RuntimeError:
+        return _buffer(workspace, key, tuple(t.shape), t.dtype).copy_(t).view(shape)
 
 
 def _canonical(y: torch.Tensor, lead, outs, rest: int, s: int, rows: int) -> torch.Tensor:

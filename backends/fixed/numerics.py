@@ -176,9 +176,9 @@ def _outside(v: torch.Tensor, lo: int, end: int) -> "int | torch.Tensor":
     if not _on_host(v):
         return torch.count_nonzero((v < lo) | (v >= end))
     vmin, vmax = torch.aminmax(v)
-    if vmin >= lo and vmax < end:
-        return 0
-    return int(torch.count_nonzero((v < lo) | (v >= end)))
+    below, above = bool(vmin < lo), bool(vmax >= end)
+    # one comparison pass per side that is crossed (a saturating layer usually crosses one side only)
+    return (int(torch.count_nonzero(v < lo)) if below else 0) + (int(torch.count_nonzero(v >= end)) if above else 0)
 
 
 def _round_float(v: torch.Tensor, rounding: str) -> torch.Tensor:
