@@ -31,6 +31,13 @@ CHIPS = {
 }
 
 
+def _keyed(objective: BatchObjective) -> BatchObjective:
+    """The objective as a training step uses it: a noisy backend draws every query's noise from its own
+    stream (hwsim.loop keys them by the step)."""
+    objective.key_noise(1)
+    return objective
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chip", choices=sorted(CHIPS), required=True)
@@ -54,7 +61,7 @@ def main() -> None:
         tensors = backend.param_space(net).unflatten(theta)
         setups[name] = {
             "step": lambda est=est, net=net, b=backend, x=x, y=y, t=theta: est.estimate(
-                BatchObjective(net, b, x, y), t, torch.Generator().manual_seed(1)),
+                _keyed(BatchObjective(net, b, x, y)), t, torch.Generator().manual_seed(1)),
             "eval": lambda net=net, b=backend, t=tensors, xe=xe: net.forward(b, t, xe),
         }
     times = {name: {"step": [], "eval": []} for name in setups}

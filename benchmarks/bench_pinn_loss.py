@@ -7,8 +7,8 @@ For the 20-dim HJB models (paper size 21-512-512-1 TT rank 2, and the CPU-sized 
   evaluates it (first linear layer on points and offsets apart, joined by sin(a + c), the rest of the
   network on blocks of points: "split");
 - one ZO step (RGE N = 10 antithetic = 20 losses, as hjb20_zo_tt_sg) and its peak memory (peak RSS of a
-  fresh process doing only that, imports included), against the paper authors' code on this machine: 313 s and 8.7 GB per
-  BP-free TT step (measured by the issue author).
+  fresh process doing only that, imports included). Only hwsim is measured: docs/results.md quotes the
+  paper authors' figures with where and how they were measured.
 Also the float32 error of the residual and of ZO loss differences at the initial parameters, and how the
 size of the objective's blocks of points changes the time of 4 ZO losses (CPU model, float64, Monte Carlo
 Stein with 2,049 offsets as in the hjb_table MC rows; the default is the chunk_elements / BLOCK_SHARE row).
@@ -35,7 +35,6 @@ from hwsim.pinn.derivatives import stein_grid, stein_mc
 from hwsim.pinn.objective import BLOCK_SHARE, StencilLoss, stencil_objective
 from hwsim.pinn.problems import build_problem
 
-REFERENCE = {"step_s": 313.0, "peak_gb": 8.7}          # authors' code, BP-free TT step, this machine
 MODELS = {"paper 21-512-512-1": "hjb20_zo_tt_sg_paper", "cpu 21-64-64-1": "hjb20_zo_tt_sg"}
 
 
@@ -150,10 +149,9 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, "--step-only", config, dtype], check=True,
                                  capture_output=True, text=True).stdout
             row["zo_step"] = json.loads(out.strip().splitlines()[-1])
-            row["zo_step"]["vs_reference_step"] = REFERENCE["step_s"] / row["zo_step"]["step_s"]
             print(f"{name} {dtype}: loss batched {row['loss']['batched_s']:.3f} s vs node loop "
-                  f"{row['loss']['node_loop_s']:.3f} s, split {row['loss']['split_s']:.3f} s; ZO step {row['zo_step']['step_s']:.2f} s "
-                  f"({row['zo_step']['vs_reference_step']:.0f}x faster than 313 s), peak {row['zo_step']['peak_rss_gb']:.2f} GB",
+                  f"{row['loss']['node_loop_s']:.3f} s, split {row['loss']['split_s']:.3f} s; ZO step {row['zo_step']['step_s']:.2f} s, "
+                  f"peak {row['zo_step']['peak_rss_gb']:.2f} GB",
                   flush=True)
             rows.append(row)
     precision = float32_error(MODELS["cpu 21-64-64-1"])
@@ -163,7 +161,7 @@ def main() -> None:
         f"{b['block_elements']:,} elements {b['seconds']:.2f} s" + (" (default)" if b["default"] else "") for b in blocks),
         flush=True)
     save("pinn_loss", {"command": f"python benchmarks/bench_pinn_loss.py --repeats {args.repeats}",
-                       "reference": REFERENCE, "rows": rows, "float32_precision": precision,
+                       "rows": rows, "float32_precision": precision,
                        "block_share": BLOCK_SHARE, "blocks": blocks})
 
 

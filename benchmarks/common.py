@@ -11,6 +11,9 @@ from pathlib import Path
 import torch
 
 from hwsim.report import write_json
+from hwsim.runtime import keep_freed_memory
+
+ALLOCATOR_TUNED = keep_freed_memory()     # as the hwsim command does (hwsim.runtime): timings match its runs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,7 +33,8 @@ def timeit(fn, repeats: int = 5, warmup: int = 1) -> float:
 def machine() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "allocator_keeps_freed_memory": ALLOCATOR_TUNED}
 
 
 def save(name: str, payload: dict) -> Path:

@@ -47,7 +47,6 @@ GOALS = {  # issue "Every tensor backend on a GPU": step-time goals on one H200
     "hjb20_paper_float64": ("10,000 steps <= 5 min", lambda s: 10_000 * s <= 300),
     "hjb20_photonic_paper": ("10,000 steps <= 1 h", lambda s: 10_000 * s <= 3600),
 }
-AUTHORS_STEP_S = 0.47   # the authors' HJB-20 ZO iteration on one H200, measured for the issue (their code is not run here)
 
 
 def build(config: str, overrides: list[str], device: str):
@@ -149,9 +148,6 @@ def main() -> int:
         if name in GOALS and not args.dry_run:
             text, met = GOALS[name]
             row["goal"], row["goal_met"] = text, bool(met(row[device]["step_s"]))
-        if name.startswith("hjb20_paper") and not args.dry_run:
-            row["vs_authors_step"] = {"authors_s": AUTHORS_STEP_S, "speedup": AUTHORS_STEP_S / row[device]["step_s"],
-                                      "goal": ">= 20x, <= 1/2 their 4.0 GB peak"}
         result["steps"][name] = row
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     save("gpu_dryrun" if args.dry_run else "gpu", result)

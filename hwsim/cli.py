@@ -372,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    from hwsim.runtime import keep_freed_memory
+    keep_freed_memory()
     from hwsim.errors import HwsimError
     if args.debug:
         return args.func(args)

@@ -30,6 +30,7 @@ from hwsim.backends.base import DEFAULT_BACKEND, backend_class, backend_names
 from hwsim.config import ConfigError, from_dict, load_config, read_raw
 from hwsim.report import markdown_table, write_atomic, write_json
 from hwsim.rundir import RunLock
+from hwsim.runtime import keep_freed_memory
 from hwsim.stats import wilson_interval
 
 
@@ -420,6 +421,7 @@ def _worker_init(threads: int) -> None:
     parent's to handle: it ends the pool, so the workers do not print tracebacks of their own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
+    keep_freed_memory()
 
 
 def _exit_on_sigterm(signum: int, frame) -> None:

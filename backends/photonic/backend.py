@@ -15,6 +15,8 @@ electronically after the last core.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
@@ -554,9 +556,17 @@ class PhotonicBackend(Backend):
         if lead and math.prod(lead) != len(ids):
             raise RuntimeError(f"keyed read-out: {math.prod(lead)} queries in the output, {len(ids)} keys")
         out = torch.empty(len(ids), *shape[len(lead):], dtype=dtype)
-        for k, q in enumerate(ids):
-            torch.randn(shape[len(lead):], generator=self.noise_stream(stream, q, layer, self.options.chip_seed),
-                        dtype=dtype, out=out[k])
+        gens = [self.noise_stream(stream, q, layer, self.options.chip_seed) for q in ids]
+
+        def draw(k: int) -> None:
+            torch.randn(shape[len(lead):], generator=gens[k], dtype=dtype, out=out[k])
+        # every query its own generator: drawn side by side on the intra-op threads (a CPU generator draws
+        # serially; the draws are a large share of a step), the same numbers in any order
+        if len(ids) > 1 and torch.get_num_threads() > 1:
+            list(_draw_pool(torch.get_num_threads()).map(draw, range(len(ids))))
+        else:
+            for k in range(len(ids)):
+                draw(k)
         return out.reshape(shape)
 
     @staticmethod
@@ -568,6 +578,12 @@ class PhotonicBackend(Backend):
         if self._network is None:
             raise RuntimeError("the photonic backend is not bound to a network: call backend.bind(network) first")
         return self._network
+
+
+@functools.lru_cache(maxsize=None)
+def _draw_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for the keyed read-out draws (torch releases the GIL while it draws)."""
+    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="hwsim-noise")
 
 
 def _copies(t: torch.Tensor, copies: int, dims: int) -> torch.Tensor:
