@@ -474,3 +474,23 @@ def test_recalibration_follows_drift():
     assert chips["never"].monitor() > 0.1 * sigma > chips["every"].monitor()
     settings = {k: c.counters()["calibration_settings"] for k, c in chips.items()}
     assert settings["every"] > settings["never"] and settings["monitor"] > settings["deaf"] > settings["never"]
+
+
+def test_keyed_read_out_draws_are_the_same_on_one_thread_or_several():
+    """Every query's read-out noise comes from its own stream; drawn side by side on the intra-op threads,
+    each lands in its query's slot: the same numbers as one after another."""
+    b = create_backend("photonic", noise="typical")
+    queries = torch.tensor([3, 0, 7, 5, 1])
+    draws = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            with b.keyed(11, queries):
+                draws.append(b._standard_normal(torch.Size([5, 64, 33]), torch.float32, layer=0, per=2))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
+    with b.keyed(11, queries[[2]]):                     # query 7 alone draws what it drew among the five
+        alone = b._standard_normal(torch.Size([1, 64, 33]), torch.float32, layer=0, per=2)
+    assert torch.equal(alone[0], draws[0][2])

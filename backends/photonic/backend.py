@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
@@ -563,7 +564,7 @@ class PhotonicBackend(Backend):
         # every query its own generator: drawn side by side on the intra-op threads (a CPU generator draws
         # serially; the draws are a large share of a step), the same numbers in any order
         if len(ids) > 1 and torch.get_num_threads() > 1:
-            list(_draw_pool(torch.get_num_threads()).map(draw, range(len(ids))))
+            list(_draw_pool(torch.get_num_threads(), os.getpid()).map(draw, range(len(ids))))
         else:
             for k in range(len(ids)):
                 draw(k)
@@ -581,8 +582,9 @@ class PhotonicBackend(Backend):
 
 
 @functools.lru_cache(maxsize=None)
-def _draw_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
-    """Threads for the keyed read-out draws (torch releases the GIL while it draws)."""
+def _draw_pool(threads: int, pid: int) -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for the keyed read-out draws (torch releases the GIL while it draws); one pool per process
+    (``pid``: a forked child gets its own, its parent's threads do not exist there)."""
     return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="hwsim-noise")
 
 
