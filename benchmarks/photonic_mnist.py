@@ -1,5 +1,5 @@
 """The photonic deployment table and plot of docs/results.md: the ideal-trained MNIST TT model
-(runs/mnist_tt_zo, `make run`) deployed on a simulated photonic chip, then trained in situ in the phase
+(runs/mnist_tt_zo: `hwsim train mnist_tt_zo`, the paper's RGE setting) deployed on a simulated photonic chip, then trained in situ in the phase
 domain (BP-free: ZO perturbs the MZI phases, the host never sees a weight) on that chip.
 
     python benchmarks/photonic_mnist.py [--rows ...] [--steps 1000] [--collect]
@@ -42,7 +42,7 @@ from hwsim.data import load_dataset  # noqa: E402
 from hwsim.report import markdown_table, save_figure  # noqa: E402
 from hwsim.train import accuracy, train  # noqa: E402
 
-TRAINED = "runs/mnist_tt_zo"          # `make run`
+TRAINED = "runs/mnist_tt_zo"          # `hwsim train mnist_tt_zo`
 CHIPS = {
     "ideal": "ideal",
     "typical": "typical",
