@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--collect", action="store_true", help="only gather finished rows, train nothing")
     ap.add_argument("--calibration-report", type=int, nargs="+", metavar="SEED",
                     help="only print the calibration report and cost of these typical chips of --run")
-    ap.add_argument("--run", default="runs/mnist_backends/reference", help="the run of --calibration-report")
+    ap.add_argument("--run", default=TRAINED, help="the run of --calibration-report and --drift-report")
     ap.add_argument("--drift-report", type=float, nargs=4, metavar=("SEED", "DRIFT", "STEPS", "EVERY"),
                     help="only print --run's accuracy on a drifting typical chip without and with recalibration")
     args = ap.parse_args()
