@@ -206,7 +206,7 @@ def _energy(args) -> int:
     from hwsim.backends.base import DEFAULT_BACKEND, backend_class
     from hwsim.build import build_backend, build_mapping, build_network
     from hwsim.config import Config, ConfigError, PinnConfig, load_config, read_raw
-    from hwsim.energy.report import assumptions, explain, subtract
+    from hwsim.energy.report import assumptions, explain, split_one_off, subtract
     from hwsim.energy.table import load_table
     from hwsim.text import excerpt
 
@@ -217,8 +217,10 @@ def _energy(args) -> int:
     source = str(run / "config.yaml")
     raw = read_raw(source)
     ran_on = (raw.get("backend") or {}).get("name", DEFAULT_BACKEND)
-    assumed = assumptions(args.assume, backend_class(ran_on).architecture) if args.assume else []
-    cfg = load_config(source, assumed + (args.set or []), PinnConfig if "pde" in raw else Config)
+    if args.steps is not None:
+        require_positive(steps=args.steps)
+    assumed = assumptions(args.assume, backend_class(ran_on).architecture) if args.assume else None
+    cfg = load_config(source, (assumed.items if assumed else []) + (args.set or []), PinnConfig if "pde" in raw else Config)
     if cfg.backend.name != ran_on:
         raise ConfigError(f"backend.name: {run} ran on {ran_on!r}; its counters are that backend's work, so they "
                           f"cannot be charged to {cfg.backend.name!r}: deploy it there with `hwsim eval {run} "
@@ -243,17 +245,35 @@ def _energy(args) -> int:
     mapping = build_mapping(cfg.architecture, network, backend)
     kind = backend.architecture
     table = load_table(cfg.energy, args.table or [], kind)
-    train = kind.cost(mapping, subtract(counters, evaluation), table)
+    stepping, one_off = split_one_off(subtract(counters, evaluation))
+    charged = steps if args.steps is None else args.steps
+    train = kind.cost(mapping, stepping, table).scaled(charged / max(1, steps))
+    if one_off:
+        train = train.plus(kind.cost(mapping, one_off, table))
     infer = kind.cost(mapping, inference, table)
+    what = (f"{steps} steps" if args.steps is None else
+            f"{charged:,} steps (the run's {steps} step(s) x {charged / max(1, steps):,g}" +
+            (", its calibration once)" if one_off else ")"))
     if args.explain:
         print(f"{run}: {backend.name} backend mapped onto its architecture\n{mapping.report()}\n")
-        print(explain(train, table, f"{run}: training, {steps} steps on {backend.name}"))
-        print(explain(infer, table, f"{run}: one inference (mean of {per})", per))
-    else:
-        print(f"{run} on {backend.name}: training {train.joules:.4g} J, {train.latency_s:.4g} s on the device "
-              f"({steps} steps); per inference {infer.joules / per:.4g} J, {infer.latency_s / per:.4g} s")
-        for name, parts in (("training", train.by_component()), ("per inference", {k: v / per for k, v in infer.by_component().items()})):
-            print(f"  {name}: " + ", ".join(f"{k} {v:.3g} J" for k, v in parts.items()))
+        print(explain(train, table, f"{run}: training, {what} on {backend.name}", charged=assumed))
+        print(explain(infer, table, f"{run}: one inference (mean of {per})", per, charged=assumed))
+        return 0
+    parts = {"training": (train, 1), "per inference": (infer, per)}
+    if assumed and assumed.charge:
+        parts = {name: (est.only(assumed.charge), n) for name, (est, n) in parts.items()}
+    print(f"{run} on {backend.name}: training {parts['training'][0].joules:.4g} J, {train.latency_s:.4g} s on the device "
+          f"for {what}; per inference {parts['per inference'][0].joules / per:.4g} J, {infer.latency_s / per:.4g} s")
+    for name, (est, n) in parts.items():
+        print(f"  {name}: " + ", ".join(f"{k} {v / n:.3g} J" for k, v in est.by_component().items()))
+    if one_off:
+        cal = kind.cost(mapping, one_off, table)
+        cal = cal.only(assumed.charge) if assumed and assumed.charge else cal
+        print(f"  of the training, the one-off calibration: {cal.joules:.4g} J, {cal.latency_s:.4g} s")
+    if assumed and assumed.charge:
+        print(f"  {assumed.name} charges {', '.join(assumed.charge)} only; the full accounting: training "
+              f"{train.joules:.4g} J, per inference {infer.joules / per:.4g} J (" +
+              ", ".join(f"{k} {v:.3g} J" for k, v in train.by_component().items()) + ")")
     return 0
 
 
@@ -361,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="append", metavar="FILE", help="a YAML file of device-table overrides")
     p.add_argument("--assume", metavar="NAME|FILE", help="a named set of charging assumptions (shipped: "
                    "tonn_hjb_2024), applied before --set")
+    p.add_argument("--steps", type=int, metavar="N", help="charge N training steps: the run's mean step x N "
+                   "(its one-off calibration once); default: the steps the run took")
     p.set_defaults(func=_energy)
     for plugin in _command_plugins():
         plugin.add_commands(sub)

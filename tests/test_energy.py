@@ -124,9 +124,13 @@ def test_the_photonic_mapping_of_the_mnist_layer():
     assert [c.symbols for c in cores] == [196, 112, 64, 64] and tm.layers[0].shifters == 20 * 64
     wdm = map_network(net, b, resolve(b, {"wdm": 4}))
     assert [c.symbols for c in wdm.layers[0].cores] == [49, 28, 16, 16] and wdm.blocks == tm.blocks
+    assert tm.lit_inputs == tm.blocks and wdm.lit_inputs == 4 * wdm.blocks       # every block lights 4 wavelengths
+    few = map_network(net, b, resolve(b, {"wdm": 100}))          # a core lights no more than its sub-vectors
+    assert [c.wavelengths for c in few.layers[0].cores] == [100, 100, 64, 64]
+    assert [c.symbols for c in few.layers[0].cores] == [2, 2, 1, 1]
     rep = map_network(net, b, resolve(b, {"cores": "replicated"}))
     assert [c.blocks for c in rep.layers[0].cores] == [2 * 196, 8 * 112, 8 * 64, 2 * 64]
-    assert [c.symbols for c in rep.layers[0].cores] == [1, 1, 1, 1]
+    assert [c.symbols for c in rep.layers[0].cores] == [1, 1, 1, 1] and rep.lit_inputs == rep.blocks
     c1 = cores[1].per_row()                  # 16x28 on a 2x4 grid: 4 block columns of 8 inputs, 2 block rows
     assert c1 == {"modulations": 112 * 28, "detections": 112 * 16, "partial_sum_adds": 0,   # photocurrents add
                   "buffer_writes": 112 * 16, "buffer_reads": 112 * 28}
@@ -148,6 +152,24 @@ def test_the_photonic_energy_holds_lasers_and_heaters_for_the_device_time():
     assert terms["laser"].joules == pytest.approx(seconds * m.blocks * laser_power(TABLE, 9, 4, 8), rel=1e-12)
     assert terms["heaters"].joules == pytest.approx(seconds * 7.0 * TABLE["phase_shifter_p_pi"], rel=1e-12)
     assert ev["phase_writes"] == 3 * m.layers[0].shifters + m.layers[1].shifters
+    _, _, _, wdm = _mapped("photonic", {"wdm": 2}, block=4)           # the same blocks, each lighting 2 wavelengths
+    laser = next(t for t in estimate(wdm, counters, TABLE).terms if t.component == "laser")
+    lit = sum(c.blocks * min(2, c.step.subvectors) for layer in m.layers for c in layer.cores)   # 1 for a dense layer
+    assert wdm.blocks == m.blocks < lit < 2 * m.blocks
+    assert laser.per == pytest.approx(lit * laser_power(TABLE, 9, 4, 8), rel=1e-12)
+
+
+def test_estimates_scale_linearly_and_an_accounting_may_charge_part():
+    net, tt, b, m = _mapped("photonic", block=4)
+    counters = {"passes_rows5": 2, "programs_layer0": 3, "programs_layer2": 1, "held_pi_rows:0.core0": 40.0}
+    once, twice = estimate(m, counters, TABLE), estimate(m, {k: 2 * v for k, v in counters.items()}, TABLE)
+    assert once.scaled(2).joules == pytest.approx(twice.joules, rel=1e-12)
+    assert once.scaled(2).latency_s == pytest.approx(twice.latency_s, rel=1e-12)
+    lasers = once.only(("laser",))
+    assert lasers.joules == sum(t.joules for t in once.terms if t.component == "laser") < once.joules
+    assert lasers.latency_s == once.latency_s and once.plus(once).joules == pytest.approx(2 * once.joules)
+    from hwsim.energy.report import split_one_off
+    assert split_one_off({"passes_rows5": 2, "calibration_settings": 7}) == ({"passes_rows5": 2}, {"calibration_settings": 7})
 
 
 def test_the_ideal_row_is_charged_for_the_engine_whatever_the_simulation_method():
@@ -254,7 +276,53 @@ def test_assumption_sets_change_the_charging_not_the_run(tmp_path, capsys):
     assert main(["energy", str(tmp_path / "run"), "--assume", str(mine)]) == 2
     assert "train.steps changes the run, not its charging" in capsys.readouterr().err
     from hwsim.energy.report import assumptions
-    assert "architecture.cores=replicated" in assumptions("tonn_hjb_2024", PHOTONIC)
+    shipped = assumptions("tonn_hjb_2024", PHOTONIC)
+    assert "architecture.wdm=64" in shipped.items and shipped.charge == ("laser", "heaters")
+    mine.write_text("set: [energy.fp32_add=0.1pJ]\ncharge: [compute]\n")
+    assert main(["energy", str(tmp_path / "run"), "--assume", str(mine), "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "J charged by mine (the full accounting: " in out and "memory     [not charged] " in out
+    assert "compute    [not charged]" not in out
+    assert main(["energy", str(tmp_path / "run"), "--assume", str(mine)]) == 0
+    assert "mine charges compute only; the full accounting: training " in capsys.readouterr().out
+    for charge in ("[lasers]", "[]", "laser"):
+        mine.write_text(f"set: []\ncharge: {charge}\n")
+        assert main(["energy", str(tmp_path / "run"), "--assume", str(mine)]) == 2
+        err = capsys.readouterr().err
+        assert "charge: " in err and "is not allowed; use a non-empty list of compute, memory" in err and err.count("\n") == 1
+
+
+def test_energy_charges_n_steps_as_the_mean_step_and_the_calibration_once(tmp_path, capsys):
+    fast = ["data.train_limit=300", "data.val_size=50", "data.test_limit=50", "train.batch_size=16", "train.steps=2",
+            "train.eval_every=2", "backend.name=photonic", "backend.noise=typical", "backend.calibrate=gain",
+            "model.layers=[{type: linear, in_features: 784, out_features: 10}]"]
+    train(load_config("mnist_tt_zo", fast), tmp_path, progress=False, log=lambda s: None)
+    figures = {}
+    for steps in ("2", "6"):
+        assert main(["energy", str(tmp_path), "--steps", steps]) == 0
+        line = capsys.readouterr().out.splitlines()
+        figures[steps] = [float(x) for x in (line[0].split("training ")[1].split(" J, ")[0],
+                                             line[0].split(" J, ")[1].split(" s on")[0],
+                                             line[-1].split("calibration: ")[1].split(" J")[0],
+                                             line[-1].split(" J, ")[1].split(" s")[0])]
+    (j2, s2, cal_j, cal_s), (j6, s6, cal_j6, cal_s6) = figures["2"], figures["6"]
+    assert cal_j > 0 and (cal_j, cal_s) == (cal_j6, cal_s6)
+    assert j6 - cal_j == pytest.approx(3 * (j2 - cal_j), rel=2e-3) and s6 - cal_s == pytest.approx(3 * (s2 - cal_s), rel=2e-3)
+    assert main(["energy", str(tmp_path), "--steps", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "hwsim: error: --steps: 0 is not allowed; use a number > 0"
+
+
+def test_the_published_optical_pinn_figures_under_the_stated_assumptions(tmp_path, capsys):
+    """docs/energy.md: one finite-difference step of the paper-size HJB PINN on the photonic chip, charged for
+    10,000 steps under tonn_hjb_2024, gives the published 1.36 J and 1.15 s (3 digits)."""
+    assert main(["pinn", "hjb20_photonic_paper", "--set", "train.steps=1", "--set", "pde.test_points=200", "--set",
+                 "train.smoothed_points=0", "--set", "pde.derivatives.method=fd", "--out", str(tmp_path / "run"),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["energy", str(tmp_path / "run"), "--steps", "10000", "--assume", "tonn_hjb_2024"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    joules, seconds = float(first.split("training ")[1].split(" J, ")[0]), float(first.split(" J, ")[1].split(" s on")[0])
+    assert f"{joules:.3g} J, {seconds:.3g} s" == "1.36 J, 1.15 s", first
 
 
 def test_unit_suffixes_and_the_buffer_tiers():

@@ -4,7 +4,10 @@ Every TT core (a dense weight is one core) is tiled into ``block`` x ``block`` M
 each an SVD block U S V on Clements meshes with its own modulators at the inputs and detectors at the
 outputs. A core is applied to the sub-vectors of each row (core k of a layer: prod(m_<k) x prod(n_>k)
 sub-vectors of r_k n_k values), ``time_multiplexed`` (one physical copy, one sub-vector per symbol and
-wavelength) or ``replicated`` (a copy per sub-vector, a row in one symbol). Between cores: detect, ADC,
+wavelength) or ``replicated`` (a copy per sub-vector, a row in one symbol); with ``wdm`` wavelengths a
+time-multiplexed core takes that many sub-vectors in one symbol, each on its own wavelength through the
+same blocks (the multi-wavelength tensor cores of Xiao et al., APL Photonics 6, 126107, 2021; the
+phases' wavelength dependence is not modelled). Between cores: detect, ADC,
 SRAM, DAC, modulate. The device figures the cost model uses are in devices.yaml beside this file.
 """
 from __future__ import annotations
@@ -56,7 +59,8 @@ class PhotonicChip:
 @dataclass(frozen=True)
 class CoreMap:
     """One weight tensor (region) of a layer on the chip: its (m_k r_k+1) x (r_k n_k) matrix on a
-    ``grid`` (rows, columns) of n x n blocks, ``copies`` physical copies of them, ``symbols`` per row.
+    ``grid`` (rows, columns) of n x n blocks, ``copies`` physical copies of them, ``symbols`` per row,
+    ``wavelengths`` lit in every block (the sub-vectors a copy takes in one symbol, at most ``wdm``).
     Per sub-vector: every input value is converted (DAC) and modulated once and split to the blocks of
     its block column; every output is read (TIA, ADC) once with the block columns' photocurrents summed,
     or (``digital``) every block's outputs are read and added digitally; the result is written to the
@@ -70,10 +74,16 @@ class CoreMap:
     symbols: int
     n: int
     digital: bool = False         # partial sums digitised block by block (else summed as photocurrents)
+    wavelengths: int = 1
 
     @property
     def blocks(self) -> int:
         return self.grid[0] * self.grid[1] * self.copies
+
+    @property
+    def lit_inputs(self) -> int:
+        """Block inputs that need laser power: every wavelength lit in every block."""
+        return self.blocks * self.wavelengths
 
     @property
     def shifters(self) -> int:
@@ -121,6 +131,11 @@ class PhotonicMap:
     def blocks(self) -> int:
         return sum(c.blocks for layer in self.layers for c in layer.cores)
 
+    @property
+    def lit_inputs(self) -> int:
+        """Block inputs x wavelengths the lasers feed (hwsim charges them for the whole device time)."""
+        return sum(c.lit_inputs for layer in self.layers for c in layer.cores)
+
     def layer(self, index: int) -> PhotonicLayer:
         return next(layer for layer in self.layers if layer.index == index)
 
@@ -146,7 +161,7 @@ class PhotonicMap:
         a = self.arch
         lines = [f"photonic chip: {a.block}x{a.block} {a.mesh} MZI blocks, cores {a.cores.replace('_', '-')}, "
                  f"{a.wdm} wavelength(s), {a.symbol_rate_hz / 1e9:g} GS/s; {self.blocks:,} physical blocks, "
-                 f"{sum(l.shifters for l in self.layers):,} phase shifters; modulator DACs {self.input_bits} bits, "
+                 f"{sum(l.shifters for l in self.layers):,} phase shifters, {self.lit_inputs:,} lit block inputs; modulator DACs {self.input_bits} bits, "
                  f"ADCs {self.adc_bits} bits, phase DACs {self.dac_bits} bits; partial sums {a.partial_sums}; between "
                  f"cores: detect, ADC, SRAM buffer {fmt_bytes(self.buffer_bytes)}, DAC, modulate"]
         for layer in self.layers:
@@ -176,8 +191,10 @@ def map_photonic(network, arch: PhotonicChip, adc_bits: int | None, dac_bits: in
         for name, shape, step in zip(tensor_names(layer), core_shapes(layer), tt_steps(core_shapes(layer))):
             grid = (-(-step.mr // n), -(-step.terms // n))
             copies = 1 if arch.cores == "time_multiplexed" else step.subvectors
-            symbols = -(-step.subvectors // (copies * arch.wdm))
-            cores.append(CoreMap(f"{i}.{name}", step, grid, copies, symbols, n, arch.partial_sums == "digital"))
+            per_copy = -(-step.subvectors // copies)             # sub-vectors a copy takes per row
+            symbols, wavelengths = -(-per_copy // arch.wdm), min(arch.wdm, per_copy)
+            cores.append(CoreMap(f"{i}.{name}", step, grid, copies, symbols, n, arch.partial_sums == "digital",
+                                 wavelengths))
             need = max(need, step.values * adc)
         need = max(need, layer.in_features * adc, layer.out_features * adc)    # the layer's input and output too
         layers.append(PhotonicLayer(i, layer.in_features, layer.out_features, tuple(cores)))
@@ -222,9 +239,9 @@ def photonic_cost(mapping: PhotonicMap, counters: dict, table: Table) -> Estimat
     est.latency.append(("layer programmings x phase_shifter_settle (one after another)", programming))
     est.latency.append((f"symbols / {rate:g} per s (architecture.symbol_rate_hz; cores one after another)", optical))
     block = laser_power(table, 2 * n + 1, n, mapping.adc_bits)
-    lasers = mapping.blocks * arch.wdm
-    est.terms.append(Term("laser", f"lasers on for the device time (s): {lasers:,} block inputs ({mapping.blocks:,} "
-                                   f"blocks x {arch.wdm} wavelength(s)) x {block:.4g} W ({2 * n + 1} MZIs deep, "
+    lasers = mapping.lit_inputs
+    est.terms.append(Term("laser", f"lasers on for the device time (s): {lasers:,} lit block inputs ({mapping.blocks:,} "
+                                   f"blocks, {arch.wdm} wavelength(s) at most) x {block:.4g} W ({2 * n + 1} MZIs deep, "
                                    f"{n} outputs, {mapping.adc_bits} bits)", seconds, lasers * block, LASER_ENTRIES))
     held = ev.get("held_pi", 0.0)
     est.terms.append(Term("heaters", f"held heater load (mean sum |phase|/pi = {held:.5g}) x device time (pi-s)",

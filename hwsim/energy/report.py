@@ -1,6 +1,7 @@
 """A run's energy, latency and memory figures (metrics.json fields) and the ``--explain`` listing."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -8,16 +9,27 @@ import yaml
 from hwsim import yaml12
 from hwsim.arch.workload import Workload
 from hwsim.energy.table import Table
-from hwsim.energy.terms import Estimate
+from hwsim.energy.terms import COMPONENTS, Estimate
 from hwsim.errors import ConfigError
+from hwsim.text import excerpt
 
 
 ASSUMABLE = ("energy.", "architecture.")     # what changes the charging, not the run (+ the kind's own keys)
 
 
-def assumptions(name: str, kind) -> list[str]:
-    """The ``--set`` overrides of a named set of charging assumptions of architecture ``kind`` (its
-    ``assumptions`` folder: NAME.yaml) or of a YAML file {description, set: [key=value, ...]}; only
+@dataclass(frozen=True)
+class Assumptions:
+    """A named set of charging assumptions: ``items`` (``--set`` overrides of device-table, architecture
+    and the kind's assumable keys) and ``charge``, the components its accounting charges (None: all)."""
+
+    name: str
+    items: list[str]
+    charge: tuple[str, ...] | None = None
+
+
+def assumptions(name: str, kind) -> Assumptions:
+    """The set ``name`` of architecture ``kind`` (its ``assumptions`` folder: NAME.yaml) or a YAML file
+    {description, set: [key=value, ...], charge: [component, ...] (optional)}; ``set`` may change only
     device-table and architecture keys (``ASSUMABLE``) and those the kind names (``assumable``)."""
     folder = kind.assumptions
     shipped = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder else []
@@ -44,7 +56,22 @@ def assumptions(name: str, kind) -> list[str]:
         if not item.startswith(allowed):
             raise ConfigError(f"--assume {name}: {item.split('=')[0]} changes the run, not its charging; "
                               f"allowed: {', '.join(k + '*' for k in allowed)}")
-    return items
+    charge = raw.get("charge")
+    if charge is not None and (not isinstance(charge, list) or not charge
+                               or not all(isinstance(c, str) and c in COMPONENTS for c in charge)):
+        raise ConfigError(f"--assume {name}: charge: {excerpt(charge)} is not allowed; use a non-empty list of "
+                          f"{', '.join(COMPONENTS)}")
+    return Assumptions(Path(name).stem if name not in shipped else name, items,
+                       tuple(charge) if charge is not None else None)
+
+
+ONE_OFF = "calibration_"       # counters of work done once per run (a chip's calibration), not per step
+
+
+def split_one_off(counters: dict) -> tuple[dict, dict]:
+    """(the training steps' counters, the one-off counters: ``ONE_OFF`` keys)."""
+    return ({k: v for k, v in counters.items() if not k.startswith(ONE_OFF)},
+            {k: v for k, v in counters.items() if k.startswith(ONE_OFF)})
 
 
 def subtract(total: dict, part: dict) -> dict:
@@ -66,15 +93,20 @@ def run_figures(kind, mapping, table: Table, training: dict, inference: dict, st
             "energy_table_overrides": overrides}
 
 
-def explain(est: Estimate, table: Table, title: str, scale: float = 1.0) -> str:
+def explain(est: Estimate, table: Table, title: str, scale: float = 1.0, charged: Assumptions | None = None) -> str:
     """Every term: count x energy per action = joules, and the sources of the entries it used; then the
-    latency terms. ``scale`` divides counts (e.g. per inference)."""
-    lines = [f"{title}: {est.joules / scale:.4g} J, {est.latency_s / scale:.4g} s on the device"]
+    latency terms. ``scale`` divides counts (e.g. per inference); an accounting that ``charged`` only some
+    components marks the others and gives both totals."""
+    total = f"{est.joules / scale:.4g} J"
+    if charged and charged.charge:
+        total = f"{est.only(charged.charge).joules / scale:.4g} J charged by {charged.name} (the full accounting: {total})"
+    lines = [f"{title}: {total}, {est.latency_s / scale:.4g} s on the device"]
     used: list[str] = []
     for t in est.terms:
         if not t.count:
             continue
-        lines.append(f"  {t.component:10s} {t.action}: {t.count / scale:.6g} x {t.per:.4g} = {t.joules / scale:.4g} J"
+        skip = "[not charged] " if charged and charged.charge and t.component not in charged.charge else ""
+        lines.append(f"  {t.component:10s} {skip}{t.action}: {t.count / scale:.6g} x {t.per:.4g} = {t.joules / scale:.4g} J"
                      f"  [{', '.join(t.entries)}]" + (f" ({t.note})" if t.note else ""))
         used += [n for n in t.entries if n not in used]
     for what, seconds in est.latency:

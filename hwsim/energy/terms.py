@@ -8,7 +8,7 @@ them. The equations, their assumptions and limits are in docs/energy.md.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hwsim.energy.table import Table
 
@@ -45,6 +45,20 @@ class Estimate:
     @property
     def latency_s(self) -> float:
         return sum(s for _, s in self.latency)
+
+    def scaled(self, factor: float) -> "Estimate":
+        """Every count and latency term x ``factor`` (an estimate is linear in its counters)."""
+        return Estimate([replace(t, count=t.count * factor) for t in self.terms],
+                        [(what, s * factor) for what, s in self.latency])
+
+    def plus(self, other: "Estimate") -> "Estimate":
+        """This estimate and the nonzero terms and latency of ``other``."""
+        return Estimate(self.terms + [t for t in other.terms if t.count],
+                        self.latency + [(w, s) for w, s in other.latency if s])
+
+    def only(self, components) -> "Estimate":
+        """The terms of ``components`` (an accounting that charges only those); the latency unchanged."""
+        return Estimate([t for t in self.terms if t.component in components], list(self.latency))
 
     def by_component(self) -> dict[str, float]:
         out: dict[str, float] = defaultdict(float)
