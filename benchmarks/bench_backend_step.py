@@ -74,9 +74,7 @@ def main() -> None:
                 setups[name][kind]()
                 times[name][kind].append(time.perf_counter() - t0)
     median = {name: {k: statistics.median(v) for k, v in kinds.items()} for name, kinds in times.items()}
-    command = " ".join(["python benchmarks/bench_backend_step.py", "--chip", args.chip]
-                       + (["--params", args.params] if args.params else []) + ["--repeats", str(args.repeats)])
-    result = {"command": command, "model": "mnist_tt_zo (784-256-10, TT rank 4)", "step": "per-tensor RGE N=10, batch 256",
+    result = {"model": "mnist_tt_zo (784-256-10, TT rank 4)", "step": "per-tensor RGE N=10, batch 256",
               "eval_rows": 2000, "repeats": args.repeats, "params": args.params or "initial",
               "seconds": median,
               "ratio_vs_ideal": {name: {k: round(v / median["ideal"][k], 2) for k, v in kinds.items()}

@@ -48,7 +48,7 @@ def main() -> None:
                 compare(f"cge {form} mu={mu}", CGE(net.space, mu, form).estimate(BatchObjective(net, backend, x, y), theta, g).grad)
         rge = RGE(net.space, 10, 0.01, per_tensor=True)
         compare("rge per-tensor N=10 (one step)", rge.estimate(BatchObjective(net, backend, x, y), theta, g).grad)
-    save("gradient_quality", {"command": "python benchmarks/bench_gradient_quality.py", "rows": rows})
+    save("gradient_quality", {"rows": rows})
 
 
 if __name__ == "__main__":

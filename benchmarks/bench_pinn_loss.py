@@ -160,8 +160,7 @@ def main() -> None:
     print("4 MC-Stein losses by block size (cpu model, float64): " + ", ".join(
         f"{b['block_elements']:,} elements {b['seconds']:.2f} s" + (" (default)" if b["default"] else "") for b in blocks),
         flush=True)
-    save("pinn_loss", {"command": f"python benchmarks/bench_pinn_loss.py --repeats {args.repeats}",
-                       "rows": rows, "float32_precision": precision,
+    save("pinn_loss", {"rows": rows, "float32_precision": precision,
                        "block_share": BLOCK_SHARE, "blocks": blocks})
 
 

@@ -42,7 +42,7 @@ def main() -> None:
                      "faster": min(t, key=t.get), "auto_picks": choose_method(shape, batch, queries),
                      "dense_macs": fl["dense"], "direct_macs": fl["direct"],
                      "direct_flop_cost_in_gemm_flops": (t["direct"] / fl["direct"]) / (t["dense"] / fl["dense"])})
-    save("tt_linear", {"command": "python benchmarks/bench_tt_linear.py", "cases": rows})
+    save("tt_linear", {"cases": rows})
 
 
 if __name__ == "__main__":

@@ -82,8 +82,7 @@ def main() -> None:
         t, _ = step_times(small, batch, False, {"batched": BatchObjective}, args.repeats)
         small_steps.append({"model": "784-256-10 TT rank 4", "perturbation": "joint", "batch": batch,
                             "step_s": t["batched"]})
-    save("zo_step", {"command": f"python benchmarks/bench_zo_step.py --repeats {args.repeats}",
-                     "batched_vs_loop": rows, "small_model_steps": small_steps})
+    save("zo_step", {"batched_vs_loop": rows, "small_model_steps": small_steps})
 
 
 if __name__ == "__main__":

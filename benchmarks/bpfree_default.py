@@ -42,7 +42,6 @@ def main() -> None:
     mean_acc = statistics.mean(r["test_accuracy"] for r in rows)
     slowest = max(r["command_wall_s"] for r in rows)
     save("bpfree_default", {
-        "command": f"python benchmarks/bpfree_default.py --seeds {' '.join(map(str, args.seeds))} --config {args.config}",
         "config": args.config, "rows": rows,
         "mean_test_accuracy": round(mean_acc, 4), "slowest_command_wall_s": slowest,
         "goal": {"mean_test_accuracy": GOAL_ACCURACY, "seconds": GOAL_SECONDS,

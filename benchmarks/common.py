@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -37,10 +39,19 @@ def machine() -> dict:
             "allocator_keeps_freed_memory": ALLOCATOR_TUNED}
 
 
+def invocation() -> str:
+    """This script's command line as run from the repository root (what a results JSON records)."""
+    script = Path(sys.argv[0]).resolve()
+    root = RESULTS.parent.parent
+    shown = script.relative_to(root) if script.is_relative_to(root) else script
+    return shlex.join(["python", str(shown), *sys.argv[1:]])
+
+
 def save(name: str, payload: dict) -> Path:
+    """benchmarks/results/NAME.json: the machine, the command that ran (``invocation``) and ``payload``."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    write_json(path, {"machine": machine(), **payload})
+    write_json(path, {"machine": machine(), "command": invocation(), **payload})
     print(json.dumps({k: v for k, v in payload.items() if k != "rows"}, indent=2))
     print(f"wrote {path}")
     return path

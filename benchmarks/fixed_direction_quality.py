@@ -79,8 +79,7 @@ def main() -> None:
         row["mean_correlation"] = sum(v["correlation"] for v in row["tensors"].values()) / len(row["tensors"])
         print(f"{name}: mean correlation {row['mean_correlation']:.3f}, loss {row['loss']:.4f}", flush=True)
         rows.append(row)
-    save("fixed_direction_quality", {"command": f"python benchmarks/fixed_direction_quality.py --directions "
-                                                f"{args.directions}", "directions": args.directions, "rows": rows})
+    save("fixed_direction_quality", {"directions": args.directions, "rows": rows})
 
 
 if __name__ == "__main__":

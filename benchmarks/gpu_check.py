@@ -132,8 +132,7 @@ def main() -> int:
         return 2
     device = "cpu" if args.dry_run else "cuda"
     t0 = time.perf_counter()
-    result = {"command": "python benchmarks/gpu_check.py" + (" --dry-run" if args.dry_run else ""),
-              "device": device if args.dry_run else torch.cuda.get_device_name(0),
+    result = {"device": device if args.dry_run else torch.cuda.get_device_name(0),
               "correctness": correctness(device, args.dry_run), "steps": {}}
     for name, config, overrides in WORKLOADS:
         extra = DRY.get(config, []) if args.dry_run else []

@@ -70,7 +70,7 @@ def main() -> None:
         results[name] = {"row": name, "config_name": config, "overrides": overrides,
                          "config": load_config(config, overrides, PinnConfig).to_dict(), "metrics": metrics,
                          "late_rel_l2": late}
-        save("hjb_table", {"command": "python benchmarks/hjb_table.py", "rows": list(results.values())})
+        save("hjb_table", {"rows": list(results.values())})
     table = [{"row": r["row"], "steps": r["metrics"]["steps"], "rel_l2": f"{100 * r['metrics']['rel_l2']:.3f} %",
               "learned": f"{100 * r['metrics']['rel_l2_learned']:.2f} %",
               "late": "{mean:.3f} % ({min:.3f}-{max:.3f})".format(**{k: 100 * v for k, v in r["late_rel_l2"].items()})

@@ -197,8 +197,7 @@ def main() -> None:
         print(f"{name}: {100 * metrics['test_accuracy']:.2f} %", flush=True)
         results[name] = {"row": name, "overrides": ov, "config": load_config("mnist_tt_zo", ov).to_dict(),
                          "metrics": metrics}
-        save("photonic_mnist", {"command": "python benchmarks/photonic_mnist.py",
-                                "rows": list({**previous, **results}.values())})
+        save("photonic_mnist", {"rows": list({**previous, **results}.values())})
     calibrated_only = all(name.endswith("_cal") for name in args.rows)
     report(results, Path(args.out), "photonic_mnist_cal.png" if calibrated_only else "photonic_mnist.png")
 

@@ -73,7 +73,7 @@ def main() -> None:
         ax.legend()
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
     save_figure(fig, DOCS_IMG / "pinn_estimators.png")
-    save("pinn_estimators", {"command": "python benchmarks/pinn_estimators.py", "dim": DIM, "sigma": SIGMA,
+    save("pinn_estimators", {"dim": DIM, "sigma": SIGMA,
                              "points": POINTS, "rows": rows})
 
 

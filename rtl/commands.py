@@ -5,6 +5,7 @@ and networks (hwsim.build, hwsim.config), which the backend itself never imports
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def _rtl_verify(args) -> int:
     except (RtlError, ValueError) as e:
         print(f"hwsim: error: {e}", file=sys.stderr)
         return 2
-    write_json(out, result)
+    write_json(out, {"command": shlex.join(["hwsim", *args.argv]), **result})
     print(f"{result['vectors']} vectors, {result['mismatches']} mismatches ({args.sim}, {args.lanes} lanes, "
           f"{result['wall_s']:.1f} s); results in {out}")
     return 1 if result["mismatches"] else 0
@@ -94,7 +95,8 @@ def _rtl_synth(args) -> int:
         result = synthesize(build["parameters"], args.target, args.timeout)
         rows.append({**build, **result})
     out = Path(args.json or f"runs/rtl_synth_{args.target}.json")
-    write_json(out, {"estimates": "Yosys synthesis estimates, not a vendor place-and-route", "rows": rows})
+    write_json(out, {"command": shlex.join(["hwsim", *args.argv]),
+                     "estimates": "Yosys synthesis estimates, not a vendor place-and-route", "rows": rows})
     table = [{"build": r["name"], **r["fpga"], "gates": r["gates"], "flip_flops": r["flip_flops"],
               "memories": r["memories"], "memory_bits": r["memory_bits"],
               "multipliers": r["multipliers"], "levels": r["longest_path_gates"], "latches": r["latches"],

@@ -183,6 +183,7 @@ def test_verify_command_compares_and_writes_json(tmp_path, sim):
                  "--config", "mnist_tt_fixed8", "--set", SMALL_MODEL[0]]) == 0
     result = json.loads(out.read_text())
     assert result["mismatches"] == 0 and result["vectors"] == 48 and len(result["cases"]) == 2
+    assert result["command"].startswith(f"hwsim rtl verify --sim {sim} --vectors 24 --lanes 8 --json ")
     for case in result["cases"]:
         assert case["cycles_per_vector"] > 0 and case["sim_cycles_per_s"] > 0 and 0 < case["lane_utilisation"] <= 1
 
