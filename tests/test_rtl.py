@@ -206,6 +206,20 @@ def test_a_faulty_core_is_caught_and_the_first_differing_step_named(tmp_path, si
     assert r["first_mismatch"]["first_differing_step"].startswith("core step 0 ")
 
 
+@pytest.mark.parametrize("sim", SIMS[1:])
+def test_a_build_is_reused_only_by_the_cocotb_installation_it_links(sim, tmp_path, monkeypatch):
+    """Regression: a Verilator build links cocotb's libraries by path; after the virtual environment that
+    built it was deleted, reusing it killed the simulator (exit 127). The cache key names the libraries'
+    directory, so another installation builds its own (icarus here: the same key, a build of 0.1 s)."""
+    monkeypatch.setenv("HWSIM_RTL_CACHE", str(tmp_path))
+    simulator, params = simulators.find(sim), CoreParams(lanes=4).verilog()
+    first = simulators.build(simulator, params, SOURCES, "tt_core")
+    assert simulators.build(simulator, params, SOURCES, "tt_core") == first
+    monkeypatch.setattr(simulators, "cocotb_libs", lambda: tmp_path / "another-venv" / "cocotb" / "libs")
+    other = simulators.build(simulator, params, SOURCES, "tt_core")
+    assert other != first and (other / "hwsim-build.json").is_file()
+
+
 def test_simulator_errors_are_clear(monkeypatch):
     with pytest.raises(simulators.RtlError, match="backend.sim: 'modelsim' is not allowed"):
         simulators.find("modelsim")

@@ -113,16 +113,25 @@ BUILD_ARGS = {"verilator": ["--output-split", "0", "-O3", "--x-assign", "fast", 
               "icarus": []}
 
 
+def cocotb_libs() -> Path:
+    """The directory of the installed cocotb's simulator libraries (a Verilator build links them by path)."""
+    from cocotb_tools import config
+
+    return Path(config.libs_dir).resolve()
+
+
 def build(sim: Simulator, parameters: dict[str, int], sources: list[Path], toplevel: str, waves: bool = False) -> Path:
     """The build directory of ``toplevel`` with ``parameters`` for ``sim``: built once, then reused
-    (keyed by simulator, parameters, source contents and ``waves``: a build that can dump FST waveforms).
+    (keyed by simulator, parameters, source contents, ``waves`` (a build that can dump FST waveforms) and
+    the cocotb installation it links: a build made by a virtual environment since deleted is not reused).
     Builds into a temporary directory that is renamed when complete, so an interrupted build leaves
     nothing behind."""
     import cocotb
 
     args = BUILD_ARGS[sim.name] + (["--trace-fst"] if waves and sim.name == "verilator" else [])
-    key = hashlib.sha256(json.dumps([sim.name, cocotb.__version__, toplevel, sorted(parameters.items()), args,
-                                     waves, [p.read_text() for p in sources]]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([sim.name, cocotb.__version__, str(cocotb_libs()), toplevel,
+                                     sorted(parameters.items()), args, waves,
+                                     [p.read_text() for p in sources]]).encode()).hexdigest()[:16]
     root = cache_root()
     final = root / f"{sim.name}-{toplevel}-{key}{'-waves' if waves else ''}"
     if (final / "hwsim-build.json").is_file():
