@@ -1,4 +1,4 @@
-"""What checkpoints cost the default run (mnist_tt_zo, the embedded default of `make run`).
+"""What checkpoints cost a training run (mnist_tt_zo, the paper-setting MNIST run).
 
 Measures, in one run: the size of a checkpoint file of the default run after some steps (the epoch's data
 order drawn, Adam's moments filled); the median time to write one (serialize + sha256 + temp file, fsync,
