@@ -31,6 +31,7 @@ from hwsim.train import prepare as train_prepare
 MNIST = ["data.val_size=1000"]
 WORKLOADS = [
     ("mnist_default_ideal", "mnist_tt_zo", MNIST),
+    ("mnist_fast_ideal", "mnist_tt_fast", MNIST),           # the main job's reference (CGE, batch 64)
     ("mnist_fixed8", "mnist_tt_zo", MNIST + ["backend.name=fixed", "backend.bits=8", "estimator.rge.mu=0.046875"]),
     ("mnist_photonic_typical", "mnist_tt_zo", MNIST + ["backend.name=photonic", "backend.noise=typical",
                                                        "backend.calibrate=gain"]),
@@ -40,6 +41,7 @@ WORKLOADS = [
 ]
 # the small sizes of --dry-run (the script's logic on the CPU in a minute or two)
 DRY = {"mnist_tt_zo": ["data.train_limit=2048", "data.val_size=256", "data.test_limit=256", "train.batch_size=64"],
+       "mnist_tt_fast": ["data.train_limit=2048", "data.val_size=256", "data.test_limit=256"],
        "hjb20_zo_tt_sg_paper": ["pde.points=2", "pde.test_points=16"],
        "hjb20_photonic_paper": ["pde.points=1", "pde.test_points=16"]}
 GOALS = {  # issue "Every tensor backend on a GPU": step-time goals on one H200
@@ -77,7 +79,7 @@ def correctness(device: str, dry: bool) -> dict:
     for name, config, overrides in WORKLOADS:
         if name == "hjb20_paper_float32":
             continue
-        extra = DRY.get(config, []) if dry else ["data.train_limit=4096"] if config == "mnist_tt_zo" else []
+        extra = DRY.get(config, []) if dry else ["data.train_limit=4096"] if config.startswith("mnist") else []
         t = time.perf_counter()
         host = step_losses(config, overrides + extra, "cpu")
         dev = step_losses(config, overrides + extra, device)
