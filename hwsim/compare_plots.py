@@ -169,8 +169,9 @@ def accuracy_vs_energy(lines: list[dict], results: list[dict], path: Path, title
         _label_in_place(ax, [a for a, line in zip(anchors, rows) if line in labelled])
         if len(panels) > 1 and what == "all rows":
             ax.axhspan(*zoom, color="0.85", alpha=0.5, lw=0, zorder=0)
-            ax.text(0.02, (zoom[0] - 1) / 100, "zoomed on the right", transform=ax.transAxes, fontsize=7,
-                    color="0.35", va="top")
+            above = zoom[1] <= 95                   # above the band no row is more accurate; else below it
+            ax.text(0.98, (zoom[1] + 1 if above else zoom[0] - 1) / 100, "zoomed on the right", fontsize=7,
+                    transform=ax.transAxes, color="0.35", va="bottom" if above else "top", ha="right")
     from matplotlib.lines import Line2D
     key = [Line2D([], [], marker="o", mfc="white", color="0.2", ls="", label="deployed"),
            Line2D([], [], marker="^", color="0.2", ls="", label=f"fine-tuned ({finetune_steps} BP-free steps on the chip)"),
