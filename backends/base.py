@@ -61,6 +61,9 @@ class Capabilities:
         evaluates several and reports their spread.
     devices: the torch device types the backend computes on; a backend with more than the CPU has an
         option ``device`` (cpu | cuda | auto) that :func:`resolve_device` turns into ``Backend.device``.
+    replayable: a call is device work alone (no host work, no draws, no counts the device computes) and
+        its event counts depend on shapes alone, so a recorded step may be replayed with the recorded
+        counts added (CUDA graphs, hwsim.graphs).
     """
 
     exact: bool
@@ -68,6 +71,7 @@ class Capabilities:
     multilinear: bool
     chip_instances: bool = False
     devices: tuple[str, ...] = ("cpu",)
+    replayable: bool = False
 
 
 class Backend(ABC):

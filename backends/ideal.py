@@ -18,7 +18,8 @@ class IdealBackend(Backend):
 
     name = "ideal"
     summary = "float PyTorch (CPU or CUDA): the reference every other backend is compared with"
-    capabilities = Capabilities(exact=True, differentiable=True, multilinear=True, devices=("cpu", "cuda"))
+    capabilities = Capabilities(exact=True, differentiable=True, multilinear=True, devices=("cpu", "cuda"),
+                                replayable=True)
 
     @dataclass
     class Options:

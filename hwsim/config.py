@@ -127,6 +127,7 @@ class EstimatorConfig:
     patience: Optional[int] = None
     chunk_elements: Optional[int] = None     # null: the backend device's default (hwsim.objective.chunk_elements)
     cache_prefix: bool = False       # noisy backends: reuse the layers before the first perturbed tensor
+    cuda_graphs: bool = True         # replay RGE steps from a CUDA graph where the step allows it (hwsim.graphs)
 
     def check(self, p: str) -> None:
         if self.name == "hybrid" and self.switch_epoch is None and self.patience is None:

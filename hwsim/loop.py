@@ -43,11 +43,13 @@ from hwsim.energy.table import load_table
 from hwsim.progress import Progress
 from hwsim.rundir import RunLock
 from hwsim.report import plot_energy, write_atomic, write_json, write_jsonl, write_yaml
+from hwsim.graphs import step_estimate
+from hwsim.zo import Estimate
 
 FORMAT_VERSION = 1
 # config keys a resume (or a reused reference run) may change: they do not touch the numbers (the chunking:
 # tests/test_objective.py, tests/test_pinn.py)
-HARMLESS = ("train.checkpoint.", "energy.", "estimator.chunk_elements")
+HARMLESS = ("train.checkpoint.", "energy.", "estimator.chunk_elements", "estimator.cuda_graphs")
 EVAL_STREAM = -1                              # the noise stream of the step-0 evaluation (steps are >= 0)
 
 
@@ -188,6 +190,8 @@ class _Run:
         self.theta = torch.nn.Parameter(self.backend.encode(self.backend.to_backend(parts.start)))
         self.optimizer, self.scheduler = build_optimizer(self.cfg.optimizer, [self.theta], parts.steps)
         self.tally, self.records, self.warnings = _Tally(), [], list(parts.warnings)
+        self.estimate = step_estimate(self.estimator, self.backend, self.cfg.estimator.cuda_graphs, ranks.world,
+                                      self.warn) if self.estimator is not None else None
         self.step, self.elapsed = 0, 0.0
         self.last_path: Path | None = None          # the newest checkpoint written (or resumed from)
         self.writes = out_dir is not None and ranks.main
@@ -307,18 +311,20 @@ class _Run:
     def train_step(self) -> int:
         """One optimizer step (``step`` -> ``step`` + 1): the gradient of the step's objective, the optimizer
         and schedule, the backend's projection and drift, each guarded against non-finite values, and the
-        tally; returns the step's epoch."""
+        tally; returns the step's epoch. The device is read twice a step: the estimate's scalars with the
+        gradient's check, then the parameters' check."""
         step_started = time.perf_counter()
         epoch = self.task.epoch(self.step)
-        queries, loss, differences, zeros = self.gradient(epoch)
+        queries, loss, differences, zeros, finite = self.gradient(epoch)
         backend, step, last = self.backend, self.step, self.last_path
         backend.count_programs(self.network.linear_indices)     # the step's new weights, set once
-        _guard(step, self.space, loss, self.theta.grad, "the gradient estimate", last)
+        _guard(step, self.space, loss, finite, self.theta.grad, "the gradient estimate", last)
         self.optimizer.step()
         self.scheduler.step()
         backend.project_(self.theta.data, self.gen)
         backend.advance()
-        _guard(step, self.space, loss, self.theta.data, "the parameters after the optimizer step", last)
+        _guard(step, self.space, loss, bool(torch.isfinite(self.theta.data).all()), self.theta.data,
+               "the parameters after the optimizer step", last)
         self.step += 1
         tally = self.tally
         tally.queries += queries
@@ -327,9 +333,10 @@ class _Run:
         self.shown.step(self.step, time.perf_counter() - step_started, getattr(self.estimator, "phase", None))
         return epoch
 
-    def gradient(self, epoch: int) -> tuple[int, float, int, int]:
+    def gradient(self, epoch: int) -> tuple[int, float, int, int, bool]:
         """Set ``theta.grad`` (d,) for the step's objective (shared out over the ranks): autograd, or the
-        estimator's estimate; returns (queries, loss, loss differences, zero differences)."""
+        estimator's estimate; returns (queries, loss, loss differences, zero differences, whether the
+        gradient is finite)."""
         objective = self.task.objective(self.step, self.gen)
         if self.ranks.world > 1:
             objective = ShardedObjective(objective, self.ranks)
@@ -338,15 +345,15 @@ class _Run:
         if self.estimator is None:
             loss = objective.loss_at(self.theta)
             loss.backward()
-            out = 1, float(loss.detach()), 0, 0
+            est = Estimate(self.theta.grad, 1, loss.detach())
         else:
             self.estimator.observe(epoch)
-            est = self.estimator.estimate(objective, self.theta.detach(), self.gen)
+            est = self.estimate(objective, self.theta.detach(), self.gen)
             self.theta.grad = est.grad.to(self.theta.dtype)
-            out = est.queries, est.loss, est.differences, est.zero_differences
         if isinstance(objective, ShardedObjective):
             objective.finish()
-        return out
+        loss, zeros, finite = est.read()
+        return est.queries, loss, est.differences, zeros, finite
 
     def evaluate(self, epoch: int) -> None:
         """The record after ``step``: the task's evaluation (its score goes to the estimator), the mean loss
@@ -382,8 +389,12 @@ class _Run:
             tally.zero_warned = True
             message = (f"{100 * z / d:.0f} % of the loss differences since the last evaluation were "
                        f"exactly zero: the perturbations are too small for backend {self.backend.name!r}")
-            self.warnings.append(message)
-            self.shown.write(f"{self.task.label}: warning: {message}")
+            self.warn(message)
+
+    def warn(self, message: str) -> None:
+        """Show ``message`` as a warning of the run and keep it in its metrics."""
+        self.warnings.append(message)
+        self.shown.write(f"{self.task.label}: warning: {message}")
 
     def checkpoint_if_due(self, signum: int | None) -> None:
         """Write a checkpoint (rank 0, with a run directory) after the last step, on a signal, and every
@@ -452,9 +463,10 @@ def _counted(tally: _Tally, backend, evaluate: Callable):
     return result
 
 
-def _guard(step: int, space, loss: float, values: torch.Tensor, what: str, last: Path | None) -> None:
-    """NonFiniteError naming the step and what went non-finite (the loss, or a tensor of ``values``)."""
-    if math.isfinite(loss) and bool(torch.isfinite(values).all()):
+def _guard(step: int, space, loss: float, finite: bool, values: torch.Tensor, what: str, last: Path | None) -> None:
+    """NonFiniteError naming the step and what went non-finite: the loss, or (``finite`` false) a tensor of
+    ``values``."""
+    if math.isfinite(loss) and finite:
         return
     if not math.isfinite(loss):
         found = f"the loss is {loss}"

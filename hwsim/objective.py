@@ -16,6 +16,7 @@ import torch
 
 from hwsim.backends.base import SparseDelta
 from hwsim.model import Activation, Network, cross_entropy
+from hwsim.zo import to_device
 
 # Largest activation tensor (elements) one chunk of queries may create: bounds memory per chunk and
 # keeps a chunk's activations within a CPU's last-level cache (2**22 float32 = 16 MiB; measured in
@@ -91,6 +92,12 @@ class BatchObjective:
         :meth:`losses` -> [(Q_i,) losses, ...]."""
         return [self.losses(theta, deltas, start) for deltas, start in blocks]
 
+    def step_inputs(self) -> list[torch.Tensor] | None:
+        """The tensors by which one step's objective differs from another's of the same run: the batch
+        x (B, in) and labels y (B,), which a replayed step (hwsim.graphs) copies into its own; None when the
+        loss is a function of more than the batch (a PDE residual)."""
+        return [self.x, self.y] if self.y is not None else None
+
     def block_costs(self, blocks: list[tuple[torch.Tensor, int]]) -> list[tuple[int, tuple, int]]:
         """The work of each of ``blocks`` (as in :meth:`block_losses`) in multiply-adds per input row, as
         (per query, key, once per key): a query runs the layers from its first moved tensor on; the layers
@@ -110,7 +117,8 @@ class BatchObjective:
         return self._forward(self.space.unflatten(theta), None, set())
 
     def coordinate_losses(self, theta: torch.Tensor, idx: torch.Tensor, h: float, first: int | None = None) -> torch.Tensor:
-        """Losses (J,) at theta + h * e_j for every coordinate j in idx (J,); ``first`` as in :meth:`losses`.
+        """Losses (J,) at theta + h * e_j for every coordinate j in idx (J,), a host tensor; ``first`` as in
+        :meth:`losses` (idx[q] is query first + q).
 
         On a multilinear backend the perturbed layer's output is z + h * dz/dtheta_j, computed for all
         coordinates of a tensor at once (exact: the layer is linear in each of its tensors); the layers
@@ -118,40 +126,53 @@ class BatchObjective:
         """
         first = self.queries if first is None else first
         self.queries += len(idx)
+        order = idx.argsort(stable=True)          # grouped by tensor on the host (no read of the device)
+        idx, keys = idx[order], first + order
         if self.backend.capabilities.multilinear and self.linear_shortcut:
-            return self._coordinate_losses_multilinear(theta, idx, h)
-        losses = torch.empty(len(idx), dtype=theta.dtype, device=theta.device)
-        for entry, sel in self._by_tensor(idx):
-            for s in range(0, len(sel), self.chunk):
-                part = sel[s:s + self.chunk]
-                deltas = torch.zeros(len(part), entry.numel, dtype=theta.dtype, device=theta.device)
-                deltas[torch.arange(len(part), device=theta.device), idx[part] - entry.offset] = h
-                losses[part] = self._chunk_losses(theta, deltas, entry.offset, first + part.cpu())
+            losses = self._coordinate_losses_multilinear(theta, idx, h)
+        else:
+            losses = self._coordinate_losses_in_full(theta, idx, keys, h)
+        if bool((order[1:] < order[:-1]).any()):
+            losses = torch.empty_like(losses).index_copy_(0, to_device(order, theta), losses)
         return losses
 
+    def _coordinate_losses_in_full(self, theta: torch.Tensor, idx: torch.Tensor, keys: torch.Tensor, h: float) -> torch.Tensor:
+        """coordinate_losses for idx (J,) sorted ascending with the noise keys (J,) of its queries, every
+        query a full evaluation, in chunks."""
+        losses = []
+        for entry, lo, hi in self._by_tensor(idx):
+            for s in range(lo, hi, self.chunk):
+                local = to_device(idx[s:min(hi, s + self.chunk)] - entry.offset, theta)
+                deltas = torch.zeros(len(local), entry.numel, dtype=theta.dtype, device=theta.device)
+                deltas[torch.arange(len(local), device=theta.device), local] = h
+                losses.append(self._chunk_losses(theta, deltas, entry.offset, keys[s:s + len(local)]))
+        return torch.cat(losses) if losses else theta.new_zeros(0)
+
     def _by_tensor(self, idx: torch.Tensor):
-        """(ParamEntry, positions in idx of its coordinates) for every tensor that idx touches."""
-        for entry in self.space.entries:
-            sel = ((idx >= entry.offset) & (idx < entry.offset + entry.numel)).nonzero().squeeze(1)
-            if len(sel):
-                yield entry, sel
+        """(ParamEntry, lo, hi) for every tensor that idx (host, sorted ascending) touches: idx[lo:hi] are
+        its coordinates (found on the host: no read of the device)."""
+        bounds = torch.searchsorted(idx, torch.tensor([e.offset for e in self.space.entries] + [self.space.size],
+                                                      dtype=idx.dtype)).tolist()
+        for entry, lo, hi in zip(self.space.entries, bounds, bounds[1:]):
+            if lo < hi:
+                yield entry, lo, hi
 
     def _coordinate_losses_multilinear(self, theta: torch.Tensor, idx: torch.Tensor, h: float) -> torch.Tensor:
+        """coordinate_losses for idx (J,) sorted ascending on a multilinear backend (see there)."""
         net, backend = self.network, self.backend
         tensors = self.space.unflatten(theta)
         acts = [self.x]                              # acts[i]: input of layer i at theta; acts[-1]: output
         for i in range(len(net.layers)):
             acts.append(net.forward(backend, tensors, acts[i], start=i, stop=i + 1))
-        losses = torch.empty(len(idx), dtype=theta.dtype, device=theta.device)
-        for entry, sel in self._by_tensor(idx):
+        losses = []
+        for entry, lo, hi in self._by_tensor(idx):
             i, local = net.layer_of(entry.name)
-            self._count_workload(len(sel), () if local == "bias" else (i,))
+            self._count_workload(hi - lo, () if local == "bias" else (i,))
             jvp = backend.coordinate_jvp(net.layers[i], self._layer_params(tensors, i), acts[i], local)
-            for s in range(0, len(sel), self.chunk):
-                part = sel[s:s + self.chunk]
-                logits = self._propagate(tensors, acts, i, jvp(idx[part] - entry.offset), h)
-                losses[part] = self.loss(logits)
-        return losses
+            for s in range(lo, hi, self.chunk):
+                logits = self._propagate(tensors, acts, i, jvp(to_device(idx[s:min(hi, s + self.chunk)] - entry.offset, theta)), h)
+                losses.append(self.loss(logits))
+        return torch.cat(losses) if losses else theta.new_zeros(0)
 
     def _layer_params(self, tensors: dict, i: int) -> dict:
         return {n: tensors[f"{i}.{n}"] for n, _ in self.network.layers[i].param_shapes()}

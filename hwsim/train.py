@@ -62,7 +62,7 @@ class Classification(Task):
         pos, size = step % self.per_epoch, self.cfg.train.batch_size
         if pos == 0:
             self.perm = torch.randperm(len(self.ytr), generator=generator)
-        idx = self.perm[pos * size:(pos + 1) * size].to(self.backend.device)
+        idx = self.perm[pos * size:(pos + 1) * size].to(self.backend.device, non_blocking=True)
         return BatchObjective(self.network, self.backend, self.xtr[idx], self.ytr[idx],
                               chunk_elements(self.cfg.estimator.chunk_elements, self.backend.device))
 

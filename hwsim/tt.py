@@ -194,14 +194,14 @@ def to_dense(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     return w.permute(*range(w.dim() - 4), -3, -1, -4, -2).reshape(*w.shape[:-4], m_l * m_r, n_l * n_r)
 
 
-def chain(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+def chain(cores: Sequence[torch.Tensor], like: torch.Tensor | None = None) -> torch.Tensor:
     """Product of consecutive cores as one tensor (..., r_first, N, M, r_last).
 
     cores: tensors (..., r, n, m, r') with broadcastable leading axes. An empty list gives the neutral
-    element ones(1, 1, 1, 1).
+    element ones(1, 1, 1, 1), on like's device and in its dtype when given.
     """
     if not cores:
-        return torch.ones(1, 1, 1, 1)
+        return torch.ones(1, 1, 1, 1) if like is None else like.new_ones(1, 1, 1, 1)
     t = cores[0]
     for g in cores[1:]:
         t = torch.einsum("...aiur,...rjvs->...aijuvs", t, g)
@@ -217,8 +217,8 @@ def core_environment(cores: Sequence[torch.Tensor], k: int, x: torch.Tensor) -> 
     Returns E (B, M_<k, r_{k-1}, n_k, r_k, M_>k) with
     y[b, (u, i, v)] = sum_{a, j, c} E[b, u, a, j, c, v] * G_k[a, j, i, c].
     """
-    left = chain(cores[:k]).to(x)[0]                       # (N<, M<, r_{k-1})
-    right = chain(cores[k + 1:]).to(x)[..., 0]             # (r_k, N>, M>)
+    left = chain(cores[:k], x).to(x)[0]                    # (N<, M<, r_{k-1})
+    right = chain(cores[k + 1:], x).to(x)[..., 0]          # (r_k, N>, M>)
     n = cores[k].shape[1]
     xs = x.reshape(x.shape[0], left.shape[0], n, right.shape[1])
     t = torch.einsum("bpnq,pua->buanq", xs, left)

@@ -5,12 +5,17 @@ mini-batch losses at many parameter points in one call (all queries of a step us
 
     objective.losses(theta, deltas, start)     deltas (Q, w) -> (Q,) losses with theta[start:start + w]
                                                                 moved by deltas[q], the rest unchanged
-    objective.coordinate_losses(theta, idx, h) idx (J,)      -> (J,) losses at theta + h * e_idx[j]
+    objective.coordinate_losses(theta, idx, h) idx (J,)      -> (J,) losses at theta + h * e_idx[j] (idx: a host
+                                                                tensor)
     objective.block_losses(theta, blocks)      [(deltas, start), ...] -> [losses, ...]: the step's blocks of
                                                                 queries in one call (spread over ranks as a whole)
 
 It returns an :class:`Estimate` whose ``grad`` the caller writes into ``.grad`` before a stock
 torch.optim optimizer steps. Every loss evaluation is one forward query and is counted.
+
+Nothing here reads a value of the device back to the host (on a GPU each read waits for all queued
+work): random draws come from the caller's host generator and reach the device in one copy a step, the
+scalars of an estimate stay on the device until the caller reads them all at once (:meth:`Estimate.read`).
 """
 from __future__ import annotations
 
@@ -34,24 +39,38 @@ class Objective(Protocol):
 
 @dataclass
 class Estimate:
-    """grad: (d,) gradient estimate; queries: forward queries spent; loss: estimate of L(theta);
-    differences: loss differences formed; zero_differences: how many of them were exactly zero (on an
-    exact backend: perturbations too small to register)."""
+    """grad: (d,) gradient estimate; queries: forward queries spent; loss: () estimate of L(theta);
+    differences: loss differences formed; zero_differences: () how many of them were exactly zero (on an
+    exact backend: perturbations too small to register). ``loss`` and ``zero_differences`` are 0-dim
+    tensors on grad's device: :meth:`read` brings them to the host."""
 
     grad: torch.Tensor
     queries: int
-    loss: float
+    loss: torch.Tensor
     differences: int = 0
-    zero_differences: int = 0
+    zero_differences: torch.Tensor | int = 0
+
+    def read(self) -> tuple[float, int, bool]:
+        """(loss, zero differences, whether every entry of grad is finite) in one read of the device."""
+        flags = [self.loss, torch.as_tensor(self.zero_differences), torch.isfinite(self.grad).all()]
+        loss, zeros, finite = torch.stack([f.to(self.grad.device, torch.float64) for f in flags]).tolist()
+        return loss, int(zeros), bool(finite)
+
+
+def to_device(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Host tensor t on like's device without waiting for the device's queued work (a copy from the host
+    need not wait: the source is staged at once; on the CPU this is t itself)."""
+    return t.to(like.device, non_blocking=True)
 
 
 def sample_directions(n: int, d: int, distribution: str, generator: torch.Generator,
                       like: torch.Tensor) -> torch.Tensor:
-    """n random directions (n, d) with E[u u^T] = I (the sphere is scaled by sqrt(d) to get there)."""
+    """n random directions (n, d) with E[u u^T] = I (the sphere is scaled by sqrt(d) to get there), on the
+    generator's device in like's dtype."""
     if distribution == "rademacher":
-        u = torch.randint(0, 2, (n, d), generator=generator, device=generator.device).to(like) * 2 - 1
+        u = torch.randint(0, 2, (n, d), generator=generator, device=generator.device).to(like.dtype) * 2 - 1
     elif distribution in ("gaussian", "sphere"):
-        u = torch.randn(n, d, generator=generator, device=generator.device).to(like)
+        u = torch.randn(n, d, generator=generator, device=generator.device).to(like.dtype)
         if distribution == "sphere":
             u = u / u.norm(dim=1, keepdim=True) * d ** 0.5
     else:
@@ -94,10 +113,28 @@ class RGE:
         blocks = len(self.space) if self.per_tensor else 1
         return blocks * 2 * self.n if self.form == "antithetic" else blocks * self.n + 1
 
+    def blocks(self, d: int) -> list[slice]:
+        """The parameter ranges that get directions of their own: every tensor's, or all d at once."""
+        return [e.slice for e in self.space.entries] if self.per_tensor else [slice(0, d)]
+
+    def draw(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The step's directions on the host in theta's dtype: every block's (N, w), flattened and joined
+        into one tensor (N d,) (one copy to the device; :meth:`split` takes it apart)."""
+        return torch.cat([sample_directions(self.n, b.stop - b.start, self.distribution, generator, theta).reshape(-1)
+                          for b in self.blocks(theta.numel())])
+
+    def split(self, flat: torch.Tensor, d: int) -> list[torch.Tensor]:
+        """Views (N, w) of every block's directions in ``flat`` (N d,), as :meth:`draw` joined them."""
+        widths = [b.stop - b.start for b in self.blocks(d)]
+        return [part.view(self.n, w) for part, w in zip(flat.split([self.n * w for w in widths]), widths)]
+
     def estimate(self, objective: Objective, theta: torch.Tensor, generator: torch.Generator) -> Estimate:
-        d = theta.numel()
-        blocks = [e.slice for e in self.space.entries] if self.per_tensor else [slice(0, d)]
-        directions = [sample_directions(self.n, b.stop - b.start, self.distribution, generator, theta) for b in blocks]
+        return self.estimate_along(objective, theta, to_device(self.draw(theta, generator), theta))
+
+    def estimate_along(self, objective: Objective, theta: torch.Tensor, flat: torch.Tensor) -> Estimate:
+        """The estimate along the directions ``flat`` (N d,) on theta's device (as :meth:`draw` gives them):
+        device work only, no read of the device."""
+        blocks, directions = self.blocks(theta.numel()), self.split(flat, theta.numel())
         if self.form == "forward":       # the base loss rides with the first block's queries
             moves = [torch.cat([u.new_zeros(1, u.shape[1]), self.mu * u]) if k == 0 else self.mu * u
                      for k, u in enumerate(directions)]
@@ -105,7 +142,7 @@ class RGE:
             moves = [torch.cat([self.mu * u, -self.mu * u]) for u in directions]
         losses = objective.block_losses(theta, [(m, b.start) for m, b in zip(moves, blocks)])
         grad = torch.zeros_like(theta)
-        zeros = []                       # read back once per step (a host synchronisation on a GPU)
+        zeros = []
         if self.form == "forward":
             base = losses[0][0]
             losses[0] = losses[0][1:]
@@ -117,8 +154,8 @@ class RGE:
             grad[block] = diffs @ u / self.n
             zeros.append((diffs == 0).sum())
         queries = sum(len(m) for m in moves)
-        loss = float(base) if self.form == "forward" else float(torch.stack([b.mean() for b in losses]).double().sum()) / len(blocks)
-        return Estimate(grad.sign() if self.sign else grad, queries, loss, self.n * len(blocks), int(sum(zeros)))
+        loss = base if self.form == "forward" else torch.stack([b.mean() for b in losses]).double().sum() / len(blocks)
+        return Estimate(grad.sign() if self.sign else grad, queries, loss, self.n * len(blocks), torch.stack(zeros).sum())
 
 
 class CGE:
@@ -149,22 +186,23 @@ class CGE:
 
     def estimate(self, objective: Objective, theta: torch.Tensor, generator: torch.Generator) -> Estimate:
         d = theta.numel()
-        if self.subset < 1.0:
+        if self.subset < 1.0:            # drawn and selected on the host: the objective groups idx there
             keep = torch.rand(d, generator=generator, device=generator.device) < self.subset
-            idx = keep.nonzero().squeeze(1).to(theta.device)
+            idx = keep.nonzero().squeeze(1)
         else:
-            idx = torch.arange(d, device=theta.device)
+            idx = torch.arange(d)
+        at = to_device(idx, theta)
         grad = torch.zeros_like(theta)
         if self.form == "forward":
             base = objective.losses(theta, theta.new_zeros(1, 0))[0]
             diffs = (objective.coordinate_losses(theta, idx, self.mu) - base) / self.mu
-            grad[idx] = diffs
-            return Estimate(grad, len(idx) + 1, float(base), len(idx), int((diffs == 0).sum()))
+            grad[at] = diffs
+            return Estimate(grad, len(idx) + 1, base, len(idx), (diffs == 0).sum())
         plus = objective.coordinate_losses(theta, idx, self.mu)
         minus = objective.coordinate_losses(theta, idx, -self.mu)
-        grad[idx] = (plus - minus) / (2 * self.mu)
-        loss = float((plus + minus).mean() / 2) if len(idx) else float("nan")
-        return Estimate(grad, 2 * len(idx), loss, len(idx), int((plus == minus).sum()))
+        grad[at] = (plus - minus) / (2 * self.mu)
+        loss = (plus + minus).mean() / 2 if len(idx) else theta.new_tensor(float("nan"))
+        return Estimate(grad, 2 * len(idx), loss, len(idx), (plus == minus).sum())
 
 
 class Hybrid:

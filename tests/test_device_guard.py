@@ -11,9 +11,11 @@ test (DeviceGuard).
 The photonic chip's model programs the parameters on the host (it reads their values, which a meta
 tensor does not have): the guard hands it zeros of their shape there, and checks the data path around it.
 
-The losses (the estimators' only call into the network) run to their end. An evaluation runs until its
-first read of a result on the host (``int(...)``, ``.to("cpu")``), which a meta tensor cannot serve: the
-test accepts only that error there."""
+A training step's gradient estimate runs to its end: a meta tensor has no values, so any read of the
+device from the host (``float(loss)``, ``.item()``, ``nonzero``, ``.cpu()``; on a GPU each waits for all
+queued work) fails, and a function mode (NoWaitingCopies) refuses copies from the host that would wait
+for the device (``.to(device)`` without ``non_blocking``). An evaluation runs until its first read of a
+result on the host, which a meta tensor cannot serve: the test accepts only that error there."""
 from __future__ import annotations
 
 import pytest
@@ -26,6 +28,7 @@ from hwsim.backends.photonic.backend import PhotonicBackend
 from hwsim.config import PinnConfig, load_config, read_raw, shipped_configs
 from hwsim.pinn.train import prepare as pinn_prepare
 from hwsim.train import prepare as train_prepare
+from hwsim.zo import RGE
 
 META = torch.device("meta")
 HOST_READ = r"item\(\) cannot be called on meta tensors|Cannot copy out of meta tensor"
@@ -52,6 +55,37 @@ class DeviceGuard(TorchFunctionMode):
             if len(kinds) > 1:
                 raise RuntimeError(f"{name}: tensors on {' and '.join(sorted(kinds))} in one operation")
         return func(*args, **kwargs)
+
+
+class NoWaitingCopies(TorchFunctionMode):
+    """Refuses a copy of a host tensor onto another device that would wait for the device's queued work (on
+    CUDA a blocking host-to-device copy synchronises the stream; ``non_blocking=True`` stages it instead);
+    ``staged=False`` refuses every copy from the host (what a CUDA graph cannot record)."""
+
+    def __init__(self, staged: bool = True):
+        super().__init__()
+        self.staged = staged
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in ("to", "copy_", "cuda") and not (self.staged and kwargs.get("non_blocking", False)):
+            source = args[1] if name == "copy_" else args[0]
+            target = args[0].device if name == "copy_" else _target_device(args[1:], kwargs)
+            if (isinstance(source, torch.Tensor) and source.device.type == "cpu" and source.dim() > 0
+                    and target is not None and target.type != "cpu"):
+                raise RuntimeError(f"{name}: a copy from the host onto {target.type} that waits for the device")
+        return func(*args, **kwargs)
+
+
+def _target_device(args, kwargs) -> torch.device | None:
+    """The device of Tensor.to's arguments (a device, a string or a tensor to match), or None."""
+    for value in [kwargs.get("device"), *args]:
+        if isinstance(value, torch.Tensor):
+            return value.device
+        if isinstance(value, (str, torch.device)):
+            return torch.device(value)
+    return None
 
 
 def _tensors(obj):
@@ -119,18 +153,30 @@ def _one_step_and_evaluation(name: str, overrides: list[str]) -> None:
     backend = parts.backend
     assert backend.device == META
     theta = backend.encode(backend.to_backend(parts.start))
-    objective = task.objective(0, parts.generator)
-    objective.key_noise(0)
+    task.objective(0, parts.generator)                # the first draws may set up (move data once)
+    with NoWaitingCopies():                           # a step's objective and estimate: no read of the device
+        objective = task.objective(1, parts.generator)
+        objective.key_noise(1)
+        if parts.estimator is not None:
+            estimate = parts.estimator.estimate(objective, theta, parts.generator)
+    if _replayable(parts, objective):                 # what a CUDA graph records: no copy from the host at all
+        directions = parts.estimator.draw(theta, parts.generator).to(META)
+        with NoWaitingCopies(staged=False):
+            parts.estimator.estimate_along(objective, theta, directions)
     if parts.estimator is None:                       # first order: the loss itself
         assert objective.loss_at(theta).device == META
     else:
-        deltas = torch.zeros(2, theta.numel(), dtype=theta.dtype, device=theta.device)
-        losses = objective.losses(theta, deltas)
-        assert losses.device == META and losses.shape == (2,)
+        assert estimate.grad.device == estimate.loss.device == META and estimate.grad.shape == theta.shape
     backend.project_(theta.clone(), parts.generator)    # after the optimizer step: back onto the hardware
     backend.advance()
     with pytest.raises((RuntimeError, NotImplementedError), match=HOST_READ):
         task.evaluate(0, theta)
+
+
+def _replayable(parts, objective) -> bool:
+    """Whether hwsim.graphs would record this run's steps on a GPU."""
+    return (isinstance(parts.estimator, RGE) and parts.backend.capabilities.replayable
+            and objective.step_inputs() is not None)
 
 
 def test_the_guard_sees_a_host_tensor_meet_a_device_tensor():
@@ -142,6 +188,16 @@ def test_the_guard_sees_a_host_tensor_meet_a_device_tensor():
         torch.rand(3, generator=torch.Generator(), device=META)
     with DeviceGuard(), pytest.raises(RuntimeError, match="mul_: tensors on cpu and meta in one operation"):
         torch.ones(3, device=META).mul_(torch.ones(3))
+    with NoWaitingCopies(), pytest.raises(RuntimeError, match="to: a copy from the host onto meta that waits"):
+        torch.ones(3).to(META)
+    with NoWaitingCopies(), pytest.raises(RuntimeError, match="copy_: a copy from the host onto meta that waits"):
+        torch.empty(3, device=META).copy_(torch.ones(3))
+    with NoWaitingCopies():
+        torch.ones(3).to(META, non_blocking=True)
+    with NoWaitingCopies(staged=False), pytest.raises(RuntimeError, match="to: a copy from the host onto meta"):
+        torch.ones(3).to(META, non_blocking=True)
+    with pytest.raises(RuntimeError, match=HOST_READ):
+        float(torch.ones((), device=META))
 
 
 def test_cuda_without_a_cuda_device_is_one_config_error():

@@ -76,7 +76,7 @@ def test_rge_counts_queries_and_reuses_the_base_loss():
     est = RGE(space(10, 2), 5, 0.01, per_tensor=True)
     out = est.estimate(f, theta, g)
     assert out.queries == f.calls == 2 * 5 + 1 == est.queries_per_step()
-    assert out.loss == pytest.approx(f.value(theta).item())
+    assert float(out.loss) == pytest.approx(f.value(theta).item())
     anti = RGE(space(10), 5, 0.01, form="antithetic")
     f.calls = 0
     assert anti.estimate(f, theta, g).queries == f.calls == 10 == anti.queries_per_step()

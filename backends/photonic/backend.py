@@ -524,7 +524,7 @@ class PhotonicBackend(Backend):
             signs = torch.cat([_copies(sg, r.copies, 2) for r, (_, _, sg) in zip(members, parts)], -2)
             state = members[0].state if len(members) == 1 else ChipState.concat([r.state for r in members])
             blocks = realise(phases, gains, signs, self.layout, self.noise, state)
-            blocks = (blocks.real if blocks.is_complex() else blocks).to(self.device, self.dtype)   # coherent detection
+            blocks = (blocks.real if blocks.is_complex() else blocks).to(self.device, self.dtype, non_blocking=True)   # coherent detection
             for r, part in zip(members, blocks.split([r.tiling.blocks * r.copies for r in members], -3)):
                 out[r.name] = part
         return out, heat
@@ -538,7 +538,7 @@ class PhotonicBackend(Backend):
         fs = _largest(y, scale_dims)
         if nz.shot_noise or nz.thermal_noise:        # std = sqrt((thermal fs)^2 + shot^2 fs |y|)
             std = y.abs().mul_(nz.shot_noise ** 2 * fs).add_((nz.thermal_noise * fs) ** 2).sqrt_()
-            y = std.mul_(self._standard_normal(y.shape, y.dtype, layer, scale_dims).to(y.device)).add_(y)
+            y = std.mul_(self._standard_normal(y.shape, y.dtype, layer, scale_dims).to(y.device, non_blocking=True)).add_(y)
         if nz.adc_bits:
             y = _quantize(y, nz.adc_bits, fs)
         return y

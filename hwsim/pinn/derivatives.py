@@ -56,7 +56,7 @@ class Stencil:
         """values (..., B * K) of the model at :meth:`points` -> Derivatives (float64 sums)."""
         v = values.reshape(*values.shape[:-1], -1, self.size).to(torch.float64)
         centred = torch.cat([v[..., :1], v[..., 1:] - v[..., :1]], dim=-1)
-        out = centred @ self.weights.to(v.device, torch.float64)
+        out = centred @ self.weights.to(v.device, torch.float64, non_blocking=True)
         d = self.offsets.shape[1]
         return Derivatives(out[..., 0], out[..., 1:1 + d], out[..., 1 + d:])
 

@@ -32,7 +32,7 @@ class StencilLoss:
 
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
         if self.base.device != out.device:
-            self.base, self.gate = self.base.to(out.device), self.gate.to(out.device)
+            self.base, self.gate = (t.to(out.device, non_blocking=True) for t in (self.base, self.gate))
         u = self.base + self.gate * out[..., 0].to(torch.float64)
         return self.problem.residual(self.stencil.combine(u)).pow(2).mean(-1)
 
@@ -69,14 +69,14 @@ class StencilObjective(BatchObjective):
     as ``activation_sin``. Other backends evaluate every point as it is (what the chip computes)."""
 
     def __init__(self, network: Network, backend, loss: StencilLoss, x: torch.Tensor, chunk_elements: int):
-        super().__init__(network, backend, loss.points.to(backend.device, backend.data_dtype),
+        super().__init__(network, backend, loss.points.to(backend.device, backend.data_dtype, non_blocking=True),
                          chunk_elements=chunk_elements, loss=loss)
         layers = network.layers
         split = (backend.capabilities.multilinear and len(layers) > 2 and isinstance(layers[0], Linear)
                  and isinstance(layers[1], Activation) and layers[1].kind == "sin")
         offsets = loss.stencil.offsets.to(torch.float64)
         rows = torch.cat([x.to(torch.float64), offsets, offsets.new_zeros(1, offsets.shape[1])])
-        self.split_rows = rows.to(backend.device, backend.data_dtype) if split else None
+        self.split_rows = rows.to(backend.device, backend.data_dtype, non_blocking=True) if split else None
         self.sizes = (x.shape[0], offsets.shape[0])
         self.block = max(1, chunk_elements // (BLOCK_SHARE * offsets.shape[0] * self.widest))  # points per block
 
@@ -155,7 +155,7 @@ class AutodiffMethod:
 
     def objective(self, network: Network, backend, problem: Problem, x: torch.Tensor,
                   chunk_elements: int) -> BatchObjective:
-        return AutodiffObjective(network, backend, problem, x.to(backend.device, backend.data_dtype),
+        return AutodiffObjective(network, backend, problem, x.to(backend.device, backend.data_dtype, non_blocking=True),
                                  chunk_elements=chunk_elements)
 
 
