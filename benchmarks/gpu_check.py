@@ -8,8 +8,10 @@ paper-size HJB PINN (ideal and photonic) and the compare rows' backends, beside 
 Correctness: one step's query losses (the same perturbations, the same keyed noise streams) computed with
 the backend on the device and on the host. fixed must agree bit for bit (integer codes); ideal and
 photonic to float rounding (the device sums in another order), reported as the largest relative
-difference. Speed: median seconds of a training step (the estimator's queries, one optimizer step, the
-chip's projection and drift) after a warm-up step, on each device, and the device's peak memory; a
+difference. The MNIST default's steps replayed from a CUDA graph against the same steps run eagerly (the
+parameters after three steps, and the counters). Speed: median seconds of a training step (the estimator's queries, one optimizer step, the
+chip's projection and drift; a step replayed from a CUDA graph where a run's would be, and the MNIST
+default once more without) after a warm-up step, on each device, and the device's peak memory; a
 measurement stops after ``--budget`` seconds (at least one timed step). Goals (issue: GPU) are written
 beside the figures they judge. The whole run is meant to take at most 6 minutes on one H200.
 """
@@ -21,9 +23,11 @@ import sys
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from common import save
 from hwsim.config import PinnConfig, load_config, read_raw
+from hwsim.graphs import ReplayedRGE, step_estimate
 from hwsim.pinn.train import prepare as pinn_prepare
 from hwsim.train import prepare as train_prepare
 
@@ -31,6 +35,7 @@ from hwsim.train import prepare as train_prepare
 MNIST = ["data.val_size=1000"]
 WORKLOADS = [
     ("mnist_default_ideal", "mnist_tt_zo", MNIST),
+    ("mnist_default_ideal_eager", "mnist_tt_zo", MNIST + ["estimator.cuda_graphs=false"]),   # no CUDA graph
     ("mnist_fast_ideal", "mnist_tt_fast", MNIST),           # the main job's reference (CGE, batch 64)
     ("mnist_fixed8", "mnist_tt_zo", MNIST + ["backend.name=fixed", "backend.bits=8", "estimator.rge.mu=0.046875"]),
     ("mnist_photonic_typical", "mnist_tt_zo", MNIST + ["backend.name=photonic", "backend.noise=typical",
@@ -44,6 +49,7 @@ DRY = {"mnist_tt_zo": ["data.train_limit=2048", "data.val_size=256", "data.test_
        "mnist_tt_fast": ["data.train_limit=2048", "data.val_size=256", "data.test_limit=256"],
        "hjb20_zo_tt_sg_paper": ["pde.points=2", "pde.test_points=16"],
        "hjb20_photonic_paper": ["pde.points=1", "pde.test_points=16"]}
+DEVICE_ONLY = {"mnist_default_ideal_eager"}      # the host runs it as the row above (graphs are for CUDA)
 GOALS = {  # issue "Every tensor backend on a GPU": step-time goals on one H200
     "mnist_default_ideal": ("step <= 1 ms", lambda s: s <= 1e-3),
     "hjb20_paper_float64": ("10,000 steps <= 5 min", lambda s: 10_000 * s <= 300),
@@ -77,7 +83,7 @@ def correctness(device: str, dry: bool) -> dict:
     """Per backend: the step losses on ``device`` vs the host, bit-equal or the largest relative difference."""
     out = {}
     for name, config, overrides in WORKLOADS:
-        if name == "hjb20_paper_float32":
+        if name in ("hjb20_paper_float32", "mnist_default_ideal_eager"):     # the same losses as another row
             continue
         extra = DRY.get(config, []) if dry else ["data.train_limit=4096"] if config.startswith("mnist") else []
         t = time.perf_counter()
@@ -90,6 +96,33 @@ def correctness(device: str, dry: bool) -> dict:
     return out
 
 
+def replay_matches_eager(device: str, dry: bool, steps: int = 3) -> dict:
+    """The MNIST default's parameters after ``steps`` Adam steps, eager and replayed from a recorded step (a
+    CUDA graph; on the CPU of --dry-run the python recorder): bit-equal or the largest relative difference."""
+    config, overrides = next((c, o) for n, c, o in WORKLOADS if n == "mnist_default_ideal")
+    extra = DRY[config] if dry else ["data.train_limit=4096"]
+    final = {}
+    for recorder in ("eager", "python" if dry else "cuda"):
+        task, parts = build(config, overrides + extra, device)
+        backend, estimator, gen = parts.backend, parts.estimator, parts.generator
+        estimate = estimator.estimate if recorder == "eager" else ReplayedRGE(estimator, backend, recorder).estimate
+        theta = torch.nn.Parameter(backend.encode(backend.to_backend(parts.start)))
+        optimizer = torch.optim.Adam([theta], lr=1e-3)
+        for step in range(steps):
+            objective = task.objective(step, gen)
+            objective.key_noise(step)
+            theta.grad = estimate(objective, theta.detach(), gen).grad.clone()
+            optimizer.step()
+        final[recorder] = (theta.detach().to("cpu", torch.float64), backend.counters())
+    (a, count_a), (b, count_b) = final.values()
+    rel = float(((a - b).abs() / a.abs().clamp_min(1e-30)).max())
+    out = {"bit_equal": bool(torch.equal(a, b)), "max_relative_difference": rel, "counters_equal": count_a == count_b,
+           "steps": steps}
+    print(f"gpu_check: replayed step vs eager: bit-equal {out['bit_equal']}, largest relative difference {rel:.3g}, "
+          f"counters equal {out['counters_equal']}", flush=True)
+    return out
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -99,28 +132,50 @@ def step_time(config: str, overrides: list[str], device: str, budget: float, max
     """Median wall seconds of a training step (after one warm-up step) and the device's peak memory."""
     task, parts = build(config, overrides, device)
     backend, estimator, gen = parts.backend, parts.estimator, parts.generator
+    estimate = step_estimate(estimator, backend, parts.cfg.estimator.cuda_graphs)      # as a run's steps call it
     theta = backend.encode(backend.to_backend(parts.start))
     optimizer = torch.optim.Adam([torch.nn.Parameter(theta)], lr=1e-4)
     param = optimizer.param_groups[0]["params"][0]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     times, started = [], time.perf_counter()
-    for step in range(max_steps + 1):
-        _sync(device)
-        t = time.perf_counter()
+
+    def one_step(step: int) -> None:
         objective = task.objective(step, gen)
         objective.key_noise(step)
-        param.grad = estimator.estimate(objective, param.detach(), gen).grad.to(param.dtype)
+        est = estimate(objective, param.detach(), gen)
+        est.read()                                 # the loss and the gradient's check, read as a run reads them
+        param.grad = est.grad.to(param.dtype)
         optimizer.step()
         backend.project_(param.data, gen)
         backend.advance()
+
+    for step in range(max_steps + 1):
+        _sync(device)
+        t = time.perf_counter()
+        one_step(step)
         _sync(device)
         if step:                                   # step 0 warms up (allocator, kernels, caches)
             times.append(time.perf_counter() - t)
         if step and time.perf_counter() - started > budget:
             break
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    return {"step_s": statistics.median(times), "steps_timed": len(times), "peak_memory_bytes": peak}
+    with _Dispatched() as ops:                     # one more step, its tensor operations counted
+        one_step(max_steps + 1)
+    return {"step_s": statistics.median(times), "steps_timed": len(times), "peak_memory_bytes": peak,
+            "ops_per_step": ops.count}
+
+
+class _Dispatched(TorchDispatchMode):
+    """Counts the tensor operations dispatched (views included): a measure of a step's launch overhead."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 def main() -> int:
@@ -135,15 +190,16 @@ def main() -> int:
     device = "cpu" if args.dry_run else "cuda"
     t0 = time.perf_counter()
     result = {"device": device if args.dry_run else torch.cuda.get_device_name(0),
-              "correctness": correctness(device, args.dry_run), "steps": {}}
+              "correctness": correctness(device, args.dry_run),
+              "replayed_vs_eager": replay_matches_eager(device, args.dry_run), "steps": {}}
     for name, config, overrides in WORKLOADS:
         extra = DRY.get(config, []) if args.dry_run else []
         row = {}
-        for where in ([device] if args.dry_run else [device, "cpu"]):
+        for where in ([device] if args.dry_run or name in DEVICE_ONLY else [device, "cpu"]):
             budget = args.budget if where == device else min(args.budget, 30.0)
             row[where] = step_time(config, overrides + extra, where, budget, 2 if args.dry_run else args.max_steps)
             print(f"gpu_check: {name} on {where}: {row[where]['step_s'] * 1e3:.3g} ms per step "
-                  f"({row[where]['steps_timed']} timed)", flush=True)
+                  f"({row[where]['steps_timed']} timed), {row[where]['ops_per_step']:,} tensor operations", flush=True)
         if "cpu" in row and where != "cpu":
             row["speedup_vs_cpu"] = row["cpu"]["step_s"] / row[device]["step_s"]
         if name in GOALS and not args.dry_run:

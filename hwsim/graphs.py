@@ -26,8 +26,8 @@ import torch
 
 from hwsim.zo import RGE, Estimate, to_device
 
-WARM_UP_CALLS = 2        # eager calls on a side stream before recording (PyTorch's recipe: kernels and
-                         # workspaces are set up outside the graph)
+WARM_UP_CALLS = 2        # eager calls before recording, on the stream that records (PyTorch's recipe: kernels,
+                         # library handles and workspaces are set up outside the graph)
 
 
 @dataclass
@@ -102,7 +102,7 @@ class ReplayedRGE:
                 run()
         torch.cuda.current_stream(theta.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with backend.counted_apart() as counts, torch.cuda.graph(graph):
+        with backend.counted_apart() as counts, torch.cuda.graph(graph, stream=side):    # warm-up's stream
             est = run()
         return _Recording(objective, directions, est, dict(counts), graph.replay, theta.data_ptr())
 
