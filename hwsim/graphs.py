@@ -81,7 +81,7 @@ class ReplayedRGE:
         estimator, backend = self.estimator, self.backend
 
         def run() -> Estimate:
-            objective._prefixes.clear()          # the layers in front are recomputed, not taken from a call before
+            objective.forget_prefixes()          # the layers in front are recorded, not taken from a call before
             return estimator.estimate_along(objective, theta, directions)
 
         if self.recorder == "python":

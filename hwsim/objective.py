@@ -98,6 +98,11 @@ class BatchObjective:
         loss is a function of more than the batch (a PDE residual)."""
         return [self.x, self.y] if self.y is not None else None
 
+    def forget_prefixes(self) -> None:
+        """Drop the outputs of front layers kept for this step (:meth:`_prefix`): the next call recomputes
+        them (a recorded step must record that work, hwsim.graphs)."""
+        self._prefixes.clear()
+
     def block_costs(self, blocks: list[tuple[torch.Tensor, int]]) -> list[tuple[int, tuple, int]]:
         """The work of each of ``blocks`` (as in :meth:`block_losses`) in multiply-adds per input row, as
         (per query, key, once per key): a query runs the layers from its first moved tensor on; the layers

@@ -52,7 +52,10 @@ class Estimate:
 
     def read(self) -> tuple[float, int, bool]:
         """(loss, zero differences, whether every entry of grad is finite) in one read of the device."""
-        flags = [self.loss, torch.as_tensor(self.zero_differences), torch.isfinite(self.grad).all()]
+        zeros = self.zero_differences
+        if not isinstance(zeros, torch.Tensor):          # a count the host knows: filled on the device, not copied
+            zeros = self.grad.new_full((), zeros)
+        flags = [self.loss, zeros, torch.isfinite(self.grad).all()]
         loss, zeros, finite = torch.stack([f.to(self.grad.device, torch.float64) for f in flags]).tolist()
         return loss, int(zeros), bool(finite)
 
