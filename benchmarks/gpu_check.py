@@ -111,7 +111,9 @@ def replay_matches_eager(device: str, dry: bool, steps: int = 3) -> dict:
         for step in range(steps):
             objective = task.objective(step, gen)
             objective.key_noise(step)
-            theta.grad = estimate(objective, theta.detach(), gen).grad.clone()
+            est = estimate(objective, theta.detach(), gen)
+            est.read()
+            theta.grad = est.grad.to(theta.dtype)      # as a run does: a replay's own output tensor
             optimizer.step()
         final[recorder] = (theta.detach().to("cpu", torch.float64), backend.counters())
     (a, count_a), (b, count_b) = final.values()

@@ -66,6 +66,7 @@ class ReplayedRGE:
                 rec = self.recording = self._record(objective, theta, to_device(host, theta))
             except RuntimeError as error:
                 self.failed = True
+                objective.forget_prefixes()      # a front-layer output the failed recording kept but never ran
                 self.warn(f"the step could not be recorded as a CUDA graph ({str(error).splitlines()[0]}); "
                           f"it runs eagerly, with the same numbers")
                 return self.estimator.estimate_along(objective, theta, to_device(host, theta))
@@ -101,9 +102,18 @@ class ReplayedRGE:
             for _ in range(WARM_UP_CALLS):
                 run()
         torch.cuda.current_stream(theta.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with backend.counted_apart() as counts, torch.cuda.graph(graph, stream=side):    # warm-up's stream
-            est = run()
+        graph, first = torch.cuda.CUDAGraph(), []
+        saved = torch.cuda.current_stream(theta.device)
+        try:
+            with backend.counted_apart() as counts, torch.cuda.graph(graph, stream=side):    # warm-up's stream
+                try:
+                    est = run()
+                except RuntimeError as error:
+                    first.append(error)          # ending the capture raises again, naming this one less well
+                    raise
+        except RuntimeError as error:
+            torch.cuda.set_stream(saved)         # a capture that failed to end leaves its stream current
+            raise (first[0] if first else error) from None
         return _Recording(objective, directions, est, dict(counts), graph.replay, theta.data_ptr())
 
 

@@ -27,7 +27,7 @@ def _steps(parts, task, estimate, steps: int):
         objective.key_noise(step)
         est = estimate(objective, theta.detach(), parts.generator)
         seen.append(est.read())
-        theta.grad = est.grad.clone()
+        theta.grad = est.grad.to(theta.dtype)          # as the loop does: a replay's own output tensor
         optimizer.step()
     return seen, theta.detach().clone(), backend.counters()
 
@@ -59,9 +59,16 @@ def test_a_recording_that_fails_is_reported_once_and_the_run_goes_on_eagerly(mon
     messages = []
     replayed = ReplayedRGE(parts.estimator, parts.backend, "python", messages.append)
 
-    def refuse(objective, theta, directions):
-        raise RuntimeError("operation not permitted when stream is capturing\nmore")
-    monkeypatch.setattr(replayed, "_record", refuse)
+    real = parts.estimator.estimate_along
+    calls = {"n": 0}
+
+    def refuse(objective, theta, directions):          # fails inside the recording, after the front layers ran
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real(objective, theta, directions)
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+        return real(objective, theta, directions)
+    monkeypatch.setattr(parts.estimator, "estimate_along", refuse)
     again = _steps(parts, task, replayed.estimate, 3)
     assert messages == ["the step could not be recorded as a CUDA graph (operation not permitted when stream is "
                         "capturing); it runs eagerly, with the same numbers"]
