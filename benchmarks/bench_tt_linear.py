@@ -26,23 +26,34 @@ CASES = [  # (name, in, out, rank, in_factors, out_factors, rows, queries)
 ]
 
 
+def measure(cases: list[tuple], repeats: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[dict]:
+    """Both methods' median times for every case of ``cases`` (as CASES) on ``device``, the winner, what
+    "auto" picks and the measured cost of one einsum flop in GEMM flops."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    rows = []
+    for name, p, m, r, nf, mf, batch, queries in cases:
+        shape = TTShape.build(p, m, r, nf, mf)
+        lead = (queries,) if queries > 1 else ()
+        cores = [torch.randn(*lead, *c, device=device, dtype=dtype) for c in shape.core_shapes]
+        x = torch.rand(batch, p, device=device, dtype=dtype)
+
+        def run(meth: str) -> None:
+            tt_linear(cores, x, meth)
+            sync()
+        t = {meth: timeit(lambda: run(meth), repeats) for meth in ("dense", "direct")}
+        fl = {"dense": shape.dense_flops(batch, queries), "direct": shape.direct_flops(batch, queries)}
+        rows.append({"case": name, "dtype": str(dtype).removeprefix("torch."), "dense_s": t["dense"],
+                     "direct_s": t["direct"], "faster": min(t, key=t.get), "auto_picks": choose_method(shape, batch, queries),
+                     "dense_macs": fl["dense"], "direct_macs": fl["direct"],
+                     "direct_flop_cost_in_gemm_flops": (t["direct"] / fl["direct"]) / (t["dense"] / fl["dense"])})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    rows = []
-    for name, p, m, r, nf, mf, batch, queries in CASES:
-        shape = TTShape.build(p, m, r, nf, mf)
-        lead = (queries,) if queries > 1 else ()
-        cores = [torch.randn(*lead, *c) for c in shape.core_shapes]
-        x = torch.rand(batch, p)
-        t = {meth: timeit(lambda: tt_linear(cores, x, meth), args.repeats) for meth in ("dense", "direct")}
-        fl = {"dense": shape.dense_flops(batch, queries), "direct": shape.direct_flops(batch, queries)}
-        rows.append({"case": name, "dense_s": t["dense"], "direct_s": t["direct"],
-                     "faster": min(t, key=t.get), "auto_picks": choose_method(shape, batch, queries),
-                     "dense_macs": fl["dense"], "direct_macs": fl["direct"],
-                     "direct_flop_cost_in_gemm_flops": (t["direct"] / fl["direct"]) / (t["dense"] / fl["dense"])})
-    save("tt_linear", {"cases": rows})
+    save("tt_linear", {"cases": measure(CASES, args.repeats)})
 
 
 if __name__ == "__main__":

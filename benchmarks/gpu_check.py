@@ -25,6 +25,7 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench_tt_linear import CASES as TT_CASES, measure
 from common import save
 from hwsim.config import PinnConfig, load_config, read_raw
 from hwsim.graphs import ReplayedRGE, step_estimate
@@ -49,6 +50,7 @@ DRY = {"mnist_tt_zo": ["data.train_limit=2048", "data.val_size=256", "data.test_
        "mnist_tt_fast": ["data.train_limit=2048", "data.val_size=256", "data.test_limit=256"],
        "hjb20_zo_tt_sg_paper": ["pde.points=2", "pde.test_points=16"],
        "hjb20_photonic_paper": ["pde.points=1", "pde.test_points=16"]}
+HJB_QUERIES = ("hjb 512->512 r2, 5 queries x 92,500 rows", 512, 512, 2, (8, 8, 8), (8, 8, 8), 92500, 5)
 DEVICE_ONLY = {"mnist_default_ideal_eager"}      # the host runs it as the row above (graphs are for CUDA)
 GOALS = {  # issue "Every tensor backend on a GPU": step-time goals on one H200
     "mnist_default_ideal": ("step <= 1 ms", lambda s: s <= 1e-3),
@@ -125,6 +127,16 @@ def replay_matches_eager(device: str, dry: bool, steps: int = 3) -> dict:
     return out
 
 
+def tt_methods(device: str, dry: bool) -> list[dict]:
+    """Dense vs core-by-core TT evaluation on ``device`` (benchmarks/bench_tt_linear.py's cases in float32;
+    in float64 its 512-wide PINN layer and one chunk of the paper-size step on a GPU: 5 queries of 100
+    points x 925 stencil nodes): the cost of an einsum flop in GEMM flops there, the constant
+    hwsim.tt.DIRECT_FLOP_PENALTY states for the CPU."""
+    if dry:
+        return measure(TT_CASES[:1], 1, device)
+    return measure(TT_CASES, 5, device) + measure(TT_CASES[-1:] + [HJB_QUERIES], 5, device, torch.float64)
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -193,7 +205,8 @@ def main() -> int:
     t0 = time.perf_counter()
     result = {"device": device if args.dry_run else torch.cuda.get_device_name(0),
               "correctness": correctness(device, args.dry_run),
-              "replayed_vs_eager": replay_matches_eager(device, args.dry_run), "steps": {}}
+              "replayed_vs_eager": replay_matches_eager(device, args.dry_run),
+              "tt_methods": tt_methods(device, args.dry_run), "steps": {}}
     for name, config, overrides in WORKLOADS:
         extra = DRY.get(config, []) if args.dry_run else []
         row = {}
