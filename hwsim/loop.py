@@ -40,10 +40,10 @@ from hwsim.distributed import Ranks, ShardedObjective
 from hwsim.energy.memory import device_memory
 from hwsim.energy.report import run_figures, subtract
 from hwsim.energy.table import load_table
+from hwsim.graphs import step_estimate
 from hwsim.progress import Progress
 from hwsim.rundir import RunLock
 from hwsim.report import plot_energy, write_atomic, write_json, write_jsonl, write_yaml
-from hwsim.graphs import step_estimate
 from hwsim.zo import Estimate
 
 FORMAT_VERSION = 1
