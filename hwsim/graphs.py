@@ -57,7 +57,7 @@ class ReplayedRGE:
 
     def estimate(self, objective, theta: torch.Tensor, generator: torch.Generator) -> Estimate:
         host = self.estimator.draw(theta, generator)
-        inputs = getattr(objective, "step_inputs", lambda: None)()
+        inputs = objective.step_inputs()
         if self.failed or inputs is None:
             return self.estimator.estimate_along(objective, theta, to_device(host, theta))
         rec = self.recording
